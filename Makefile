@@ -1,0 +1,40 @@
+# The few targets a newcomer needs. `make demo` and `make test` are the README's two commands.
+SHELL := /bin/bash
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DAGSTER_DISABLE_TELEMETRY := 1
+HOME_DIR ?= $(CURDIR)/.finetune_assets
+export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
+export DAGSTER_HOME ?= $(HOME_DIR)/dagster
+VENV := .venv/bin
+
+.PHONY: setup demo test test-all lint format ui mlflow-ui clean
+
+setup:            ## create .venv and install everything (idempotent)
+	bash scripts/setup.sh
+
+demo: setup       ## materialize the whole graph on the demo profile (SmolLM2 on the Python docs)
+	$(VENV)/finetune-assets demo --profile demo
+
+test: setup       ## the test suite (smoke profile, tiny model); what CI runs
+	$(VENV)/python -m pytest -q -m "not slow"
+
+test-all: setup   ## also the slow tests (real SmolLM2 conversion)
+	$(VENV)/python -m pytest -q
+
+lint:
+	$(VENV)/ruff check . && $(VENV)/ruff format --check .
+
+format:
+	$(VENV)/ruff check --fix . && $(VENV)/ruff format .
+
+ui:               ## the Dagster UI on http://127.0.0.1:3000
+	mkdir -p $(DAGSTER_HOME) && [ -f $(DAGSTER_HOME)/dagster.yaml ] || cp dagster.yaml $(DAGSTER_HOME)/
+	$(VENV)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui:        ## the MLflow UI on http://127.0.0.1:5000
+	$(VENV)/mlflow ui --backend-store-uri sqlite:///$(FINETUNE_ASSETS_HOME)/mlflow/mlflow.db -h 127.0.0.1 -p 5000
+
+clean:            ## remove all artifacts, runs and the landing directory (keeps .venv)
+	rm -rf $(HOME_DIR)

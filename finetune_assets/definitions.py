@@ -1,0 +1,18 @@
+"""The Dagster code location: every asset, check, job, sensor and schedule with their default resources."""
+
+import dagster as dg
+
+from finetune_assets.defs import automation, data, evaluation, training
+from finetune_assets.defs.resources import default_resources
+
+all_assets = dg.load_assets_from_modules([data, training, evaluation])
+
+defs = dg.Definitions(
+    assets=all_assets,
+    asset_checks=[evaluation.every_variant_scored],
+    jobs=[automation.ingest_job, automation.retrain_job],
+    sensors=[automation.landing_sensor, automation.retrain_on_new_data],
+    schedules=[automation.weekly_retrain],
+    resources=default_resources(),
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,1 @@
+"""Dagster definitions only: thin assets, checks, resources, partitions, sensors and schedules."""

@@ -1,0 +1,38 @@
+"""What every asset does around its one phase call: an MLflow child run and uniform metadata."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+
+from finetune_assets.defs.resources import MlflowResource
+from finetune_assets.io import content_hash
+from finetune_assets.tracking import Tracker
+
+
+@contextmanager
+def tracked_run(
+    context: dg.AssetExecutionContext, mlflow: MlflowResource, params: dict | None = None
+) -> Iterator[tuple[Tracker, str]]:
+    """One MLflow run per asset materialization, grouped under the Dagster run's parent run."""
+    tracker = mlflow.tracker()
+    asset = context.asset_key.to_user_string()
+    tags = {"dagster.partition": context.partition_key} if context.has_partition_key else {}
+    with tracker.asset_run(context.run.run_id, asset, tags=tags) as run_id:
+        if params:
+            tracker.log_params(run_id, params)
+        yield tracker, run_id
+
+
+def artifact_metadata(path: Path, run_id: str, counts: dict | None = None, **extra) -> dict:
+    """Path, content hash, MLflow run id and counts: the same keys on every asset."""
+    metadata = {
+        "path": dg.MetadataValue.path(str(path)),
+        "content_hash": content_hash(path),
+        "mlflow_run_id": run_id,
+    }
+    for key, value in (counts or {}).items():
+        metadata[key] = value if isinstance(value, int | float | str | bool) else dg.MetadataValue.json(value)
+    metadata.update(extra)
+    return metadata

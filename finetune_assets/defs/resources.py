@@ -1,0 +1,72 @@
+"""Resources: each has an embedded single-machine default and a scale-out setting (configuration, not code).
+
+- RecipeResource: which recipe (profile) the run uses.
+- ArtifactStore: where datasets (Parquet) and model folders live.
+- RayResource: no address = embedded local Ray; an address joins an existing cluster.
+- MlflowResource: no URI = local sqlite store; an http(s) URI uses a tracking server.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from finetune_assets.config import Profile, default_home, load_profile
+from finetune_assets.tracking import Tracker, default_tracking_uri
+
+
+class RecipeResource(dg.ConfigurableResource):
+    profile: str = Field("demo", description="Recipe name under recipes/ (smoke, demo, ...) or a YAML path.")
+
+    def load(self) -> Profile:
+        return load_profile(self.profile)
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    root: str | None = Field(None, description="Artifact root; default $FINETUNE_ASSETS_HOME/artifacts.")
+
+    def base(self) -> Path:
+        return Path(self.root).resolve() if self.root else default_home() / "artifacts"
+
+    def path(self, asset: str, partition: str | None = None) -> Path:
+        return self.base() / asset / (partition or "current")
+
+    def landing_dir(self, configured: str | None) -> Path:
+        return Path(configured).resolve() if configured else default_home() / "landing"
+
+
+class RayResource(dg.ConfigurableResource):
+    address: str | None = Field(None, description="Ray cluster address (host:port); empty = embedded local Ray.")
+    num_cpus: int | None = Field(2, description="CPUs for the embedded Ray (ignored when joining a cluster).")
+    object_store_mb: int = Field(512, description="Object store cap for the embedded Ray.")
+
+    def ensure(self) -> dict:
+        from finetune_assets.launch.ray_cluster import ensure_ray
+
+        return ensure_ray(
+            address=self.address, num_cpus=self.num_cpus, object_store_memory=self.object_store_mb * 2**20
+        )
+
+
+class MlflowResource(dg.ConfigurableResource):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; empty = local sqlite store.")
+    experiment: str = "finetune_assets"
+    artifact_location: str | None = Field(None, description="Experiment artifact location; default local.")
+
+    def tracker(self) -> Tracker:
+        home = default_home()
+        return Tracker(
+            self.tracking_uri or default_tracking_uri(home),
+            self.experiment,
+            self.artifact_location or str(home / "mlflow" / "artifacts"),
+        )
+
+
+def default_resources() -> dict:
+    """Resources read from the environment so a deployment switches by configuration only."""
+    return {
+        "recipe": RecipeResource(profile=dg.EnvVar("FINETUNE_ASSETS_PROFILE").get_value("demo")),
+        "store": ArtifactStore(root=dg.EnvVar("FINETUNE_ASSETS_ARTIFACTS").get_value(None)),
+        "ray": RayResource(address=dg.EnvVar("FINETUNE_ASSETS_RAY_ADDRESS").get_value(None)),
+        "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI").get_value(None)),
+    }

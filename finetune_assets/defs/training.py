@@ -1,0 +1,212 @@
+"""Model assets: base_checkpoint -> inst_model (SFT) -> dpo_model (DPO) -> tr_model (tools & retrieval).
+
+Each training asset runs its loop on Ray Train (embedded or a cluster, per RayResource) and registers the
+result as a model version in MLflow.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from finetune_assets.config import TrainConfig
+from finetune_assets.defs.common import artifact_metadata, tracked_run
+from finetune_assets.defs.data import instruction_set, retrieval_index, training_documents
+from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
+from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
+
+TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
+
+
+class TrainOverrides(dg.Config):
+    """A few per-materialization overrides of the recipe's stage settings (launchpad-editable)."""
+
+    max_steps: int | None = Field(None, description="Override the recipe's max_steps.")
+    learning_rate: float | None = Field(None, description="Override the recipe's learning rate.")
+
+    def apply(self, base: TrainConfig) -> TrainConfig:
+        changes = {k: v for k, v in {"max_steps": self.max_steps, "learning_rate": self.learning_rate}.items() if v}
+        return base.model_copy(update=changes)
+
+
+def model_dir(store: ArtifactStore, asset: str) -> Path:
+    """The loadable Hugging Face folder of a model asset (merged weights + tokenizer + chat template)."""
+    root = store.path(asset)
+    return root / "merged" if (root / "merged").is_dir() else root
+
+
+@dg.asset(deps=["dedup_corpus", "eval_sets"], group_name="models", kinds={"pytorch"})
+def base_checkpoint(
+    context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """The foundation model as a plain Hugging Face folder (local dir, hub id, GGUF conversion, or tiny)."""
+    from finetune_assets.phases import models
+
+    profile = recipe.load()
+    texts = [doc["text"] for doc in training_documents(store)] if profile.model.source == "tiny" else None
+    with tracked_run(context, mlflow, {"model": profile.model.model_dump()}) as (tracker, run_id):
+        out = store.path("base_checkpoint")
+        info = models.resolve_base_model(profile.model, out, corpus_texts=texts, seed=profile.seed)
+        version = tracker.register_model("base", model_dir(store, "base_checkpoint"), run_id)
+        return dg.MaterializeResult(
+            metadata=artifact_metadata(out, run_id, _scalars(info), model_version=version)
+        )
+
+
+@dg.asset(deps=[base_checkpoint, instruction_set], group_name="data", kinds={"parquet"})
+def preference_pairs(
+    context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer."""
+    from finetune_assets.phases import generation, preferences
+
+    profile = recipe.load()
+    cfg = profile.preferences
+    rows = read_records(store.path("instruction_set") / "instructions.parquet")
+    prompts = preferences.select_prompts(rows, cfg.max_pairs, seed=profile.seed)
+    with tracked_run(context, mlflow, {"preferences": cfg.model_dump()}) as (tracker, run_id):
+        model, tokenizer = generation.load_for_inference(model_dir(store, "base_checkpoint"))
+
+        def generate(conversations: list[list[dict]]) -> list[str]:
+            return generation.generate_chat(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+
+        result = preferences.build_preference_pairs(prompts, generate)
+        problems = preferences.check_pairs(result["records"])
+        if problems:
+            raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
+        out = store.path("preference_pairs")
+        path = write_records_parquet(result["records"], out / "pairs.parquet")
+        write_json(result["stats"], out / "stats.json")
+        tracker.log_metrics(run_id, _scalars(result["stats"]))
+        tracker.log_input(run_id, "preference_pairs", path, content_hash(path))
+        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, result["stats"]))
+
+
+def _train_variant(
+    context: dg.AssetExecutionContext,
+    *,
+    variant: str,
+    method: str,
+    start_from: str,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    train_cfg: TrainConfig,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    ray: RayResource,
+    mlflow: MlflowResource,
+    inputs: dict[str, Path],
+) -> dg.MaterializeResult:
+    """Run one training method on Ray Train, log it to MLflow and register the model version."""
+    from finetune_assets.launch.ray_train import run_training
+
+    profile = recipe.load()
+    asset = context.asset_key.to_user_string()
+    out = store.path(asset)
+    params = {"method": method, "start_from": start_from, "train": train_cfg.model_dump(),
+              "scaling": profile.scaling.model_dump(), "profile": profile.name}
+    with tracked_run(context, mlflow, params) as (tracker, run_id):
+        for name, path in inputs.items():
+            tracker.log_input(run_id, name, path, content_hash(path))
+        ray.ensure()
+        summary = run_training(
+            method,
+            {
+                "base_dir": str(model_dir(store, start_from)),
+                "train_rows": train_rows,
+                "eval_rows": eval_rows,
+                "cfg": train_cfg.model_dump(),
+                "out_dir": str(out),
+            },
+            profile.scaling,
+            storage_dir=store.base() / "ray_results",
+            ray_address=ray.address,
+        )
+        tracker.log_metric_history(run_id, "train_loss", summary["losses"])
+        tracker.log_metrics(run_id, _scalars(summary))
+        tracker.log_artifact(run_id, out / "train_summary.json")
+        version = tracker.register_model(variant, model_dir(store, asset), run_id, tags={"method": method})
+        context.log.info(
+            f"{variant}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} in {summary['steps']} steps"
+        )
+        return dg.MaterializeResult(
+            metadata=artifact_metadata(
+                out, run_id, {k: v for k, v in _scalars(summary).items()}, model_version=version,
+                loss_curve=dg.MetadataValue.json(summary["losses"]),
+            )
+        )
+
+
+@dg.asset(deps=[base_checkpoint, instruction_set], group_name="models", kinds={"pytorch", "ray"},
+          retry_policy=TRAINING_RETRY)
+def inst_model(
+    context: dg.AssetExecutionContext,
+    config: TrainOverrides,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    ray: RayResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Supervised fine-tuning with LoRA on all linear layers (the INST model)."""
+    path = store.path("instruction_set") / "instructions.parquet"
+    rows = read_records(path)
+    return _train_variant(
+        context, variant="inst", method="sft", start_from="base_checkpoint",
+        train_rows=[r for r in rows if r["split"] == "train"],
+        eval_rows=[r for r in rows if r["split"] == "validation"],
+        train_cfg=config.apply(recipe.load().sft), recipe=recipe, store=store, ray=ray, mlflow=mlflow,
+        inputs={"instruction_set": path},
+    )
+
+
+@dg.asset(deps=[inst_model, preference_pairs], group_name="models", kinds={"pytorch", "ray"},
+          retry_policy=TRAINING_RETRY)
+def dpo_model(
+    context: dg.AssetExecutionContext,
+    config: TrainOverrides,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    ray: RayResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Direct preference optimization from the INST model on the AI-feedback pairs (the DPO model)."""
+    path = store.path("preference_pairs") / "pairs.parquet"
+    return _train_variant(
+        context, variant="dpo", method="dpo", start_from="inst_model",
+        train_rows=read_records(path), eval_rows=[],
+        train_cfg=config.apply(recipe.load().dpo), recipe=recipe, store=store, ray=ray, mlflow=mlflow,
+        inputs={"preference_pairs": path},
+    )
+
+
+@dg.asset(deps=[dpo_model, retrieval_index, instruction_set], group_name="models", kinds={"pytorch", "ray"},
+          retry_policy=TRAINING_RETRY)
+def tr_model(
+    context: dg.AssetExecutionContext,
+    config: TrainOverrides,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    ray: RayResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """The tools-and-retrieval model: SFT from the DPO model on retrieval-grounded and tool-call turns."""
+    from finetune_assets.phases import retrieval, tools
+
+    profile = recipe.load()
+    index = retrieval.RetrievalIndex.load(store.path("retrieval_index"))
+    instructions = read_records(store.path("instruction_set") / "instructions.parquet")
+    built = tools.build_tr_examples(instructions, training_documents(store), index, profile.retrieval,
+                                    seed=profile.seed)
+    examples_path = write_records_parquet(built["records"], store.path("tr_examples") / "examples.parquet")
+    context.log.info(f"T&R examples: {built['stats']}")
+    return _train_variant(
+        context, variant="tr", method="sft", start_from="dpo_model",
+        train_rows=[r for r in built["records"] if r["split"] == "train"],
+        eval_rows=[r for r in built["records"] if r["split"] == "validation"],
+        train_cfg=config.apply(profile.tr), recipe=recipe, store=store, ray=ray, mlflow=mlflow,
+        inputs={"tr_examples": examples_path},
+    )
+
+
+def _scalars(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}

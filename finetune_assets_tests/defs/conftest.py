@@ -1,0 +1,36 @@
+"""Fixtures for the Dagster wiring: resources pointed at a temporary home, an ephemeral instance."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
+
+
+@pytest.fixture
+def fa_home(tmp_path: Path, monkeypatch) -> Path:
+    """A private FINETUNE_ASSETS_HOME: landing dir, artifacts and the MLflow store all live under it."""
+    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(tmp_path))
+    return tmp_path
+
+
+def make_resources(home: Path, profile: str = "smoke") -> dict:
+    return {
+        "recipe": RecipeResource(profile=profile),
+        "store": ArtifactStore(root=str(home / "artifacts")),
+        "ray": RayResource(num_cpus=2, object_store_mb=256),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                                 artifact_location=str(home / "mlartifacts")),
+    }
+
+
+@pytest.fixture
+def resources(fa_home: Path) -> dict:
+    return make_resources(fa_home)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst

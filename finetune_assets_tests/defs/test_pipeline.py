@@ -1,0 +1,131 @@
+"""The whole graph, in-process, on the smoke profile: real effects at every phase, and bad input handled."""
+
+import csv
+import json
+import random
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from finetune_assets.config import load_profile
+from finetune_assets.defs.data import data_drops, raw_corpus
+from finetune_assets.defs.pipeline import all_assets_and_checks, materialize_graph
+from finetune_assets.io import read_records
+from finetune_assets.phases import corpus, evalsets
+from finetune_assets.tracking import REGISTERED_MODEL
+from finetune_assets_tests.defs.conftest import make_resources
+
+
+def plant_duplicates(landing: Path) -> dict:
+    """A drop holding an exact copy and a near copy of two demo documents, plus an unreadable file."""
+    seeded = sorted((landing / "drop-0001").rglob("*.rst"), key=lambda p: -p.stat().st_size)
+    exact_src, near_src = seeded[3], seeded[4]
+    planted = landing / "drop-0003-planted"
+    planted.mkdir()
+    (planted / "exact_copy.rst").write_text(exact_src.read_text())
+    words = near_src.read_text().split(" ")
+    rng = random.Random(0)
+    for i in rng.sample(range(len(words)), k=max(1, len(words) // 100)):  # ~1% of words changed
+        words[i] = "edited"
+    (planted / "near_copy.rst").write_text(" ".join(words))
+    (planted / "broken.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28" * 40)
+    return {"exact_copy.rst": exact_src.name, "near_copy.rst": near_src.name}
+
+
+def ngrams(text: str, n: int = 8) -> set:
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_whole_graph_on_smoke_profile(fa_home, instance):
+    resources = make_resources(fa_home)
+    landing = fa_home / "landing"
+    corpus.seed_demo_landing(landing, load_profile("smoke").corpus)
+    plant_duplicates(landing)
+
+    graph = materialize_graph(instance, resources)
+    store = resources["store"]
+
+    assert "drop-0003-planted" in graph.drops
+    assert set(graph.materialized) == {
+        "dedup_corpus", "eval_sets", "instruction_set", "preference_pairs", "base_checkpoint",
+        "inst_model", "dpo_model", "retrieval_index", "tr_model", "eval_reports",
+    }
+
+    # Bad input: the unreadable file was reported by name and skipped, the rest of its drop went through.
+    problems = json.loads((store.path("raw_corpus", "drop-0003-planted") / "problems.json").read_text())
+    assert [Path(p["path"]).name for p in problems["problems"]] == ["broken.txt"]
+    planted_docs = read_records(store.path("raw_corpus", "drop-0003-planted") / "documents.parquet")
+    assert {Path(d["source"]).name for d in planted_docs} == {"exact_copy.rst", "near_copy.rst"}
+
+    # Dedup removed both planted duplicates, for the right reason.
+    removed = json.loads((store.path("dedup_corpus") / "removed.json").read_text())["removed"]
+    by_name = {Path(r["source"]).name: r["reason"] for r in removed if r["drop"] == "drop-0003-planted"}
+    assert by_name == {"exact_copy.rst": "exact", "near_copy.rst": "near"}
+
+    # Every split is non-empty and shares nothing with the eval sets.
+    rows = read_records(store.path("instruction_set") / "instructions.parquet")
+    splits = {r["split"] for r in rows}
+    assert splits == {"train", "validation"}
+    assert not {r["topic"] for r in rows if r["split"] == "train"} & {
+        r["topic"] for r in rows if r["split"] == "validation"
+    }
+    sets = evalsets.load_eval_sets(store.path("eval_sets"))
+    excluded = set(sets["manifest"]["excluded_doc_ids"])
+    assert not {r["source"] for r in rows} & excluded
+    eval_grams = set().union(*(ngrams(t) for t in evalsets.eval_texts(store.path("eval_sets"))))
+    for row in rows:
+        assert not ngrams(" ".join(m["content"] for m in row["messages"])) & eval_grams, row["id"]
+    assert all(len(sets[name]) > 0 for name in ("glossary", "qa_mc", "qa_gen", "heldout_text"))
+
+    pairs = read_records(store.path("preference_pairs") / "pairs.parquet")
+    assert pairs and all(p["chosen"].strip() and p["rejected"].strip() and p["chosen"] != p["rejected"]
+                         for p in pairs)
+
+    # Each trained variant: trainable parameters changed and the training loss fell.
+    for asset in ("inst_model", "dpo_model", "tr_model"):
+        summary = json.loads((store.path(asset) / "train_summary.json").read_text())
+        assert summary["changed_params"] > 0, asset
+        losses = summary["losses"]
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (asset, losses)
+        assert (store.path(asset) / "merged" / "config.json").exists()
+
+    # eval_reports: one row per variant, numbers from running the models (they differ between variants).
+    with open(store.path("eval_reports") / "metrics.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["variant"] for r in table] == ["base", "inst", "dpo", "tr"]
+    perplexities = [r for r in table[0] if "perplexity" in r]
+    assert perplexities, table[0].keys()
+    values = {r["variant"]: float(r[perplexities[0]]) for r in table}
+    assert all(v > 1 for v in values.values()) and len(set(values.values())) == 4, values
+    assert (store.path("eval_reports") / "report.md").read_text().count("| ") > 8
+
+    # MLflow: one registered version per variant, tagged with its eval metrics.
+    tracker = resources["mlflow"].tracker()
+    for variant in ("base", "inst", "dpo", "tr"):
+        version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version(variant))
+        assert any(key.startswith("eval.") for key in version.tags), variant
+
+
+def test_empty_drop_stops_with_a_message(fa_home, instance):
+    resources = make_resources(fa_home)
+    (fa_home / "landing" / "empty-drop").mkdir(parents=True)
+    instance.add_dynamic_partitions(data_drops.name, ["empty-drop"])
+    with pytest.raises(Exception, match=r"(?s)empty-drop.*(put|add)"):
+        dg.materialize(all_assets_and_checks(), instance=instance, resources=resources,
+                       partition_key="empty-drop", selection=[raw_corpus])
+
+
+def test_missing_base_model_stops_with_a_message(fa_home, instance, tmp_path):
+    recipe = tmp_path / "missing-model.yaml"
+    recipe.write_text(
+        (Path(__file__).parents[2] / "recipes" / "smoke.yaml").read_text()
+        .replace("source: tiny", f"source: local\n  path: {tmp_path / 'no-such-model'}")
+    )
+    resources = make_resources(fa_home, profile=str(recipe))
+    from finetune_assets.defs.training import base_checkpoint
+
+    with pytest.raises(Exception, match="no-such-model"):
+        dg.materialize([base_checkpoint], instance=instance, resources=resources)

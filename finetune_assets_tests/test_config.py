@@ -1,0 +1,57 @@
+"""Every recipe validates; a bad recipe stops with a message naming the key to fix."""
+
+from pathlib import Path
+
+import pytest
+
+from finetune_assets.cli import main
+from finetune_assets.config import RECIPES_DIR, ConfigError, available_profiles, load_profile
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_recipe_validates(name):
+    profile = load_profile(name)
+    assert profile.name == name
+    assert (RECIPES_DIR / f"{name}.yaml").read_text().startswith("#"), "a recipe starts with how to run it"
+
+
+def test_smoke_and_demo_profiles_exist():
+    assert {"smoke", "demo"} <= set(available_profiles())
+    assert load_profile("smoke").model.source == "tiny"
+    assert load_profile("demo").model.source == "smollm2_package"
+
+
+def test_misspelt_key_is_named(tmp_path: Path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\nsft:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"sft\.max_stepz"):
+        load_profile(str(recipe))
+
+
+def test_wrong_type_and_range_are_named(tmp_path: Path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\ndedup:\n  threshold: 1.5\nsft:\n  learning_rate: fast\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile(str(recipe))
+    assert "dedup.threshold" in str(err.value) and "sft.learning_rate" in str(err.value)
+
+
+def test_model_path_required_for_local_source(tmp_path: Path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\nmodel:\n  source: local\n")
+    with pytest.raises(ConfigError, match="model.path is required"):
+        load_profile(str(recipe))
+
+
+def test_unknown_profile_lists_available():
+    with pytest.raises(ConfigError, match="available profiles: .*smoke"):
+        load_profile("no-such-profile")
+
+
+def test_cli_reports_invalid_config_and_exits_2(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\neval:\n  batch_size: 0\n")
+    assert main(["demo", "--profile", str(recipe)]) == 2
+    assert "eval.batch_size" in capsys.readouterr().err

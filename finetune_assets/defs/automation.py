@@ -8,8 +8,7 @@ from finetune_assets.phases import corpus
 
 # One process per run: every step shares one embedded Ray (ray.init once per run, not once per asset).
 ingest_job = dg.define_asset_job(
-    "ingest_drop", selection=dg.AssetSelection.assets(raw_corpus), partitions_def=data_drops,
-    executor_def=dg.in_process_executor,
+    "ingest_drop", selection=dg.AssetSelection.assets(raw_corpus), executor_def=dg.in_process_executor,
 )
 retrain_job = dg.define_asset_job(
     "retrain", selection=dg.AssetSelection.assets(raw_corpus).downstream(include_self=False),

@@ -80,7 +80,11 @@ def cmd_chat(args) -> int:
     if args.tr:
         from finetune_assets.phases import retrieval, tools
 
-        runtime = tools.TRRuntime(Path(args.model_dir), retrieval.RetrievalIndex.load(Path(args.tr)))
+        def generate(conversations, max_new_tokens):
+            return generation.generate_chat(model, tokenizer, conversations, max_new_tokens)
+
+        index = retrieval.RetrievalIndex.load(Path(args.tr))
+        runtime = tools.TRRuntime(Path(args.model_dir), index, generate_fn=generate)
     questions = [args.question] if args.question else iter(lambda: input("you> "), "")
     for question in questions:
         if runtime is not None:

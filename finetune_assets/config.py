@@ -62,6 +62,9 @@ class InstructionsConfig(_Section):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     decontam_ngram: int = Field(8, ge=3)
     dedup_threshold: float = Field(0.9, gt=0, lt=1)
+    # Optional system turn put first in every generated conversation; None leaves it out (added for
+    # phases/instructions.py).
+    system_prompt: str | None = None
 
 
 class PreferencesConfig(_Section):

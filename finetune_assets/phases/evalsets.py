@@ -1,0 +1,269 @@
+"""eval_sets: held-out evaluation data, carved out of the deduplicated corpus before any training data.
+
+Files written into the eval folder (schemas are the contract in docs/ARCHITECTURE.md):
+- glossary.jsonl      {id, term, definition}            from the reST ``.. glossary::`` block
+- qa_gen.jsonl        {id, question, answer}            FAQ sections whose title is a question
+- qa_mc.jsonl         {id, question, choices, answer_index}  the same questions, distractors = other answers
+- heldout_text.jsonl  {id, doc_id, text}                a stable-hash share of the other documents
+- manifest.json       {counts, excluded_doc_ids, sources, seed}: every document an eval item came from is in
+                      excluded_doc_ids and never enters training data.
+"""
+
+import hashlib
+import random
+import re
+from pathlib import Path, PurePosixPath
+
+from finetune_assets import io
+from finetune_assets.config import EvalSetsConfig
+from finetune_assets.phases.corpus import (
+    _indent,
+    _spread,
+    clean_inline,
+    drop_dangling_intro,
+    first_sentence,
+    iter_sections,
+    prose_paragraphs,
+    truncate_at_sentence,
+)
+
+MIN_DEFINITION_CHARS = 20  # "Can refer to:" style entries are pointers, not definitions
+MAX_ANSWER_CHARS = 600
+MIN_CHOICE_CHARS = 40  # a choice of "Yes." alone would give the answer away or mean nothing
+
+EVAL_FILES = ("glossary", "qa_mc", "qa_gen", "heldout_text")
+
+
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by ``key``: the same document is held out in every run and every drop."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def _short_id(prefix: str, *parts: str) -> str:
+    return f"{prefix}-{hashlib.sha1('/'.join(parts).encode()).hexdigest()[:12]}"
+
+
+def is_glossary(doc: dict) -> bool:
+    return PurePosixPath(doc["source"]).name.startswith("glossary.rst")
+
+
+def is_faq(doc: dict) -> bool:
+    parts = PurePosixPath(doc["source"]).parts
+    return "faq" in parts[:-1] and not parts[-1].startswith("index.")
+
+
+# ----------------------------------------------------------------------------------------------- glossary
+
+
+def parse_glossary(text: str) -> list[dict]:
+    """{term, definition} for each entry of every ``.. glossary::`` block.
+
+    The definition is the first prose paragraph, cleaned of reST; entries shorter than
+    MIN_DEFINITION_CHARS ("Can refer to:") are skipped. A term with aliases (several term lines) is
+    recorded under its first line.
+    """
+    lines = text.splitlines()
+    entries = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() != ".. glossary::":
+            i += 1
+            continue
+        base = _indent(lines[i])
+        i += 1
+        block: list[str] = []
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
+            block.append(lines[i])
+            i += 1
+        entries += _glossary_entries(block)
+    return entries
+
+
+def _glossary_entries(block: list[str]) -> list[dict]:
+    term_indent = min(
+        (_indent(line) for line in block if line.strip() and not line.strip().startswith(":")), default=0
+    )
+    entries: list[dict] = []
+    term, body = None, []
+    for line in block + ["\0"]:
+        if line == "\0" or (line.strip() and _indent(line) == term_indent):
+            if term is not None and body:
+                paragraphs = prose_paragraphs(body, drop_intros=False)
+                definition = paragraphs[0] if paragraphs else ""
+                if len(definition) >= MIN_DEFINITION_CHARS:
+                    entries.append({"term": term, "definition": definition})
+                term, body = None, []
+            if line != "\0" and term is None:
+                term = clean_inline(line.strip())
+            # a second term line right after the first is an alias: keep the first name
+        elif term is not None:
+            body.append(line)
+    return entries
+
+
+# -------------------------------------------------------------------------------------------------- FAQ
+
+
+def parse_faq(text: str) -> list[dict]:
+    """{question, answer} for each section whose title ends with '?'.
+
+    The answer is the first prose paragraphs of the section (code blocks and directives skipped), taken
+    until it is at least 200 characters and cut at a sentence end to at most MAX_ANSWER_CHARS; sections
+    whose body has no prose (code-only answers) are skipped.
+    """
+    pairs = []
+    for section in iter_sections(text):
+        if not section.title.endswith("?"):
+            continue
+        answer = ""
+        for paragraph in prose_paragraphs(section.lines):
+            if answer and len(answer) + len(paragraph) + 1 > MAX_ANSWER_CHARS:
+                break
+            answer = f"{answer} {paragraph}".strip()
+            if len(answer) >= 200:
+                break
+        answer = drop_dangling_intro(truncate_at_sentence(answer, MAX_ANSWER_CHARS))
+        if len(answer) >= MIN_DEFINITION_CHARS:
+            pairs.append({"question": section.title, "answer": answer})
+    return pairs
+
+
+def multiple_choice(qa: list[dict], n_choices: int, rng: random.Random) -> list[dict]:
+    """Each question with its answer's first sentence among ``n_choices - 1`` distractors: first sentences
+    of other answers, drawn with ``rng`` (deterministic for a seed). Questions are skipped when there are
+    not enough distinct distractors."""
+    keys = [first_sentence(item["answer"], MIN_CHOICE_CHARS) for item in qa]
+    rows = []
+    for k, item in enumerate(qa):
+        right = keys[k]
+        pool = sorted({key for key in keys if key != right})
+        if len(pool) < n_choices - 1:
+            continue
+        choices = rng.sample(pool, n_choices - 1)
+        answer_index = rng.randrange(n_choices)
+        choices.insert(answer_index, right)
+        rows.append(
+            {"id": item["id"], "question": item["question"], "choices": choices, "answer_index": answer_index}
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- held out
+
+
+def select_heldout(docs: list[dict], fraction: float, max_docs: int) -> list[dict]:
+    """Documents whose stable hash falls under ``fraction`` (at most ``max_docs``, lowest hashes first).
+
+    A threshold on a per-document hash keeps a document's fate independent of the other documents, so a new
+    drop never moves an earlier held-out document into training data. At least one document is held out.
+    """
+    ranked = sorted(docs, key=lambda d: stable_fraction(d["id"]))
+    chosen = [d for d in ranked if stable_fraction(d["id"]) < fraction][:max_docs]
+    return chosen or ranked[:1]
+
+
+def _cut(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars].rsplit(None, 1)[0]
+
+
+# ------------------------------------------------------------------------------------------------- build
+
+
+def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: int = 0) -> dict:
+    """Build every eval set from ``docs`` into ``out_dir`` (replaced atomically); return the manifest.
+
+    Needs a glossary document (source ``.../glossary.rst``) and FAQ documents (under ``faq/``, index
+    excluded). ``cfg.max_glossary_terms`` / ``cfg.max_qa`` keep an evenly spread subset; ``seed`` fixes the
+    multiple-choice distractors and answer positions.
+    """
+    glossary_docs = sorted((d for d in docs if is_glossary(d)), key=lambda d: (d["drop"], d["source"]))
+    faq_docs = sorted((d for d in docs if is_faq(d)), key=lambda d: (d["drop"], d["source"]))
+    missing = [
+        name
+        for name, found in (("glossary (glossary.rst)", glossary_docs), ("FAQ (faq/*.rst)", faq_docs))
+        if not found
+    ]
+    if missing:
+        raise ValueError(
+            f"eval sets need the glossary and FAQ sources; the landing dir lacks {' and '.join(missing)}. "
+            "Add a reST file with a '.. glossary::' block named glossary.rst and question-titled sections "
+            "under faq/, or seed the demo docs (corpus.default_source: python_docs)."
+        )
+    glossary = _glossary_rows(glossary_docs, cfg.max_glossary_terms)
+    qa = _qa_rows(faq_docs, cfg.max_qa)
+    if not glossary or not qa:
+        raise ValueError(
+            f"eval sets came out empty (glossary terms: {len(glossary)}, FAQ questions: {len(qa)}); check "
+            f"that {glossary_docs[0]['source']} has a '.. glossary::' block and that the FAQ files have "
+            "section titles ending with '?'"
+        )
+    qa_mc = multiple_choice(qa, cfg.mc_choices, random.Random(seed))
+    eval_ids = {d["id"] for d in glossary_docs + faq_docs}
+    others = [d for d in docs if d["id"] not in eval_ids]
+    heldout_docs = select_heldout(others, cfg.heldout_fraction, cfg.max_heldout_docs) if others else []
+    heldout = [
+        {"id": _short_id("held", d["id"]), "doc_id": d["id"], "text": _cut(d["text"], cfg.max_heldout_chars)}
+        for d in heldout_docs
+    ]
+    sets = {"glossary": glossary, "qa_mc": qa_mc, "qa_gen": qa, "heldout_text": heldout}
+    manifest = {
+        "counts": {name: len(rows) for name, rows in sets.items()},
+        "excluded_doc_ids": sorted(eval_ids | {d["id"] for d in heldout_docs}),
+        "sources": {
+            "glossary": [d["source"] for d in glossary_docs],
+            "faq": [d["source"] for d in faq_docs],
+            "heldout_text": [d["source"] for d in heldout_docs],
+        },
+        "seed": seed,
+    }
+    with io.atomic_dir(Path(out_dir)) as tmp:
+        for name, rows in sets.items():
+            io.write_jsonl(rows, tmp / f"{name}.jsonl")
+        io.write_json(manifest, tmp / "manifest.json")
+    return manifest
+
+
+def _glossary_rows(glossary_docs: list[dict], limit: int | None) -> list[dict]:
+    rows, seen = [], set()
+    for doc in glossary_docs:
+        for entry in parse_glossary(doc["text"]):
+            if entry["term"].lower() not in seen:
+                seen.add(entry["term"].lower())
+                rows.append({"id": _short_id("gloss", entry["term"]), **entry})
+    return _spread(rows, limit)
+
+
+def _qa_rows(faq_docs: list[dict], limit: int | None) -> list[dict]:
+    rows, seen = [], set()
+    for doc in faq_docs:
+        for pair in parse_faq(doc["text"]):
+            if pair["question"] not in seen:
+                seen.add(pair["question"])
+                rows.append({"id": _short_id("qa", doc["source"], pair["question"]), **pair})
+    return _spread(rows, limit)
+
+
+# -------------------------------------------------------------------------------------------------- read
+
+
+def load_eval_sets(eval_dir: Path) -> dict:
+    """{"glossary": [...], "qa_mc": [...], "qa_gen": [...], "heldout_text": [...], "manifest": {...}}."""
+    import json
+
+    eval_dir = Path(eval_dir)
+    out: dict = {name: io.read_jsonl(eval_dir / f"{name}.jsonl") for name in EVAL_FILES}
+    out["manifest"] = json.loads((eval_dir / "manifest.json").read_text(encoding="utf-8"))
+    return out
+
+
+def eval_texts(eval_dir: Path) -> list[str]:
+    """Every text an eval item shows or expects (questions, answers, choices, terms with definitions,
+    held-out text): the reference for n-gram decontamination of training data."""
+    sets = load_eval_sets(eval_dir)
+    texts = [f"{row['term']} {row['definition']}" for row in sets["glossary"]]
+    texts += [text for row in sets["qa_gen"] for text in (row["question"], row["answer"])]
+    texts += [text for row in sets["qa_mc"] for text in (row["question"], *row["choices"])]
+    texts += [row["text"] for row in sets["heldout_text"]]
+    return [re.sub(r"\s+", " ", t).strip() for t in texts if t and t.strip()]

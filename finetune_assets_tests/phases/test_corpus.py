@@ -1,0 +1,181 @@
+"""corpus phase: landing folder, drop reading, HTML/reST text helpers, demo seeding."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from finetune_assets.config import CorpusConfig
+from finetune_assets.phases import corpus, evalsets
+from finetune_assets.phases.corpus import (
+    EmptyCorpusError,
+    clean_inline,
+    html_to_text,
+    iter_sections,
+    list_drops,
+    prose_paragraphs,
+    read_drop,
+    require_documents,
+    seed_demo_landing,
+    truncate_at_sentence,
+)
+
+LONG = "Words that make a document long enough to pass the minimum length filter. " * 5
+CFG = CorpusConfig(min_chars=50)
+
+
+def test_list_drops_skips_hidden_and_underscore(tmp_path):
+    for name in ("drop-b", "drop-a", ".drop-c.tmp", "_scratch"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "single.jsonl").write_text("")
+    assert list_drops(tmp_path) == ["drop-a", "drop-b", "single.jsonl"]
+    assert list_drops(tmp_path / "missing") == []
+
+
+def test_read_drop_reads_each_format_and_reports_problems(tmp_path):
+    drop = tmp_path / "d1"
+    (drop / "sub").mkdir(parents=True)
+    (drop / "guide.rst").write_text(f"My Guide\n========\n\n{LONG}")
+    (drop / "sub" / "notes.md").write_text(f"# Notes\n\n{LONG}")
+    (drop / "page.html").write_text(
+        f"<html><head><title>T</title><style>p {{}}</style></head><body><nav>menu</nav>"
+        f"<h1>Page Title</h1><script>var x;</script><p>{LONG}</p></body></html>"
+    )
+    rows = [{"id": "a", "text": LONG}, {"text": LONG + "2"}, {"body": "no text field"}]
+    lines = [json.dumps(r) for r in rows] + ["{not json"]
+    (drop / "data.jsonl").write_text("\n".join(lines))
+    (drop / "bad.txt").write_bytes(b"\xff\xfe invalid utf-8 " * 20)
+    (drop / "short.txt").write_text("tiny")
+    (drop / "image.png").write_bytes(b"\x89PNG")
+    (drop / ".hidden.txt").write_text(LONG)
+
+    docs, problems, stats = read_drop(tmp_path, "d1", CFG)
+
+    by_source = {d["source"]: d for d in docs}
+    assert sorted(by_source) == ["data.jsonl#L2", "data.jsonl#a", "guide.rst", "page.html", "sub/notes.md"]
+    assert by_source["guide.rst"]["title"] == "My Guide"
+    assert by_source["sub/notes.md"]["title"] == "Notes"
+    page = by_source["page.html"]
+    assert page["title"] == "Page Title"
+    assert "var x" not in page["text"] and "menu" not in page["text"] and "p {}" not in page["text"]
+    assert by_source["guide.rst"]["id"] == corpus.doc_id("d1", "guide.rst")
+    assert all(len(d["id"]) == 16 and d["drop"] == "d1" and len(d["content_hash"]) == 64 for d in docs)
+    reasons = {(p["path"], p.get("line")): p["reason"] for p in problems}
+    assert set(reasons) == {("data.jsonl", 3), ("data.jsonl", 4), ("bad.txt", None)}
+    assert "text" in reasons[("data.jsonl", 3)] and "JSON" in reasons[("data.jsonl", 4)]
+    assert stats == {"files": 6, "documents": 5, "skipped_short": 1, "problems": 3, "ignored": 1}
+
+
+def test_read_drop_ids_differ_across_drops(tmp_path):
+    for drop in ("d1", "d2"):
+        (tmp_path / drop).mkdir()
+        (tmp_path / drop / "same.txt").write_text(LONG)
+    ids = {read_drop(tmp_path, d, CFG).documents[0]["id"] for d in ("d1", "d2")}
+    assert len(ids) == 2
+
+
+def test_require_documents_names_the_fix(tmp_path):
+    assert require_documents([{"id": "x"}], "raw_corpus") == [{"id": "x"}]
+    with pytest.raises(EmptyCorpusError, match=str(tmp_path)) as err:
+        require_documents([], "raw_corpus", landing_dir=tmp_path)
+    assert ".rst" in str(err.value)
+
+
+def test_clean_inline_strips_rest_roles_and_markup():
+    text = (
+        "See :func:`~os.path.join`, :ref:`magic methods <special-lookup>`, :rfc:`7159`, ``f(*a, **kw)``, "
+        "*emphasis*, **strong** and `a link <https://x.org>`_ [#note]_ here::"
+    )
+    assert clean_inline(text) == (
+        "See join, magic methods, RFC 7159, f(*a, **kw), emphasis, strong and a link here:"
+    )
+
+
+def test_sections_and_prose_paragraphs_skip_code_and_directives():
+    text = (
+        "*****\nTitle\n*****\n\nIntro paragraph.\n\nFirst Part\n----------\n\n"
+        "Prose that introduces code::\n\n"
+        "    x = 1\n\n.. note::\n\n   A note body.\n\n>>> 1 + 1\n2\n\nClosing :class:`int` text.\n"
+    )
+    sections = iter_sections(text)
+    assert [s.title for s in sections] == ["Title", "First Part"]
+    assert prose_paragraphs(sections[1].lines, drop_intros=False) == [
+        "Prose that introduces code:",
+        "Closing int text.",
+    ]
+    assert prose_paragraphs(sections[1].lines) == ["Closing int text."]  # the bare intro says nothing
+
+
+def test_html_to_text_prefers_main_content_and_underlines_headings():
+    html = (
+        "<html><body><div class='sidebar'><h3>Navigation</h3></div><div role='main'><h1>Real ¶</h1>"
+        "<p>Body <b>text</b>.</p><pre>code\n  indented</pre></div></body></html>"
+    )
+    title, text = html_to_text(html)
+    assert title == "Real"
+    assert "Navigation" not in text
+    assert text.startswith("Real\n====\n\nBody text.")
+    assert "    code\n      indented" in text
+
+
+def test_truncate_at_sentence():
+    text = "One sentence here. Two sentences here. Three."
+    assert truncate_at_sentence(text, 40) == "One sentence here. Two sentences here."
+    assert truncate_at_sentence("averyveryverylongword and more words", 20).endswith("...")
+
+
+def _doc_sources() -> Path:
+    sources = corpus.find_python_docs()
+    if sources is None:
+        pytest.skip("python3-doc is not installed")
+    return sources
+
+
+def test_seed_demo_landing_from_python_docs(tmp_path):
+    sources = _doc_sources()
+    cfg = CorpusConfig(demo_max_files=15, seed_html_duplicates=3)
+    assert seed_demo_landing(tmp_path, cfg) == ["drop-0001", "drop-0002"]
+    rst = sorted(
+        p.relative_to(tmp_path / "drop-0001").as_posix() for p in (tmp_path / "drop-0001").rglob("*")
+    )
+    faq = sorted(f"faq/{p.name[: -len('.txt')]}" for p in (sources / "faq").glob("*.rst.txt"))
+    assert "glossary.rst" in rst and set(faq) <= set(rst)
+    assert len([r for r in rst if r.endswith(".rst")]) == max(15, len(faq) + 1)
+    html = [
+        p.relative_to(tmp_path / "drop-0002").as_posix() for p in (tmp_path / "drop-0002").rglob("*.html")
+    ]
+    assert len(html) == 3 and all(h[: -len(".html")] + ".rst" in rst for h in html)
+    assert seed_demo_landing(tmp_path, cfg) == []  # already seeded: nothing new
+
+
+def test_seed_is_atomic_when_copy_fails(tmp_path, monkeypatch):
+    _doc_sources()
+    calls, real_copy = [], shutil.copyfile
+
+    def failing_copy(src, dst):
+        calls.append(src)
+        if len(calls) > 5:
+            raise OSError("disk full")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(corpus.shutil, "copyfile", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        seed_demo_landing(tmp_path, CorpusConfig(demo_max_files=20))
+    assert list_drops(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_falls_back_to_interpreter_docs(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "find_python_docs", lambda: None)
+    monkeypatch.setattr(corpus, "_interpreter_modules", lambda: ["json", "math", "textwrap", "antigravity"])
+    assert seed_demo_landing(tmp_path, CorpusConfig()) == ["drop-0001"]
+    docs = read_drop(tmp_path, "drop-0001", CorpusConfig()).documents
+    sources = {d["source"] for d in docs}
+    assert {"modules/json.txt", "modules/math.txt", "glossary.rst", "faq/topics.rst"} <= sources
+    glossary = next(d for d in docs if d["source"] == "glossary.rst")
+    terms = {e["term"] for e in evalsets.parse_glossary(glossary["text"])}
+    assert {"json", "textwrap"} <= terms
+    faq = next(d for d in docs if d["source"] == "faq/topics.rst")
+    pairs = evalsets.parse_faq(faq["text"])
+    assert len(pairs) >= 50 and all(p["question"].startswith("What is the ") for p in pairs)

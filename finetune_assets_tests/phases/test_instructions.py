@@ -1,0 +1,209 @@
+"""instructions phase: offline generators, eval exclusion, dedup, decontamination, topic split, cap."""
+
+import pytest
+
+from finetune_assets.config import EvalSetsConfig, InstructionsConfig
+from finetune_assets.phases import corpus
+from finetune_assets.phases.corpus import make_document
+from finetune_assets.phases.evalsets import build_eval_sets
+from finetune_assets.phases.instructions import (
+    api_examples,
+    assign_splits,
+    build_instruction_set,
+    module_examples,
+    section_examples,
+    topic_of,
+)
+
+API_DOC = """\
+:mod:`shelfy` --- Shelf storage
+===============================
+
+.. module:: shelfy
+   :synopsis: Keep Python objects on a shelf.
+
+**Source code:** :source:`Lib/shelfy.py`
+
+This module stores arbitrary Python objects in a persistent dictionary-like shelf on disk.
+
+.. function:: open(filename, flag='c', \\
+                   protocol=None)
+
+   Open a persistent dictionary.  The *filename* is the base name of the
+   underlying database, as used by :func:`dbm.open`.
+
+   .. versionchanged:: 3.10
+      Accepts a path-like object.
+
+.. class:: Shelf(dict)
+
+   A subclass of :class:`collections.abc.MutableMapping` which stores pickled values.
+
+   .. method:: sync()
+
+      Write back all entries in the cache and empty it when the shelf was opened
+      with writeback enabled.
+
+   .. method:: tiny()
+
+      Short.
+"""
+
+GLOSSARY = """\
+Glossary
+========
+
+.. glossary::
+
+   shelf
+      A persistent dictionary-like object whose values are arbitrary Python objects kept on disk.
+"""
+
+FAQ = """\
+FAQ
+===
+
+How do I keep objects on disk between runs of my program?
+---------------------------------------------------------
+
+Use a shelf: it maps string keys to pickled Python objects stored in a database file on disk.
+"""
+
+SECTIONS = """\
+Storage Guide
+=============
+
+Choosing a format
+-----------------
+
+Pick the format that matches how the data will be read back later, and keep a schema next to the data files.
+
+Backups
+-------
+
+Copy the database file only while no process has it open, otherwise the copy may be corrupted halfway.
+"""
+
+
+def _section_doc(drop: str, source: str, title: str) -> dict:
+    text = f"{title}\n{'=' * len(title)}\n\nTopic {title} Part\n---------------\n\n"
+    text += (
+        f"The {title} part explains how {title} relates to the rest of the system, step by step, in detail."
+    )
+    return make_document(drop, source, text)
+
+
+FILLER = make_document("d0", "filler.txt", "Held-out filler text for the perplexity set. " * 10)
+
+
+def _eval_dir(tmp_path, docs):
+    """Eval sets from the glossary/FAQ docs plus one filler document, which is then the only held-out
+    document: the test documents' fate does not depend on their hash."""
+    eval_docs = [d for d in docs if d["source"] == "glossary.rst" or d["source"].startswith("faq/")]
+    build_eval_sets(eval_docs + [FILLER], EvalSetsConfig(mc_choices=2), tmp_path / "eval")
+    return tmp_path / "eval"
+
+
+def _base_docs() -> list[dict]:
+    return [
+        make_document("d1", "glossary.rst", GLOSSARY),
+        make_document("d1", "faq/general.rst", FAQ),
+        make_document("d1", "faq/more.rst", FAQ.replace("between runs of my program", "forever")),
+        make_document("d1", "library/shelfy.rst", API_DOC),
+        make_document("d1", "howto/storage.rst", SECTIONS),
+    ]
+
+
+def test_api_examples_qualify_names_and_skip_short_descriptions():
+    examples = dict(api_examples(API_DOC))
+    assert list(examples) == [
+        "What does the function `shelfy.open(filename, flag='c', protocol=None)` do in Python?",
+        "What does the class `shelfy.Shelf(dict)` do in Python?",
+        "What does the function `shelfy.Shelf.sync()` do in Python?",
+    ]
+    first = examples["What does the function `shelfy.open(filename, flag='c', protocol=None)` do in Python?"]
+    assert first == (
+        "Open a persistent dictionary. The filename is the base name of the underlying database, "
+        "as used by dbm.open."
+    )
+
+
+def test_module_and_section_examples():
+    ((prompt, answer),) = module_examples(API_DOC)
+    assert prompt == "What is the shelfy module for?"
+    assert answer.startswith("The shelfy module: Keep Python objects on a shelf. This module stores")
+    sections = dict(section_examples(SECTIONS, "Storage Guide"))
+    assert list(sections) == [
+        "Explain Choosing a format (from Storage Guide).",
+        "Explain Backups (from Storage Guide).",
+    ]
+
+
+def test_topic_of():
+    assert topic_of("library/json.rst") == "library/json"
+    assert topic_of("glossary.rst") == "glossary"
+    assert topic_of("c-api/sub/obj.html") == "c-api/obj"
+    assert topic_of("data.jsonl#L3") == "data"
+
+
+def test_build_excludes_eval_docs_dedups_and_decontaminates(tmp_path):
+    docs = _base_docs()
+    leaking = "Leak\n====\n\nStorage\n-------\n\n" + FAQ.split("\n\n")[-1]  # copies the FAQ answer
+    docs.append(make_document("d1", "howto/leak.rst", leaking))
+    docs.append(make_document("d2", "howto/storage-copy.rst", SECTIONS))  # duplicate instructions
+    eval_dir = _eval_dir(tmp_path, docs)
+    result = build_instruction_set(docs, eval_dir, InstructionsConfig(system_prompt="Be brief."))
+    records, stats = result["records"], result["stats"]
+    eval_ids = {d["id"] for d in docs[:3]}
+    assert not {r["source"] for r in records} & eval_ids
+    assert stats["excluded_docs"] == 3
+    assert stats["contaminated_removed"] == 1
+    assert stats["near_duplicates_removed"] == 2
+    assert stats["generated"] == {"api": 3, "module": 1, "section": 6}  # 1 + 2 + 2 copies + 1 leak
+    assert len(records) == 10 - 3 == stats["train"] + stats["validation"]
+    assert stats["train"] > 0 and stats["validation"] > 0
+    for rec in records:
+        assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant"]
+        assert set(rec) == {"id", "messages", "source", "topic", "generator", "split"}
+    assert len({r["id"] for r in records}) == len(records)
+
+
+def test_split_is_by_topic_and_cap_samples_topics(tmp_path):
+    docs = _base_docs()[:3] + [_section_doc("d1", f"library/mod{i}.rst", f"Mod{i}") for i in range(20)]
+    eval_dir = _eval_dir(tmp_path, docs)
+    full = build_instruction_set(docs, eval_dir, InstructionsConfig(validation_fraction=0.2))["records"]
+    split_of = {}
+    for rec in full:
+        assert split_of.setdefault(rec["topic"], rec["split"]) == rec["split"]
+    assert set(split_of.values()) == {"train", "validation"}
+    capped = build_instruction_set(docs, eval_dir, InstructionsConfig(max_examples=10))
+    assert len(capped["records"]) == 10 and capped["stats"]["capped_removed"] == len(full) - 10
+    assert len({r["topic"] for r in capped["records"]}) == 10  # one per topic, not the first documents
+    again = build_instruction_set(docs, eval_dir, InstructionsConfig(max_examples=10))
+    assert again["records"] == capped["records"]
+
+
+def test_assign_splits_guarantees_both_sides():
+    records = [{"topic": t, "split": "train"} for t in ("a", "b")]
+    assign_splits(records, validation_fraction=0.01)
+    assert sorted(r["split"] for r in records) == ["train", "validation"]
+
+
+def test_no_surviving_instruction_is_a_clear_error(tmp_path):
+    docs = _base_docs()[:3] + [make_document("d1", "notes.txt", "plain text without any heading " * 20)]
+    eval_dir = _eval_dir(tmp_path, docs)
+    with pytest.raises(ValueError, match="no instructions survived"):
+        build_instruction_set(docs, eval_dir, InstructionsConfig())
+
+
+def test_real_json_docs_yield_api_and_module_examples():
+    sources = corpus.find_python_docs()
+    if sources is None:
+        pytest.skip("python3-doc is not installed")
+    text = (sources / "library/json.rst.txt").read_text()
+    prompts = [p for p, _ in api_examples(text)]
+    assert any(p.startswith("What does the function `json.dumps(obj, *, skipkeys=False") for p in prompts)
+    assert "What does the function `json.JSONDecoder.decode(s)` do in Python?" in prompts
+    assert len(prompts) >= 10
+    modules = [p for p, _ in module_examples(text)]
+    assert modules == ["What is the json module for?", "What is the json.tool module for?"]

@@ -1,0 +1,63 @@
+"""preferences phase: prompt selection and pair building with a stand-in generate function."""
+
+from finetune_assets.phases.preferences import build_preference_pairs, check_pairs, select_prompts
+
+
+def _instruction(i: int, topic: str, split: str = "train") -> dict:
+    return {
+        "id": f"i{i}",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"Question {i}?"},
+            {"role": "assistant", "content": f"Reference answer {i}."},
+        ],
+        "source": "doc",
+        "topic": topic,
+        "generator": "section",
+        "split": split,
+    }
+
+
+INSTRUCTIONS = [_instruction(i, f"t{i % 3}") for i in range(9)] + [_instruction(99, "t9", "validation")]
+
+
+def test_select_prompts_train_only_and_spread_over_topics():
+    prompts = select_prompts(INSTRUCTIONS, max_pairs=3)
+    assert len(prompts) == 3
+    assert {p["topic"] for p in prompts} == {"t0", "t1", "t2"}
+    for p in prompts:
+        assert [m["role"] for m in p["prompt"]] == ["system", "user"]
+        assert p["reference"].startswith("Reference answer")
+    assert select_prompts(INSTRUCTIONS, max_pairs=3) == prompts
+    assert "i99" not in {p["id"] for p in select_prompts(INSTRUCTIONS, max_pairs=100)}
+    assert len(select_prompts(INSTRUCTIONS, max_pairs=100)) == 9
+
+
+def test_build_preference_pairs_calls_generate_once_and_drops_useless_pairs():
+    prompts = select_prompts(INSTRUCTIONS, max_pairs=4)
+    calls = []
+
+    def generate(conversations):
+        calls.append(conversations)
+        return ["A weaker answer.", "", "  " + prompts[2]["reference"].upper() + " ", "Another one."]
+
+    result = build_preference_pairs(prompts, generate)
+    assert len(calls) == 1 and calls[0] == [p["prompt"] for p in prompts]
+    assert result["stats"] == {"prompts": 4, "pairs": 2, "dropped_empty": 1, "dropped_identical": 1}
+    first = result["records"][0]
+    assert first["chosen"] == prompts[0]["reference"] and first["rejected"] == "A weaker answer."
+    assert (first["chosen_source"], first["rejected_source"], first["judge_score"]) == (
+        "reference",
+        "base_checkpoint",
+        None,
+    )
+    assert first["prompt"] == prompts[0]["prompt"]
+    assert check_pairs(result["records"]) == []
+
+
+def test_check_pairs_reports_problems():
+    rows = [
+        {"id": "a", "prompt": [{"role": "user", "content": "q"}], "chosen": "x", "rejected": " X "},
+        {"id": "b", "prompt": [{"role": "user", "content": "q"}], "chosen": "", "rejected": "y"},
+    ]
+    assert check_pairs(rows) == ["a: chosen == rejected", "b: empty chosen"]

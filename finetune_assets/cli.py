@@ -1,8 +1,8 @@
 """`finetune-assets`: what a user runs outside the Dagster UI.
 
-  finetune-assets demo [--profile demo]   materialize the whole graph on the default demo data
-  finetune-assets seed [--profile demo]   only put the demo documents into the landing directory
-  finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
+finetune-assets demo [--profile demo]   materialize the whole graph on the default demo data
+finetune-assets seed [--profile demo]   only put the demo documents into the landing directory
+finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
 """
 
 import argparse
@@ -45,15 +45,19 @@ def cmd_demo(args) -> int:
     graph = materialize_graph(dg.DagsterInstance.get(), resources)
     store = resources["store"]
     report = store.path("eval_reports") / "report.md"
-    print(f"\nMaterialized {len(graph.materialized)} assets (+ raw_corpus for drops {', '.join(graph.drops)})"
-          f" in {time.time() - started:.0f} s.")
+    print(
+        f"\nMaterialized {len(graph.materialized)} assets (+ raw_corpus for drops {', '.join(graph.drops)})"
+        f" in {time.time() - started:.0f} s."
+    )
     print(f"Report:    {report}")
     if report.exists():
         print(report.read_text())
     tracking = resources["mlflow"].tracker().tracking_uri
     print("Open the UIs:")
-    print(f"  Dagster: DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml "
-          "-h 127.0.0.1 -p 3000")
+    print(
+        f"  Dagster: DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml "
+        "-h 127.0.0.1 -p 3000"
+    )
     print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking} -h 127.0.0.1 -p 5000")
     print(f"Artifacts: {store.base()}  (home: {home})")
     return 0
@@ -94,13 +98,16 @@ def cmd_chat(args) -> int:
             print(f"model> {reply['answer']}")
         else:
             conversation = [{"role": "user", "content": question}]
-            print("model> " + generation.generate_chat(model, tokenizer, [conversation], args.max_new_tokens)[0])
+            print(
+                "model> " + generation.generate_chat(model, tokenizer, [conversation], args.max_new_tokens)[0]
+            )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune-assets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="finetune-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="materialize the whole asset graph on the demo data")
     demo.add_argument("--profile", default=os.environ.get("FINETUNE_ASSETS_PROFILE", "demo"))

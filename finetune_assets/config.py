@@ -71,6 +71,8 @@ class PreferencesConfig(_Section):
     max_pairs: int = Field(64, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
+    # Rejected answers are sampled from the weaker model (on-policy), not its single greedy answer.
+    temperature: float = Field(0.7, ge=0)
 
 
 class TinyModelConfig(_Section):

@@ -37,7 +37,9 @@ class Tracker:
             if artifact_location and "://" not in artifact_location:
                 Path(artifact_location).mkdir(parents=True, exist_ok=True)
                 artifact_location = Path(artifact_location).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_location
+            )
 
     def parent_run(self, pipeline_run_id: str, name: str) -> str:
         """The MLflow run that groups every asset of one pipeline (Dagster) run; created on first use."""
@@ -104,7 +106,9 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:36])
+        dataset = MetaDataset(
+            resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:36]
+        )
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
 

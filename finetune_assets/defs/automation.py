@@ -8,10 +8,13 @@ from finetune_assets.phases import corpus
 
 # One process per run: every step shares one embedded Ray (ray.init once per run, not once per asset).
 ingest_job = dg.define_asset_job(
-    "ingest_drop", selection=dg.AssetSelection.assets(raw_corpus), executor_def=dg.in_process_executor,
+    "ingest_drop",
+    selection=dg.AssetSelection.assets(raw_corpus),
+    executor_def=dg.in_process_executor,
 )
 retrain_job = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.assets(raw_corpus).downstream(include_self=False),
+    "retrain",
+    selection=dg.AssetSelection.assets(raw_corpus).downstream(include_self=False),
     executor_def=dg.in_process_executor,
 )
 
@@ -30,14 +33,21 @@ def landing_sensor(context: dg.SensorEvaluationContext, recipe: RecipeResource, 
     )
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[ingest_job],
-                      request_job=retrain_job, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[ingest_job],
+    request_job=retrain_job,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
 def retrain_on_new_data(context: dg.RunStatusSensorContext):
     """After a drop is ingested, rebuild everything downstream (opt-in: start it in the UI)."""
     return dg.RunRequest(run_key=f"after:{context.dagster_run.run_id}")
 
 
 weekly_retrain = dg.ScheduleDefinition(
-    name="weekly_retrain", job=retrain_job, cron_schedule="0 3 * * 1", execution_timezone="UTC",
+    name="weekly_retrain",
+    job=retrain_job,
+    cron_schedule="0 3 * * 1",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )

@@ -42,7 +42,9 @@ def raw_corpus(
         tracker.log_metrics(run_id, {"documents": len(docs), "skipped_files": len(problems)})
         return dg.MaterializeResult(
             metadata=artifact_metadata(
-                out, run_id, {"documents": len(docs), "skipped_files": len(problems), **stats},
+                out,
+                run_id,
+                {"documents": len(docs), "skipped_files": len(problems), **stats},
                 skipped=dg.MetadataValue.json(problems),
             )
         )
@@ -60,7 +62,9 @@ def dedup_corpus(
         if path.exists():
             docs.extend(read_records(path))
         else:
-            context.log.warning(f"data drop '{drop}' is registered but raw_corpus has not been materialized for it")
+            context.log.warning(
+                f"data drop '{drop}' is registered but raw_corpus has not been materialized for it"
+            )
     corpus.require_documents(docs, "raw_corpus (all data drops)")
     with tracked_run(context, mlflow, {"dedup": profile.dedup.model_dump()}) as (tracker, run_id):
         result = dedup.dedup_documents(docs, profile.dedup)
@@ -68,7 +72,9 @@ def dedup_corpus(
         write_records_parquet(result["kept"], out / "documents.parquet")
         write_json({"removed": result["removed"], "stats": result["stats"]}, out / "removed.json")
         tracker.log_metrics(run_id, result["stats"])
-        tracker.log_input(run_id, "dedup_corpus", out / "documents.parquet", content_hash(out / "documents.parquet"))
+        tracker.log_input(
+            run_id, "dedup_corpus", out / "documents.parquet", content_hash(out / "documents.parquet")
+        )
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, result["stats"]))
 
 
@@ -93,7 +99,10 @@ def instruction_set(
     """Instruction/response pairs from the corpus, deduplicated, decontaminated, split by topic."""
     profile = recipe.load()
     docs = read_records(documents_path(store))
-    with tracked_run(context, mlflow, {"instructions": profile.instructions.model_dump()}) as (tracker, run_id):
+    with tracked_run(context, mlflow, {"instructions": profile.instructions.model_dump()}) as (
+        tracker,
+        run_id,
+    ):
         result = instructions.build_instruction_set(
             docs, store.path("eval_sets"), profile.instructions, seed=profile.seed
         )

@@ -12,8 +12,11 @@ from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
 
 
-@dg.asset(deps=[base_checkpoint, inst_model, dpo_model, tr_model, eval_sets], group_name="evaluation",
-          kinds={"markdown"})
+@dg.asset(
+    deps=[base_checkpoint, inst_model, dpo_model, tr_model, eval_sets],
+    group_name="evaluation",
+    kinds={"markdown"},
+)
 def eval_reports(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
@@ -34,12 +37,16 @@ def eval_reports(
             version = tracker.latest_version(variant)
             if version is not None:
                 tracker.tag_model_version(version, {f"eval.{k}": v for k, v in result["metrics"].items()})
-        built = report.write_report(results, out, title=f"finetune_assets evaluation ({profile.name} profile)")
+        built = report.write_report(
+            results, out, title=f"finetune_assets evaluation ({profile.name} profile)"
+        )
         for path in built["paths"].values():
             tracker.log_artifact(run_id, path, "report")
         return dg.MaterializeResult(
             metadata=artifact_metadata(
-                out, run_id, {"variants": len(results)},
+                out,
+                run_id,
+                {"variants": len(results)},
                 report=dg.MetadataValue.md(built["markdown"]),
                 plot=dg.MetadataValue.path(str(built["paths"]["plot"])),
             )

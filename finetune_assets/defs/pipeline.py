@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from finetune_assets.definitions import defs
 from finetune_assets.defs import automation
 from finetune_assets.defs.data import data_drops, raw_corpus
-from finetune_assets.definitions import defs
 from finetune_assets.phases import corpus
 
 

@@ -36,7 +36,9 @@ class ArtifactStore(dg.ConfigurableResource):
 
 
 class RayResource(dg.ConfigurableResource):
-    address: str | None = Field(None, description="Ray cluster address (host:port); empty = embedded local Ray.")
+    address: str | None = Field(
+        None, description="Ray cluster address (host:port); empty = embedded local Ray."
+    )
     num_cpus: int | None = Field(2, description="CPUs for the embedded Ray (ignored when joining a cluster).")
     object_store_mb: int = Field(512, description="Object store cap for the embedded Ray.")
 

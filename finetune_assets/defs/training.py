@@ -25,7 +25,9 @@ class TrainOverrides(dg.Config):
     learning_rate: float | None = Field(None, description="Override the recipe's learning rate.")
 
     def apply(self, base: TrainConfig) -> TrainConfig:
-        changes = {k: v for k, v in {"max_steps": self.max_steps, "learning_rate": self.learning_rate}.items() if v}
+        changes = {
+            k: v for k, v in {"max_steps": self.max_steps, "learning_rate": self.learning_rate}.items() if v
+        }
         return base.model_copy(update=changes)
 
 
@@ -68,9 +70,22 @@ def preference_pairs(
         model, tokenizer = generation.load_for_inference(model_dir(store, "base_checkpoint"))
 
         def generate(conversations: list[list[dict]]) -> list[str]:
-            return generation.generate_chat(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+            return generation.generate_chat(
+                model,
+                tokenizer,
+                conversations,
+                cfg.max_new_tokens,
+                cfg.batch_size,
+                temperature=cfg.temperature,
+                seed=profile.seed,
+            )
 
         result = preferences.build_preference_pairs(prompts, generate)
+        if not result["records"]:
+            raise ValueError(
+                f"no preference pairs survived ({result['stats']}): the base model's answers were empty or equal "
+                "to the references; raise preferences.max_new_tokens or preferences.temperature in the recipe"
+            )
         problems = preferences.check_pairs(result["records"])
         if problems:
             raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
@@ -88,8 +103,7 @@ def _train_variant(
     variant: str,
     method: str,
     start_from: str,
-    train_rows: list[dict],
-    eval_rows: list[dict],
+    data: dict,
     train_cfg: TrainConfig,
     recipe: RecipeResource,
     store: ArtifactStore,
@@ -97,14 +111,22 @@ def _train_variant(
     mlflow: MlflowResource,
     inputs: dict[str, Path],
 ) -> dg.MaterializeResult:
-    """Run one training method on Ray Train, log it to MLflow and register the model version."""
+    """Run one training method on Ray Train, log it to MLflow and register the model version.
+
+    ``data`` holds the method's data arguments (phases.train: sft takes train_rows/eval_rows, dpo rows).
+    """
     from finetune_assets.launch.ray_train import run_training
 
     profile = recipe.load()
     asset = context.asset_key.to_user_string()
     out = store.path(asset)
-    params = {"method": method, "start_from": start_from, "train": train_cfg.model_dump(),
-              "scaling": profile.scaling.model_dump(), "profile": profile.name}
+    params = {
+        "method": method,
+        "start_from": start_from,
+        "train": train_cfg.model_dump(),
+        "scaling": profile.scaling.model_dump(),
+        "profile": profile.name,
+    }
     with tracked_run(context, mlflow, params) as (tracker, run_id):
         for name, path in inputs.items():
             tracker.log_input(run_id, name, path, content_hash(path))
@@ -112,9 +134,8 @@ def _train_variant(
         summary = run_training(
             method,
             {
-                "base_dir": str(model_dir(store, start_from)),
-                "train_rows": train_rows,
-                "eval_rows": eval_rows,
+                ("model_dir" if method == "dpo" else "base_dir"): str(model_dir(store, start_from)),
+                **data,
                 "cfg": train_cfg.model_dump(),
                 "out_dir": str(out),
             },
@@ -131,14 +152,21 @@ def _train_variant(
         )
         return dg.MaterializeResult(
             metadata=artifact_metadata(
-                out, run_id, {k: v for k, v in _scalars(summary).items()}, model_version=version,
+                out,
+                run_id,
+                {k: v for k, v in _scalars(summary).items()},
+                model_version=version,
                 loss_curve=dg.MetadataValue.json(summary["losses"]),
             )
         )
 
 
-@dg.asset(deps=[base_checkpoint, instruction_set], group_name="models", kinds={"pytorch", "ray"},
-          retry_policy=TRAINING_RETRY)
+@dg.asset(
+    deps=[base_checkpoint, instruction_set],
+    group_name="models",
+    kinds={"pytorch", "ray"},
+    retry_policy=TRAINING_RETRY,
+)
 def inst_model(
     context: dg.AssetExecutionContext,
     config: TrainOverrides,
@@ -151,16 +179,29 @@ def inst_model(
     path = store.path("instruction_set") / "instructions.parquet"
     rows = read_records(path)
     return _train_variant(
-        context, variant="inst", method="sft", start_from="base_checkpoint",
-        train_rows=[r for r in rows if r["split"] == "train"],
-        eval_rows=[r for r in rows if r["split"] == "validation"],
-        train_cfg=config.apply(recipe.load().sft), recipe=recipe, store=store, ray=ray, mlflow=mlflow,
+        context,
+        variant="inst",
+        method="sft",
+        start_from="base_checkpoint",
+        data={
+            "train_rows": [r for r in rows if r["split"] == "train"],
+            "eval_rows": [r for r in rows if r["split"] == "validation"],
+        },
+        train_cfg=config.apply(recipe.load().sft),
+        recipe=recipe,
+        store=store,
+        ray=ray,
+        mlflow=mlflow,
         inputs={"instruction_set": path},
     )
 
 
-@dg.asset(deps=[inst_model, preference_pairs], group_name="models", kinds={"pytorch", "ray"},
-          retry_policy=TRAINING_RETRY)
+@dg.asset(
+    deps=[inst_model, preference_pairs],
+    group_name="models",
+    kinds={"pytorch", "ray"},
+    retry_policy=TRAINING_RETRY,
+)
 def dpo_model(
     context: dg.AssetExecutionContext,
     config: TrainOverrides,
@@ -172,15 +213,26 @@ def dpo_model(
     """Direct preference optimization from the INST model on the AI-feedback pairs (the DPO model)."""
     path = store.path("preference_pairs") / "pairs.parquet"
     return _train_variant(
-        context, variant="dpo", method="dpo", start_from="inst_model",
-        train_rows=read_records(path), eval_rows=[],
-        train_cfg=config.apply(recipe.load().dpo), recipe=recipe, store=store, ray=ray, mlflow=mlflow,
+        context,
+        variant="dpo",
+        method="dpo",
+        start_from="inst_model",
+        data={"rows": read_records(path)},
+        train_cfg=config.apply(recipe.load().dpo),
+        recipe=recipe,
+        store=store,
+        ray=ray,
+        mlflow=mlflow,
         inputs={"preference_pairs": path},
     )
 
 
-@dg.asset(deps=[dpo_model, retrieval_index, instruction_set], group_name="models", kinds={"pytorch", "ray"},
-          retry_policy=TRAINING_RETRY)
+@dg.asset(
+    deps=[dpo_model, retrieval_index, instruction_set],
+    group_name="models",
+    kinds={"pytorch", "ray"},
+    retry_policy=TRAINING_RETRY,
+)
 def tr_model(
     context: dg.AssetExecutionContext,
     config: TrainOverrides,
@@ -195,15 +247,25 @@ def tr_model(
     profile = recipe.load()
     index = retrieval.RetrievalIndex.load(store.path("retrieval_index"))
     instructions = read_records(store.path("instruction_set") / "instructions.parquet")
-    built = tools.build_tr_examples(instructions, training_documents(store), index, profile.retrieval,
-                                    seed=profile.seed)
+    built = tools.build_tr_examples(
+        instructions, training_documents(store), index, profile.retrieval, seed=profile.seed
+    )
     examples_path = write_records_parquet(built["records"], store.path("tr_examples") / "examples.parquet")
     context.log.info(f"T&R examples: {built['stats']}")
     return _train_variant(
-        context, variant="tr", method="sft", start_from="dpo_model",
-        train_rows=[r for r in built["records"] if r["split"] == "train"],
-        eval_rows=[r for r in built["records"] if r["split"] == "validation"],
-        train_cfg=config.apply(profile.tr), recipe=recipe, store=store, ray=ray, mlflow=mlflow,
+        context,
+        variant="tr",
+        method="sft",
+        start_from="dpo_model",
+        data={
+            "train_rows": [r for r in built["records"] if r["split"] == "train"],
+            "eval_rows": [r for r in built["records"] if r["split"] == "validation"],
+        },
+        train_cfg=config.apply(profile.tr),
+        recipe=recipe,
+        store=store,
+        ray=ray,
+        mlflow=mlflow,
         inputs={"tr_examples": examples_path},
     )
 

@@ -20,8 +20,9 @@ def make_resources(home: Path, profile: str = "smoke") -> dict:
         "recipe": RecipeResource(profile=profile),
         "store": ArtifactStore(root=str(home / "artifacts")),
         "ray": RayResource(num_cpus=2, object_store_mb=256),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                                 artifact_location=str(home / "mlartifacts")),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=str(home / "mlartifacts")
+        ),
     }
 
 

@@ -4,13 +4,22 @@ import datetime as dt
 
 import dagster as dg
 
+from finetune_assets.definitions import defs
 from finetune_assets.defs.automation import landing_sensor, retrain_job, weekly_retrain
 from finetune_assets.defs.data import data_drops
-from finetune_assets.definitions import defs
 
 EXPECTED_ASSETS = {
-    "raw_corpus", "dedup_corpus", "eval_sets", "instruction_set", "preference_pairs", "base_checkpoint",
-    "inst_model", "dpo_model", "retrieval_index", "tr_model", "eval_reports",
+    "raw_corpus",
+    "dedup_corpus",
+    "eval_sets",
+    "instruction_set",
+    "preference_pairs",
+    "base_checkpoint",
+    "inst_model",
+    "dpo_model",
+    "retrieval_index",
+    "tr_model",
+    "eval_reports",
 }
 
 
@@ -18,8 +27,10 @@ def test_code_location_has_all_eleven_assets_with_lineage():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == EXPECTED_ASSETS
-    parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-               for key in graph.get_all_asset_keys()}
+    parents = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
     assert parents["dedup_corpus"] == {"raw_corpus"}
     assert parents["dpo_model"] == {"inst_model", "preference_pairs"}
     assert {"base_checkpoint", "inst_model", "dpo_model", "tr_model", "eval_sets"} <= parents["eval_reports"]

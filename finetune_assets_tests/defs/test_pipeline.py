@@ -50,8 +50,16 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
 
     assert "drop-0003-planted" in graph.drops
     assert set(graph.materialized) == {
-        "dedup_corpus", "eval_sets", "instruction_set", "preference_pairs", "base_checkpoint",
-        "inst_model", "dpo_model", "retrieval_index", "tr_model", "eval_reports",
+        "dedup_corpus",
+        "eval_sets",
+        "instruction_set",
+        "preference_pairs",
+        "base_checkpoint",
+        "inst_model",
+        "dpo_model",
+        "retrieval_index",
+        "tr_model",
+        "eval_reports",
     }
 
     # Bad input: the unreadable file was reported by name and skipped, the rest of its drop went through.
@@ -81,8 +89,9 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     assert all(len(sets[name]) > 0 for name in ("glossary", "qa_mc", "qa_gen", "heldout_text"))
 
     pairs = read_records(store.path("preference_pairs") / "pairs.parquet")
-    assert pairs and all(p["chosen"].strip() and p["rejected"].strip() and p["chosen"] != p["rejected"]
-                         for p in pairs)
+    assert pairs and all(
+        p["chosen"].strip() and p["rejected"].strip() and p["chosen"] != p["rejected"] for p in pairs
+    )
 
     # Each trained variant: trainable parameters changed and the training loss fell.
     for asset in ("inst_model", "dpo_model", "tr_model"):
@@ -114,14 +123,20 @@ def test_empty_drop_stops_with_a_message(fa_home, instance):
     (fa_home / "landing" / "empty-drop").mkdir(parents=True)
     instance.add_dynamic_partitions(data_drops.name, ["empty-drop"])
     with pytest.raises(Exception, match=r"(?s)empty-drop.*(put|add)"):
-        dg.materialize(all_assets_and_checks(), instance=instance, resources=resources,
-                       partition_key="empty-drop", selection=[raw_corpus])
+        dg.materialize(
+            all_assets_and_checks(),
+            instance=instance,
+            resources=resources,
+            partition_key="empty-drop",
+            selection=[raw_corpus],
+        )
 
 
 def test_missing_base_model_stops_with_a_message(fa_home, instance, tmp_path):
     recipe = tmp_path / "missing-model.yaml"
     recipe.write_text(
-        (Path(__file__).parents[2] / "recipes" / "smoke.yaml").read_text()
+        (Path(__file__).parents[2] / "recipes" / "smoke.yaml")
+        .read_text()
         .replace("source: tiny", f"source: local\n  path: {tmp_path / 'no-such-model'}")
     )
     resources = make_resources(fa_home, profile=str(recipe))

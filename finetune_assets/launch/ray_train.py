@@ -1,0 +1,131 @@
+"""Run a phases.train method on Ray Train workers (TorchTrainer), embedded Ray by default.
+
+    summary = run_training(
+        "sft",
+        {"base_dir": ..., "train_rows": ..., "eval_rows": ..., "cfg": TrainConfig(...), "out_dir": ...},
+        ScalingConfig(num_workers=1),
+        storage_dir=Path(...),
+    )
+
+kwargs are the keyword arguments of phases.train.{sft, dpo, cpt} (without ray_context). They travel to the
+workers as plain data: paths as strings, pydantic configs as dicts, re-validated in the worker. The workers
+write ``out_dir`` on the shared filesystem (rank 0 saves) and this returns the train_summary.json
+rank 0 wrote.
+"""
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
+from finetune_assets.launch.ray_cluster import ensure_ray
+
+METHODS = ("sft", "dpo", "cpt")
+# Which keyword arguments are paths / configs, per method (everything else travels as is).
+_PATH_KEYS = ("base_dir", "model_dir", "out_dir")
+_CONFIG_TYPES = {
+    "sft": {"cfg": TrainConfig},
+    "dpo": {"cfg": TrainConfig},
+    "cpt": {"cfg": CptConfig, "train_cfg": TrainConfig},
+}
+
+
+class TrainingError(RuntimeError):
+    """Training failed inside a Ray worker; the message carries the worker's traceback."""
+
+
+def _encode(kwargs: dict) -> dict:
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        elif isinstance(value, Path):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def _decode(method: str, config: dict) -> dict:
+    kwargs = dict(config)
+    for key in _PATH_KEYS:
+        if kwargs.get(key) is not None:
+            kwargs[key] = Path(kwargs[key])
+    for key, cls in _CONFIG_TYPES[method].items():
+        if kwargs.get(key) is not None:
+            kwargs[key] = cls.model_validate(kwargs[key])
+    return kwargs
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker: dispatch to phases.train.<method> with ray_context=True."""
+    import torch
+
+    from finetune_assets.phases import train
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # one thread per CPU worker (2 threads on a busy box: up to 9x slower)
+    config = dict(config)
+    method = config.pop("method")
+    getattr(train, method)(**_decode(method, config), ray_context=True)
+
+
+def run_training(
+    method: str,
+    kwargs: dict,
+    scaling: ScalingConfig,
+    storage_dir: Path,
+    ray_address: str | None = None,
+) -> dict:
+    """Train with ``scaling.num_workers`` Ray Train workers; return the train_summary.json rank 0 wrote.
+
+    Raises TrainingError (with the worker's traceback) when a worker fails, and when the run ends without a
+    fresh summary in ``kwargs["out_dir"]``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}; expected one of {METHODS}")
+    if "out_dir" not in kwargs:
+        raise ValueError("run_training needs kwargs['out_dir']: the folder the workers write")
+    from finetune_assets.phases.train import SUMMARY_FILE, read_summary
+
+    ensure_ray(ray_address)
+    from ray.train import RunConfig, TrainingFailedError
+    from ray.train import ScalingConfig as RayScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out_dir = Path(kwargs["out_dir"]).resolve()
+    storage = Path(storage_dir).resolve()  # Ray Train needs an absolute storage path
+    storage.mkdir(parents=True, exist_ok=True)
+    run_name = f"{method}-{out_dir.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"method": method, **_encode({**kwargs, "out_dir": out_dir})},
+        scaling_config=RayScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(storage_path=str(storage), name=run_name),
+    )
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise TrainingError(f"{method} training failed on Ray (run {run_name}):\n{err}") from err
+    if result.error is not None:
+        raise TrainingError(
+            f"{method} training failed on Ray (run {run_name}):\n{result.error}"
+        ) from result.error
+    summary_path = out_dir / SUMMARY_FILE
+    if not summary_path.is_file() or summary_path.stat().st_mtime < started - 1:
+        raise TrainingError(f"{method} run {run_name} finished but rank 0 wrote no fresh {summary_path}")
+    summary = read_summary(out_dir)
+    summary["ray"] = {
+        "run_name": run_name,
+        "storage_path": str(storage),
+        "num_workers": scaling.num_workers,
+        "use_gpu": scaling.use_gpu,
+        "wall_s": round(time.time() - started, 2),
+    }
+    return summary

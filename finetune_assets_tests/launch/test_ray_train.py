@@ -1,0 +1,74 @@
+"""SFT through Ray Train on an embedded, loopback-only local Ray (1 CPU worker, ~30-45 s of Ray start-up)."""
+
+import json
+
+import pytest
+import ray  # imported before ensure_ray on purpose: its settings must still apply (auth mode, loopback)
+
+from finetune_assets.config import ScalingConfig, TrainConfig
+from finetune_assets.launch.ray_cluster import default_temp_dir, ensure_ray, shutdown_ray
+from finetune_assets.launch.ray_train import TrainingError, _decode, _encode, run_training
+
+
+@pytest.fixture(scope="module")
+def embedded_ray():
+    info = ensure_ray(num_cpus=2)
+    yield info
+    shutdown_ray()
+
+
+def test_config_round_trip(tmp_path):
+    cfg = TrainConfig(max_steps=3, lora_target_modules=["q_proj", "v_proj"])
+    encoded = _encode({"base_dir": tmp_path, "cfg": cfg, "out_dir": tmp_path / "o", "train_rows": [{"a": 1}]})
+    assert json.loads(json.dumps(encoded)) == encoded  # plain data only
+    decoded = _decode("sft", encoded)
+    assert decoded["cfg"] == cfg and decoded["base_dir"] == tmp_path and decoded["train_rows"] == [{"a": 1}]
+
+
+def test_ensure_ray_is_private_and_idempotent(embedded_ray):
+    assert embedded_ray["embedded"] is True and embedded_ray["num_cpus"] == 2
+    assert embedded_ray["address"].startswith("127.0.0.1:") and embedded_ray["node_ips"] == ["127.0.0.1"]
+    assert ray.is_initialized()
+    assert embedded_ray["temp_dir"] == str(default_temp_dir()) and len(embedded_ray["temp_dir"]) < 40
+    assert ensure_ray()["address"] == embedded_ray["address"]
+    with pytest.raises(ValueError, match="auto"):
+        ensure_ray("auto")
+
+
+def test_sft_on_ray_worker(embedded_ray, tmp_path, tiny_model_dir, tiny_chat_rows):
+    from transformers import AutoModelForCausalLM
+
+    cfg = TrainConfig(
+        max_steps=12, learning_rate=1e-2, per_device_batch_size=4, lora_dropout=0.0, max_length=128
+    )
+    out = tmp_path / "inst"
+    summary = run_training(
+        "sft",
+        {
+            "base_dir": tiny_model_dir,
+            "train_rows": tiny_chat_rows,
+            "eval_rows": [],
+            "cfg": cfg,
+            "out_dir": out,
+        },
+        ScalingConfig(num_workers=1),
+        storage_dir=tmp_path / "ray_storage",
+    )
+    losses = summary["losses"]
+    assert summary["method"] == "sft" and summary["steps"] == 12 and summary["num_workers"] == 1
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    assert summary["changed_params"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["ray"]["num_workers"] == 1
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert (tmp_path / "ray_storage" / summary["ray"]["run_name"]).is_dir()
+
+    # a failing worker surfaces its traceback in the driver
+    with pytest.raises(TrainingError, match="(?s)dpo training failed.*Traceback"):
+        run_training(
+            "dpo",
+            {"model_dir": tmp_path / "missing", "rows": [], "cfg": cfg, "out_dir": tmp_path / "never"},
+            ScalingConfig(num_workers=1),
+            storage_dir=tmp_path / "ray_storage",
+        )
+    assert not (tmp_path / "never").exists()

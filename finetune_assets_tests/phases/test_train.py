@@ -1,0 +1,134 @@
+"""Training methods on the tiny random model: loss falls, LoRA weights change, folders load back."""
+
+import json
+
+import pytest
+import torch
+
+from finetune_assets.config import CptConfig, TrainConfig
+from finetune_assets.phases.train import SUMMARY_FILE, cpt, dpo, pack_texts, sft
+
+# lr high and dropout off: a random 0.1M-parameter model must visibly learn in ~20 steps on one thread
+FAST = TrainConfig(
+    max_steps=20, learning_rate=1e-2, per_device_batch_size=4, lora_dropout=0.0, max_length=128
+)
+CONTRACT_KEYS = {
+    "method", "steps", "losses", "first_loss", "last_loss", "trainable_params", "changed_params",
+    "param_delta_l2", "train_runtime_s", "tokens_per_s", "num_workers",
+}  # fmt: skip
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def check_model_folder(out_dir, summary, method, steps):
+    """The contract of docs/ARCHITECTURE.md: merged/ loads, adapter/ exists, summary complete."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert json.loads((out_dir / SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
+    assert CONTRACT_KEYS <= summary.keys()
+    assert summary["method"] == method and summary["steps"] == steps and len(summary["losses"]) == steps
+    assert summary["changed_params"] > 0 and summary["param_delta_l2"] > 0
+    assert 0 < summary["trainable_params"] and summary["tokens_per_s"] > 0 and summary["num_workers"] == 1
+    assert (out_dir / "adapter" / "adapter_config.json").is_file()
+    assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out_dir / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / "merged")
+    assert "{% generation %}" in tokenizer.chat_template
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    return merged
+
+
+def _logits(model_or_dir, text="<|im_start|>user\nWhat is a list?<|im_end|>\n"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = (
+        AutoModelForCausalLM.from_pretrained(model_or_dir)
+        if not hasattr(model_or_dir, "config")
+        else model_or_dir
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+    with torch.inference_mode():
+        return model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny_model_dir, tiny_chat_rows):
+    out = tmp_path_factory.mktemp("sft") / "inst"
+    summary = sft(tiny_model_dir, tiny_chat_rows, tiny_chat_rows[:2], FAST, out)
+    return out, summary
+
+
+def test_sft_learns_and_writes_the_model_folder(sft_run, tiny_model_dir):
+    out, summary = sft_run
+    losses = summary["losses"]
+    assert _mean(losses[-3:]) < _mean(losses[:3]) - 0.1, losses
+    assert summary["eval_loss"] < summary["first_loss"]
+    merged = check_model_folder(out, summary, "sft", FAST.max_steps)
+    assert not torch.allclose(_logits(merged), _logits(tiny_model_dir))  # merged weights carry the update
+
+
+def test_sft_merged_model_answers_better(sft_run, tiny_model_dir, tiny_chat_rows):
+    """Assistant-only loss: trained answer tokens got likelier under the merged model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = sft_run
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conv = tiny_chat_rows[0]["messages"]
+    prompt = tokenizer.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(conv, tokenize=False)
+    ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def answer_nll(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        with torch.inference_mode():
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+        target = ids[0, 1:]
+        return -logp[start - 1 :].gather(1, target[start - 1 :, None]).mean().item()
+
+    assert answer_nll(out / "merged") < answer_nll(tiny_model_dir) - 0.1
+
+
+def test_dpo_prefers_chosen(tmp_path, tiny_model_dir, tiny_chat_rows):
+    rows = [
+        {
+            "id": r["id"],
+            "prompt": r["messages"][:-1],
+            "chosen": r["messages"][-1]["content"],
+            "rejected": "I do not know, sorry.",
+        }
+        for r in tiny_chat_rows
+    ]
+    cfg = FAST.model_copy(update={"max_steps": 12, "learning_rate": 5e-3})
+    summary = dpo(tiny_model_dir, rows, cfg, tmp_path / "dpo")
+    losses = summary["losses"]
+    assert _mean(losses[-3:]) < _mean(losses[:3]), losses
+    assert len(summary["rewards_accuracies"]) == cfg.max_steps and summary["last_reward_accuracy"] > 0.5
+    assert summary["last_reward_margin"] > 0
+    check_model_folder(tmp_path / "dpo", summary, "dpo", cfg.max_steps)
+
+
+def test_cpt_on_corpus(tmp_path, tiny_model_dir, tiny_corpus):
+    train_cfg = FAST.model_copy(update={"max_length": 64, "per_device_batch_size": 2})
+    cpt_cfg = CptConfig(enabled=True, max_steps=8, learning_rate=1e-2)
+    summary = cpt(tiny_model_dir, tiny_corpus * 3, cpt_cfg, tmp_path / "cpt", train_cfg=train_cfg)
+    assert summary["num_blocks"] > 4
+    assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]
+    check_model_folder(tmp_path / "cpt", summary, "cpt", 8)
+
+
+def test_pack_texts_mixes_general_text(tiny_model_dir, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    general = ["zzzz " * 200] * 5
+    blocks = pack_texts(tokenizer, tiny_corpus, general, 0.25, 32)
+    assert blocks and all(len(b) == 32 for b in blocks)
+    zz = set(tokenizer("zzzz zzzz", add_special_tokens=False)["input_ids"])
+    share = sum(t in zz for b in blocks for t in b) / sum(len(b) for b in blocks)
+    assert 0.1 < share < 0.4
+    assert pack_texts(tokenizer, tiny_corpus, general, 0.0, 32) == pack_texts(
+        tokenizer, tiny_corpus, [], 0.0, 32
+    )

@@ -133,6 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - report the user-facing cause, not Dagster's wrapper
+        print(f"error: {root_cause(err)}", file=sys.stderr)
+        return 1
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost exception's message: what the user must fix (Dagster wraps step errors)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
 
 
 if __name__ == "__main__":

@@ -55,3 +55,14 @@ def test_cli_reports_invalid_config_and_exits_2(tmp_path: Path, capsys, monkeypa
     recipe.write_text("name: bad\neval:\n  batch_size: 0\n")
     assert main(["demo", "--profile", str(recipe)]) == 2
     assert "eval.batch_size" in capsys.readouterr().err
+
+
+def test_cli_names_the_missing_base_model(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    recipe = tmp_path / "missing-model.yaml"
+    smoke = (RECIPES_DIR / "smoke.yaml").read_text()
+    recipe.write_text(smoke.replace("source: tiny", f"source: local\n  path: {tmp_path / 'no-such-model'}"))
+    assert main(["demo", "--profile", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "ModelNotFoundError" in err and "no-such-model" in err

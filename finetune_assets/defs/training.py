@@ -39,16 +39,44 @@ def model_dir(store: ArtifactStore, asset: str) -> Path:
 
 @dg.asset(deps=["dedup_corpus", "eval_sets"], group_name="models", kinds={"pytorch"})
 def base_checkpoint(
-    context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    ray: RayResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """The foundation model as a plain Hugging Face folder (local dir, hub id, GGUF conversion, or tiny)."""
+    """The foundation model as a plain Hugging Face folder (local dir, hub id, GGUF conversion, or tiny),
+    optionally continued-pretrained on the domain corpus (model.cpt.enabled) on Ray Train."""
     from finetune_assets.phases import models
 
     profile = recipe.load()
-    texts = [doc["text"] for doc in training_documents(store)] if profile.model.source == "tiny" else None
+    cpt = profile.model.cpt
+    needs_texts = profile.model.source == "tiny" or cpt.enabled
+    texts = [doc["text"] for doc in training_documents(store)] if needs_texts else None
     with tracked_run(context, mlflow, {"model": profile.model.model_dump()}) as (tracker, run_id):
         out = store.path("base_checkpoint")
-        info = models.resolve_base_model(profile.model, out, corpus_texts=texts, seed=profile.seed)
+        # With continued pretraining the resolved model is its starting point, kept beside the result.
+        resolved = out.with_name("resolved") if cpt.enabled else out
+        info = models.resolve_base_model(profile.model, resolved, corpus_texts=texts, seed=profile.seed)
+        if cpt.enabled:
+            from finetune_assets.launch.ray_train import run_training
+
+            ray.ensure()
+            summary = run_training(
+                "cpt",
+                {
+                    "base_dir": str(resolved),
+                    "corpus_texts": texts,
+                    "cfg": cpt.model_dump(),
+                    "train_cfg": profile.sft.model_dump(),
+                    "out_dir": str(out),
+                },
+                profile.scaling,
+                storage_dir=store.base() / "ray_results",
+                ray_address=ray.address,
+            )
+            tracker.log_metric_history(run_id, "cpt_loss", summary["losses"])
+            info.update({f"cpt_{k}": v for k, v in _scalars(summary).items()})
         version = tracker.register_model("base", model_dir(store, "base_checkpoint"), run_id)
         return dg.MaterializeResult(
             metadata=artifact_metadata(out, run_id, _scalars(info), model_version=version)

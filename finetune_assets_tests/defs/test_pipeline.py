@@ -122,7 +122,7 @@ def test_empty_drop_stops_with_a_message(fa_home, instance):
     resources = make_resources(fa_home)
     (fa_home / "landing" / "empty-drop").mkdir(parents=True)
     instance.add_dynamic_partitions(data_drops.name, ["empty-drop"])
-    with pytest.raises(Exception, match=r"(?s)empty-drop.*(put|add)"):
+    with pytest.raises(Exception, match=r"(?si)empty-drop.*no documents.*put"):
         dg.materialize(
             all_assets_and_checks(),
             instance=instance,
@@ -144,3 +144,35 @@ def test_missing_base_model_stops_with_a_message(fa_home, instance, tmp_path):
 
     with pytest.raises(Exception, match="no-such-model"):
         dg.materialize([base_checkpoint], instance=instance, resources=resources)
+
+
+def test_base_checkpoint_continued_pretraining_on_ray(fa_home, instance, tmp_path):
+    """model.cpt.enabled: the resolved model is continued-pretrained on the corpus; its loss falls."""
+    recipe = tmp_path / "cpt.yaml"
+    smoke = (Path(__file__).parents[2] / "recipes" / "smoke.yaml").read_text()
+    recipe.write_text(
+        smoke.replace(
+            "model:\n", "model:\n  cpt:\n    enabled: true\n    max_steps: 8\n    learning_rate: 3.0e-3\n", 1
+        )
+    )
+    resources = make_resources(fa_home, profile=str(recipe))
+    landing = fa_home / "landing"
+    corpus.seed_demo_landing(landing, load_profile(str(recipe)).corpus)
+    drops = corpus.list_drops(landing)
+    instance.add_dynamic_partitions(data_drops.name, drops)
+    assets = all_assets_and_checks()
+    for drop in drops:
+        dg.materialize(
+            assets, instance=instance, resources=resources, partition_key=drop, selection=[raw_corpus]
+        )
+    dg.materialize(
+        assets,
+        instance=instance,
+        resources=resources,
+        selection=["dedup_corpus", "eval_sets", "base_checkpoint"],
+    )
+    out = resources["store"].path("base_checkpoint")
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["method"] == "cpt" and summary["changed_params"] > 0
+    assert sum(summary["losses"][-3:]) < sum(summary["losses"][:3])
+    assert (out / "merged" / "config.json").exists() and (out.with_name("resolved") / "config.json").exists()

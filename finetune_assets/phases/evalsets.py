@@ -5,6 +5,8 @@ Files written into the eval folder (schemas are the contract in docs/ARCHITECTUR
 - qa_gen.jsonl        {id, question, answer}            FAQ sections whose title is a question
 - qa_mc.jsonl         {id, question, choices, answer_index}  the same questions, distractors = other answers
 - heldout_text.jsonl  {id, doc_id, text}                a stable-hash share of the other documents
+- tool_use.jsonl      {id, question, expression, expected}  synthetic expressions, expected = the sandbox's
+                      real result (phases.tools.python_eval); answering them well needs a tool
 - manifest.json       {counts, excluded_doc_ids, sources, seed}: every document an eval item came from is in
                       excluded_doc_ids and never enters training data.
 """
@@ -31,7 +33,7 @@ MIN_DEFINITION_CHARS = 20  # "Can refer to:" style entries are pointers, not def
 MAX_ANSWER_CHARS = 600
 MIN_CHOICE_CHARS = 40  # a choice of "Yes." alone would give the answer away or mean nothing
 
-EVAL_FILES = ("glossary", "qa_mc", "qa_gen", "heldout_text")
+EVAL_FILES = ("glossary", "qa_mc", "qa_gen", "heldout_text", "tool_use")
 
 
 def stable_fraction(key: str) -> float:
@@ -207,7 +209,13 @@ def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: 
         {"id": _short_id("held", d["id"]), "doc_id": d["id"], "text": _cut(d["text"], cfg.max_heldout_chars)}
         for d in heldout_docs
     ]
-    sets = {"glossary": glossary, "qa_mc": qa_mc, "qa_gen": qa, "heldout_text": heldout}
+    sets = {
+        "glossary": glossary,
+        "qa_mc": qa_mc,
+        "qa_gen": qa,
+        "heldout_text": heldout,
+        "tool_use": tool_use_items(cfg.tool_use_items, seed),
+    }
     manifest = {
         "counts": {name: len(rows) for name, rows in sets.items()},
         "excluded_doc_ids": sorted(eval_ids | {d["id"] for d in heldout_docs}),
@@ -249,11 +257,15 @@ def _qa_rows(faq_docs: list[dict], limit: int | None) -> list[dict]:
 
 
 def load_eval_sets(eval_dir: Path) -> dict:
-    """{"glossary": [...], "qa_mc": [...], "qa_gen": [...], "heldout_text": [...], "manifest": {...}}."""
+    """{"glossary": [...], "qa_mc": [...], "qa_gen": [...], "heldout_text": [...], "tool_use": [...],
+    "manifest": {...}}; a set whose file is absent (an older eval folder) reads as empty."""
     import json
 
     eval_dir = Path(eval_dir)
-    out: dict = {name: io.read_jsonl(eval_dir / f"{name}.jsonl") for name in EVAL_FILES}
+    out: dict = {
+        name: io.read_jsonl(eval_dir / f"{name}.jsonl") if (eval_dir / f"{name}.jsonl").is_file() else []
+        for name in EVAL_FILES
+    }
     out["manifest"] = json.loads((eval_dir / "manifest.json").read_text(encoding="utf-8"))
     return out
 
@@ -266,4 +278,40 @@ def eval_texts(eval_dir: Path) -> list[str]:
     texts += [text for row in sets["qa_gen"] for text in (row["question"], row["answer"])]
     texts += [text for row in sets["qa_mc"] for text in (row["question"], *row["choices"])]
     texts += [row["text"] for row in sets["heldout_text"]]
+    texts += [row["question"] for row in sets["tool_use"]]
     return [re.sub(r"\s+", " ", t).strip() for t in texts if t and t.strip()]
+
+
+def tool_use_items(n: int, seed: int = 0) -> list[dict]:
+    """``n`` expression questions with random operands (never seen in training), each answered by running it
+    in the sandbox: a small model cannot reliably compute these in its head, a tool call can."""
+    from finetune_assets.phases.tools import eval_question, python_eval
+
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    makers = [
+        lambda: f"sorted({rng.sample(range(10, 99), 5)})",
+        lambda: f"sum({rng.sample(range(100, 999), 4)})",
+        lambda: f"{rng.randint(12, 99)} * {rng.randint(12, 99)}",
+        lambda: f"len({''.join(rng.choices('abcdefghijklmnopqrstuvwxyz', k=rng.randint(9, 25)))!r})",
+        lambda: f"{rng.randint(100, 999)} // {rng.randint(3, 19)}",
+        lambda: f"{rng.randint(2, 9)} ** {rng.randint(5, 12)}",
+        lambda: f"max({rng.sample(range(-50, 50), 6)})",
+        lambda: f"{'-'.join(rng.sample(words, 3))!r}.split('-')",
+        lambda: f"{rng.choice(words)!r}.upper()",
+        lambda: f"divmod({rng.randint(100, 999)}, {rng.randint(3, 19)})",
+    ]
+    items = []
+    for i in range(n):
+        expression = makers[i % len(makers)]()
+        result = python_eval(expression)
+        if result["ok"]:
+            items.append(
+                {
+                    "id": _short_id("tool", expression),
+                    "question": eval_question(expression),
+                    "expression": expression,
+                    "expected": result["result"],
+                }
+            )
+    return items

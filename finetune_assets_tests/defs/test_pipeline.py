@@ -110,6 +110,8 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     values = {r["variant"]: float(r[perplexities[0]]) for r in table}
     assert all(v > 1 for v in values.values()) and len(set(values.values())) == 4, values
     assert (store.path("eval_reports") / "report.md").read_text().count("| ") > 8
+    tool_use = [float(r["tool_use/accuracy"]) for r in table]
+    assert all(0.0 <= v <= 1.0 for v in tool_use), tool_use
 
     # MLflow: one registered version per variant, tagged with its eval metrics.
     tracker = resources["mlflow"].tracker()

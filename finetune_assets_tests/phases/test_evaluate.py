@@ -313,3 +313,48 @@ def test_adapter_scored_like_merged_model(tmp_path, tiny_model_dir, tiny_corpus)
     )["metrics"]
     for key in ("fa_heldout_ppl/bits_per_byte", "fa_domain_mc/acc"):
         assert merged[key] == pytest.approx(with_peft[key], rel=1e-4), key
+
+
+# ------------------------------------------------------------------------------------------------ tool use
+def _tool_index():
+    from finetune_assets.phases.retrieval import RetrievalIndex
+
+    return RetrievalIndex.from_chunks(
+        [{"chunk_id": "d#0", "doc_id": "d", "source": "s.rst", "title": "t", "text": "sorted returns a list"}]
+    )
+
+
+def test_tool_use_items_carry_the_sandboxes_real_results():
+    from finetune_assets.phases.evalsets import tool_use_items
+
+    items = tool_use_items(12, seed=3)
+    assert len(items) == 12 and len({i["expression"] for i in items}) == 12
+    for item in items:
+        assert repr(eval(item["expression"])) == item["expected"]  # noqa: S307 - test-only check of the sandbox
+    assert tool_use_items(12, seed=3) == items
+
+
+def test_tool_use_accuracy_rewards_calling_the_tool_and_reporting_its_result():
+    from finetune_assets.phases.evalsets import tool_use_items
+    from finetune_assets.phases.tools import format_tool_call
+
+    items = tool_use_items(6, seed=1)
+
+    def tool_user(conversations, max_new_tokens):
+        replies = []
+        for conv in conversations:
+            if conv[-1]["role"] == "tool":  # second round: report what the tool returned
+                replies.append(f"It evaluates to {json.loads(conv[-1]['content'])['result']}.")
+            else:
+                expression = conv[-1]["content"].split("`")[1]
+                replies.append(format_tool_call("python_eval", {"expression": expression}))
+        return replies
+
+    def guesser(conversations, max_new_tokens):
+        return ["It evaluates to 42." for _ in conversations]
+
+    good, rows = ev.tool_use_accuracy(tool_user, _tool_index(), items, None, max_new_tokens=32)
+    assert good["tool_use/accuracy"] == 1.0 and good["tool_use/call_rate"] == 1.0
+    assert all(r["correct"] for r in rows)
+    bad, _ = ev.tool_use_accuracy(guesser, _tool_index(), items, None, max_new_tokens=32)
+    assert bad["tool_use/accuracy"] == 0.0 and bad["tool_use/call_rate"] == 0.0

@@ -125,6 +125,9 @@ class TrainConfig(_Section):
     lora_target_modules: str | list[str] = "all-linear"
     beta: float = Field(0.1, gt=0)  # DPO only
     logging_steps: int = Field(1, ge=1)
+    # Held-out loss after training on at most this many validation rows (the full split can cost more than
+    # the training itself on CPU).
+    max_eval_rows: int = Field(64, ge=0)
     seed: int = 0
 
 

@@ -44,6 +44,7 @@ def sft(
 
     model, tokenizer = _load(base_dir, cfg)
     train_ds = _dataset([{"messages": r["messages"]} for r in train_rows])
+    eval_rows = eval_rows[: cfg.max_eval_rows]
     eval_ds = _dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
     with _scratch_dir() as scratch:
         args = SFTConfig(**_common_args(cfg, scratch), assistant_only_loss=True, packing=False)

@@ -114,7 +114,7 @@ def test_build_eval_sets_writes_contract_files(tmp_path):
     manifest = build_eval_sets(docs, cfg, tmp_path / "eval", seed=1)
     sets = load_eval_sets(tmp_path / "eval")
     assert sets["manifest"] == json.loads(json.dumps(manifest))
-    assert manifest["counts"] == {"glossary": 3, "qa_mc": 3, "qa_gen": 3, "heldout_text": 3}
+    assert manifest["counts"] == {"glossary": 3, "qa_mc": 3, "qa_gen": 3, "heldout_text": 3, "tool_use": 24}
     qa = {row["question"]: row["answer"] for row in sets["qa_gen"]}
     for row in sets["qa_mc"]:
         assert len(row["choices"]) == 3 and len(set(row["choices"])) == 3

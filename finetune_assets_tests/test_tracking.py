@@ -29,12 +29,16 @@ def test_asset_runs_share_a_parent_and_record_inputs(tracker: Tracker, tmp_path:
     dataset = runs[0].inputs.dataset_inputs[0].dataset
     assert (dataset.name, dataset.digest) == ("instruction_set", "0123abcd")
     assert runs[0].info.status == "FINISHED"
+    parent = tracker.client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED", "the parent run is closed with its children"
 
 
 def test_failed_asset_run_is_marked_failed(tracker: Tracker):
     with pytest.raises(RuntimeError), tracker.asset_run("dagster-run-2", "inst_model") as run_id:
         raise RuntimeError("training diverged")
-    assert tracker.client.get_run(run_id).info.status == "FAILED"
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert tracker.client.get_run(run.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
 
 
 def test_each_variant_is_a_registered_version_with_eval_tags(tracker: Tracker, tmp_path: Path):

@@ -464,7 +464,7 @@ def clean_inline(text: str) -> str:
     """reST inline markup to plain text: roles keep their shown text (:func:`f` -> f, :ref:`x <t>` -> x),
     ``literals``, links, emphasis and substitutions keep their content; footnote marks go; whitespace is
     collapsed. A trailing '::' (literal-block marker) becomes ':' as reST renders it."""
-    # Literal and role contents (``f(*args)``) are parked as placeholders so their '*' and '`' are not read
+    # Literal and role contents (``f(*args)``) are parked as numbered tokens so their '*' and '`' are not read
     # as emphasis afterwards.
     parked: list[str] = []
 

@@ -15,6 +15,22 @@ def fa_home(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
+# The eleven asset keys of the code location (DESIGN.md).
+EXPECTED_ASSETS = {
+    "raw_corpus",
+    "dedup_corpus",
+    "eval_sets",
+    "instruction_set",
+    "preference_pairs",
+    "base_checkpoint",
+    "inst_model",
+    "dpo_model",
+    "retrieval_index",
+    "tr_model",
+    "eval_reports",
+}
+
+
 def make_resources(home: Path, profile: str = "smoke") -> dict:
     return {
         "recipe": RecipeResource(profile=profile),

@@ -7,20 +7,7 @@ import dagster as dg
 from finetune_assets.definitions import defs
 from finetune_assets.defs.automation import landing_sensor, retrain_job, weekly_retrain
 from finetune_assets.defs.data import data_drops
-
-EXPECTED_ASSETS = {
-    "raw_corpus",
-    "dedup_corpus",
-    "eval_sets",
-    "instruction_set",
-    "preference_pairs",
-    "base_checkpoint",
-    "inst_model",
-    "dpo_model",
-    "retrieval_index",
-    "tr_model",
-    "eval_reports",
-}
+from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS
 
 
 def test_code_location_has_all_eleven_assets_with_lineage():

@@ -15,7 +15,7 @@ from finetune_assets.defs.pipeline import all_assets_and_checks, materialize_gra
 from finetune_assets.io import read_records
 from finetune_assets.phases import corpus, evalsets
 from finetune_assets.tracking import REGISTERED_MODEL
-from finetune_assets_tests.defs.conftest import make_resources
+from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS, make_resources
 
 
 def plant_duplicates(landing: Path) -> dict:
@@ -49,18 +49,7 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     store = resources["store"]
 
     assert "drop-0003-planted" in graph.drops
-    assert set(graph.materialized) == {
-        "dedup_corpus",
-        "eval_sets",
-        "instruction_set",
-        "preference_pairs",
-        "base_checkpoint",
-        "inst_model",
-        "dpo_model",
-        "retrieval_index",
-        "tr_model",
-        "eval_reports",
-    }
+    assert set(graph.materialized) == EXPECTED_ASSETS - {"raw_corpus"}
 
     # Bad input: the unreadable file was reported by name and skipped, the rest of its drop went through.
     problems = json.loads((store.path("raw_corpus", "drop-0003-planted") / "problems.json").read_text())

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from finetune_assets_tests.defs.test_automation import EXPECTED_ASSETS
+from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS
 
 REPO = Path(__file__).resolve().parents[2]
 QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"

@@ -127,8 +127,7 @@ def test_truncate_at_sentence():
 
 def _doc_sources() -> Path:
     sources = corpus.find_python_docs()
-    if sources is None:
-        pytest.skip("python3-doc is not installed")
+    assert sources is not None, "python3-doc is missing: run scripts/setup.sh (apt-get install python3-doc)"
     return sources
 
 

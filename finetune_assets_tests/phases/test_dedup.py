@@ -2,8 +2,6 @@
 
 import random
 
-import pytest
-
 from finetune_assets.config import DedupConfig
 from finetune_assets.phases import corpus
 from finetune_assets.phases.corpus import html_to_text, make_document
@@ -70,8 +68,7 @@ def test_strip_markup_keeps_what_a_reader_sees():
 
 def test_real_rst_and_its_html_page_are_near_duplicates():
     sources = corpus.find_python_docs()
-    if sources is None:
-        pytest.skip("python3-doc is not installed")
+    assert sources is not None, "python3-doc is missing: run scripts/setup.sh (apt-get install python3-doc)"
     rst = make_document(
         "drop-0001", "tutorial/classes.rst", (sources / "tutorial/classes.rst.txt").read_text()
     )

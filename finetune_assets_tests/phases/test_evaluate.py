@@ -337,7 +337,7 @@ def test_tool_use_accuracy_rewards_calling_the_tool_and_reporting_its_result():
     from finetune_assets.phases.evalsets import tool_use_items
     from finetune_assets.phases.tools import format_tool_call
 
-    items = tool_use_items(6, seed=1)
+    items = tool_use_items(10, seed=1)  # includes max([...]): the expression contains its own answer
 
     def tool_user(conversations, max_new_tokens):
         replies = []
@@ -350,7 +350,8 @@ def test_tool_use_accuracy_rewards_calling_the_tool_and_reporting_its_result():
         return replies
 
     def guesser(conversations, max_new_tokens):
-        return ["It evaluates to 42." for _ in conversations]
+        # Echoes the expression (which may contain the expected value, e.g. max([.., 42])) and guesses.
+        return [f"`{c[-1]['content'].split('`')[1]}` evaluates to -1." for c in conversations]
 
     good, rows = ev.tool_use_accuracy(tool_user, _tool_index(), items, None, max_new_tokens=32)
     assert good["tool_use/accuracy"] == 1.0 and good["tool_use/call_rate"] == 1.0

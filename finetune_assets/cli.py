@@ -104,6 +104,43 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_dedup(args) -> int:
+    from pydantic import ValidationError
+
+    from finetune_assets.config import ConfigError, DedupConfig
+    from finetune_assets.io import write_json, write_jsonl
+    from finetune_assets.phases import dedup
+
+    try:
+        cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm, shingle_words=args.shingle_words)
+    except ValidationError as err:
+        raise ConfigError(
+            f"invalid dedup option: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}"
+        ) from err
+    try:
+        docs, problems = dedup.read_dedup_inputs([Path(p) for p in args.inputs])
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    for problem in problems:
+        where = f"{problem['path']}:{problem['line']}" if problem["line"] else problem["path"]
+        print(f"skipped {where}: {problem['reason']}", file=sys.stderr)
+    started = time.perf_counter()
+    result = dedup.dedup_texts(docs, cfg)
+    elapsed = time.perf_counter() - started
+    out = Path(args.output)
+    write_jsonl(result["kept"], out / "kept.jsonl")
+    write_jsonl(result["duplicates"], out / "duplicates.jsonl")
+    write_jsonl(problems, out / "skipped.jsonl")
+    stats = {**result["stats"], "skipped": len(problems), "seconds": round(elapsed, 3)}
+    write_json(stats, out / "stats.json")
+    print(
+        f"{stats['input']} documents: kept {stats['kept']}, removed {stats['exact_removed']} exact and "
+        f"{stats['near_removed']} near duplicates, skipped {stats['skipped']} unreadable; wrote {out}/"
+        "kept.jsonl, duplicates.jsonl"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--question", help="ask one question and exit")
     chat.add_argument("--max-new-tokens", type=int, default=96)
     chat.set_defaults(func=cmd_chat)
+    dedup = sub.add_parser("dedup", help="remove exact and near duplicates from JSONL files or text folders")
+    dedup.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL with a 'text' field, or a folder")
+    dedup.add_argument("--output", required=True, metavar="DIR", help="gets kept.jsonl and duplicates.jsonl")
+    dedup.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity for near duplicates")
+    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
+    dedup.add_argument("--shingle-words", type=int, default=5, help="words per shingle")
+    dedup.set_defaults(func=cmd_dedup)
     return parser
 
 

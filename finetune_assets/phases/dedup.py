@@ -13,6 +13,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
 
@@ -147,3 +148,94 @@ def dedup_documents(docs: list[dict], cfg: DedupConfig) -> dict:
         "kept": len(kept),
     }
     return {"kept": kept, "removed": removed, "stats": stats}
+
+
+# --------------------------------------------------------------------------- standalone `finetune-assets dedup`
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")
+
+
+def read_dedup_inputs(paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
+    """Documents {id, text, origin} in input order from JSONL files (a ``text`` field, optional ``id``) and
+    folders of text files (id = path relative to the folder). What cannot be read is reported in
+    ``problems`` ({path, line, reason}) and set aside; the rest goes through."""
+    docs: list[dict] = []
+    problems: list[dict] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            _read_folder(path, docs, problems)
+        elif path.is_file():
+            _read_jsonl(path, docs, problems)
+        else:
+            raise FileNotFoundError(f"input {path} does not exist: give JSONL files or folders of text files")
+    seen: set[str] = set()
+    unique = []
+    for doc in docs:
+        if doc["id"] in seen:
+            problems.append({"path": doc["origin"], "line": None, "reason": f"duplicate id {doc['id']!r}"})
+        else:
+            seen.add(doc["id"])
+            unique.append(doc)
+    return unique, problems
+
+
+def _read_jsonl(path: Path, docs: list[dict], problems: list[dict]) -> None:
+    import json
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        problems.append({"path": str(path), "line": None, "reason": f"unreadable: {err}"})
+        return
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            text = record["text"]
+            if not isinstance(text, str):
+                raise TypeError("'text' is not a string")
+        except (ValueError, KeyError, TypeError) as err:
+            reason = "no 'text' field" if isinstance(err, KeyError) else f"invalid line: {err}"
+            problems.append({"path": str(path), "line": number, "reason": reason})
+            continue
+        doc_id = str(record.get("id", f"{path.name}:{number}"))
+        docs.append({"id": doc_id, "text": text, "origin": f"{path}:{number}"})
+
+
+def _read_folder(folder: Path, docs: list[dict], problems: list[dict]) -> None:
+    from finetune_assets.phases.corpus import html_to_text
+
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append({"path": str(file), "line": None, "reason": f"unreadable: {err}"})
+            continue
+        if file.suffix.lower() in (".html", ".htm"):
+            text = html_to_text(text)[1]
+        docs.append({"id": str(file.relative_to(folder)), "text": text, "origin": str(file)})
+
+
+def dedup_texts(docs: list[dict], cfg: DedupConfig) -> dict:
+    """Exact + near-duplicate removal in input order (the first occurrence is kept).
+
+    Returns {kept: [{id, text}], duplicates: [{id, duplicate_of, reason, jaccard}], stats}."""
+    dups = find_duplicates([d["text"] for d in docs], cfg.num_perm, cfg.threshold, cfg.shingle_words)
+    duplicates = [
+        {
+            "id": docs[d["index"]]["id"],
+            "duplicate_of": docs[d["duplicate_of"]]["id"],
+            "reason": d["reason"],
+            "jaccard": d["jaccard"],
+        }
+        for d in dups
+    ]
+    dropped = {d["index"] for d in dups}
+    kept = [{"id": doc["id"], "text": doc["text"]} for i, doc in enumerate(docs) if i not in dropped]
+    stats = {
+        "input": len(docs),
+        "exact_removed": sum(d["reason"] == "exact" for d in dups),
+        "near_removed": sum(d["reason"] == "near" for d in dups),
+        "kept": len(kept),
+    }
+    return {"kept": kept, "duplicates": duplicates, "stats": stats}

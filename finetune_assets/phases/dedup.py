@@ -125,29 +125,35 @@ def dedup_documents(docs: list[dict], cfg: DedupConfig) -> dict:
     (drop, source) order, so an earlier drop's copy wins and the result is deterministic.
     """
     order = sorted(range(len(docs)), key=lambda i: (docs[i]["drop"], docs[i]["source"]))
+    kept, pairs, stats = _dedup_in_order(docs, order, cfg)
+    removed = [
+        {
+            "id": docs[i]["id"],
+            "source": docs[i]["source"],
+            "drop": docs[i]["drop"],
+            "reason": dup["reason"],
+            "duplicate_of": docs[original]["id"],
+            "jaccard": dup["jaccard"],
+        }
+        for i, original, dup in pairs
+    ]
+    return {"kept": kept, "removed": removed, "stats": stats}
+
+
+def _dedup_in_order(docs: list[dict], order: list[int], cfg: DedupConfig) -> tuple[list[dict], list, dict]:
+    """Run find_duplicates with decisions in ``order``; returns (kept docs in input order,
+    [(removed index, kept index it duplicates, finding)], stats)."""
     dups = find_duplicates([docs[i]["text"] for i in order], cfg.num_perm, cfg.threshold, cfg.shingle_words)
-    removed, removed_idx = [], set()
-    for dup in dups:
-        doc, original = docs[order[dup["index"]]], docs[order[dup["duplicate_of"]]]
-        removed_idx.add(order[dup["index"]])
-        removed.append(
-            {
-                "id": doc["id"],
-                "source": doc["source"],
-                "drop": doc["drop"],
-                "reason": dup["reason"],
-                "duplicate_of": original["id"],
-                "jaccard": dup["jaccard"],
-            }
-        )
-    kept = [doc for i, doc in enumerate(docs) if i not in removed_idx]
+    pairs = [(order[d["index"]], order[d["duplicate_of"]], d) for d in dups]
+    dropped = {i for i, _, _ in pairs}
+    kept = [doc for i, doc in enumerate(docs) if i not in dropped]
     stats = {
         "input": len(docs),
-        "exact_removed": sum(r["reason"] == "exact" for r in removed),
-        "near_removed": sum(r["reason"] == "near" for r in removed),
+        "exact_removed": sum(d["reason"] == "exact" for d in dups),
+        "near_removed": sum(d["reason"] == "near" for d in dups),
         "kept": len(kept),
     }
-    return {"kept": kept, "removed": removed, "stats": stats}
+    return kept, pairs, stats
 
 
 # --------------------------------------------------------------------------- standalone `finetune-assets dedup`
@@ -220,22 +226,18 @@ def dedup_texts(docs: list[dict], cfg: DedupConfig) -> dict:
     """Exact + near-duplicate removal in input order (the first occurrence is kept).
 
     Returns {kept: [{id, text}], duplicates: [{id, duplicate_of, reason, jaccard}], stats}."""
-    dups = find_duplicates([d["text"] for d in docs], cfg.num_perm, cfg.threshold, cfg.shingle_words)
+    kept, pairs, stats = _dedup_in_order(docs, list(range(len(docs))), cfg)
     duplicates = [
         {
-            "id": docs[d["index"]]["id"],
-            "duplicate_of": docs[d["duplicate_of"]]["id"],
+            "id": docs[i]["id"],
+            "duplicate_of": docs[original]["id"],
             "reason": d["reason"],
             "jaccard": d["jaccard"],
         }
-        for d in dups
+        for i, original, d in pairs
     ]
-    dropped = {d["index"] for d in dups}
-    kept = [{"id": doc["id"], "text": doc["text"]} for i, doc in enumerate(docs) if i not in dropped]
-    stats = {
-        "input": len(docs),
-        "exact_removed": sum(d["reason"] == "exact" for d in dups),
-        "near_removed": sum(d["reason"] == "near" for d in dups),
-        "kept": len(kept),
+    return {
+        "kept": [{"id": d["id"], "text": d["text"]} for d in kept],
+        "duplicates": duplicates,
+        "stats": stats,
     }
-    return {"kept": kept, "duplicates": duplicates, "stats": stats}

@@ -28,7 +28,8 @@ class CorpusConfig(_Section):
 
     landing_dir: str | None = None  # None -> <home>/landing, seeded with the default demo source
     default_source: Literal["python_docs", "none"] = "python_docs"
-    extensions: list[str] = [".rst", ".txt", ".md", ".html", ".htm", ".jsonl"]
+    extensions: list[str] = [".rst", ".txt", ".md", ".html", ".htm", ".jsonl", ".parquet", ".pdf"]
+    # Field holding the document text in .jsonl lines and .parquet rows (optional "id"/"title" fields too).
     jsonl_text_field: str = "text"
     min_chars: int = Field(200, ge=1)  # shorter documents carry no usable content
     # How many documentation files the demo seed copies (the glossary and FAQ files are always included);
@@ -39,10 +40,58 @@ class CorpusConfig(_Section):
     seed_html_duplicates: int = Field(40, ge=0)
 
 
+class QualityConfig(_Section):
+    """Gopher/C4-style document filters applied in dedup_corpus; a None bound switches that filter off."""
+
+    enabled: bool = True
+    min_words: int | None = Field(50, ge=1)
+    max_words: int | None = Field(100_000, ge=1)
+    min_mean_word_length: float | None = Field(3.0, ge=0)
+    max_mean_word_length: float | None = Field(10.0, gt=0)
+    # Share of words that are symbols (#, ..., bullets): high in boilerplate and markup soup.
+    max_symbol_ratio: float | None = Field(0.1, ge=0, le=1)
+    # Share of non-blank lines that repeat an earlier line of the same document.
+    max_duplicate_line_fraction: float | None = Field(0.3, ge=0, le=1)
+    # Share of words with at least one alphabetic character (Gopher keeps documents >= 0.8).
+    min_alpha_ratio: float | None = Field(0.8, ge=0, le=1)
+
+
+PII_TYPES = ("email", "phone", "ip_address", "credit_card", "secret")
+
+
+class PiiConfig(_Section):
+    """PII redaction in dedup_corpus: matches are replaced by typed placeholders such as [EMAIL]."""
+
+    enabled: bool = True
+    types: list[Literal["email", "phone", "ip_address", "credit_card", "secret"]] = list(PII_TYPES)
+
+
 class DedupConfig(_Section):
     num_perm: int = Field(128, ge=16)
     threshold: float = Field(0.8, gt=0, lt=1)
     shingle_words: int = Field(5, ge=1)
+    # LSH banding; None for both derives bands/rows from the threshold (tuned below it for recall, every
+    # candidate is verified against the threshold anyway). Set both to fix them: bands * rows <= num_perm.
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    # Signatures are computed on Ray Data (in parallel over the cluster) when a run has at least this many
+    # new documents; below it the local path is faster than Ray's start-up. Same result either way.
+    ray_min_documents: int = Field(20_000, ge=1)
+    # Keep a persisted index of kept documents so a new drop is checked against it without recomputing
+    # earlier drops.
+    incremental: bool = True
+    quality: QualityConfig = QualityConfig()
+    pii: PiiConfig = PiiConfig()
+
+    @model_validator(mode="after")
+    def _banding(self):
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("dedup.bands and dedup.rows must be set together (or both left out)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(
+                f"dedup.bands * dedup.rows = {self.bands * self.rows} exceeds dedup.num_perm = {self.num_perm}"
+            )
+        return self
 
 
 class EvalSetsConfig(_Section):
@@ -59,7 +108,50 @@ class EvalSetsConfig(_Section):
     tool_use_items: int = Field(24, ge=0)
 
 
+class LLMEndpointConfig(_Section):
+    """A teacher or judge model: any OpenAI-compatible chat endpoint, or a local Hugging Face model folder.
+
+    The API key is read from the environment variable named by ``api_key_env`` (never put it in YAML).
+    """
+
+    backend: Literal["openai", "hf"] = "openai"
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (openai backend)
+    model: str  # model name at the endpoint, or a local folder (hf backend)
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(4, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    # Responses cached by a hash of (model, messages, sampling settings) under <home>/llm_cache, so a
+    # re-materialization does not pay for the same prompt twice.
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _url_needed(self):
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError(
+                "base_url is required for an openai-compatible endpoint (e.g. http://host:8000/v1)"
+            )
+        return self
+
+
+SEED_FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion")
+
+
+class SeedFileConfig(_Section):
+    """A seed instruction file (JSONL, or JSON holding a list); relative paths are under the landing folder."""
+
+    path: str
+    format: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion"] = "auto"
+
+
 class InstructionsConfig(_Section):
+    # Offline extractors over the corpus; add "teacher" (with teacher set) for self-instruct generation.
+    generators: list[Literal["api", "module", "section", "teacher"]] = ["api", "module", "section"]
+    seed_files: list[SeedFileConfig] = []
+    teacher: LLMEndpointConfig | None = None
+    teacher_max_documents: int = Field(32, ge=1)  # documents the teacher writes instructions for
     max_examples: int | None = Field(None, ge=1)
     max_response_chars: int = Field(700, ge=50)
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -69,6 +161,12 @@ class InstructionsConfig(_Section):
     # phases/instructions.py).
     system_prompt: str | None = None
 
+    @model_validator(mode="after")
+    def _teacher_needed(self):
+        if "teacher" in self.generators and self.teacher is None:
+            raise ValueError("instructions.generators has 'teacher' but instructions.teacher is not set")
+        return self
+
 
 class PreferencesConfig(_Section):
     max_pairs: int = Field(64, ge=1)
@@ -76,6 +174,20 @@ class PreferencesConfig(_Section):
     batch_size: int = Field(8, ge=1)
     # Rejected answers are sampled from the weaker model (on-policy), not its single greedy answer.
     temperature: float = Field(0.7, ge=0)
+    # Chosen answers: the instruction's reference answer, or a fresh answer from the teacher (stronger) model.
+    chosen_source: Literal["reference", "teacher"] = "reference"
+    teacher: LLMEndpointConfig | None = None
+    # Optional judge scoring both answers; pairs where chosen does not win are dropped and counted.
+    judge: LLMEndpointConfig | None = None
+    # Human feedback files (relative to the landing folder): pairwise {prompt, chosen, rejected} and binary
+    # {prompt, completion, label: true/false} (thumbs up/down, kept for KTO).
+    feedback_files: list[str] = []
+
+    @model_validator(mode="after")
+    def _teacher_needed(self):
+        if self.chosen_source == "teacher" and self.teacher is None:
+            raise ValueError("preferences.chosen_source is 'teacher' but preferences.teacher is not set")
+        return self
 
 
 class TinyModelConfig(_Section):

@@ -9,7 +9,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all bench lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -22,6 +22,9 @@ test:             ## the test suite (smoke profile, tiny model); what CI runs
 
 test-all: setup   ## also the slow tests (real SmolLM2 conversion)
 	$(VENV)/python -m pytest -q
+
+bench: setup      ## dedup benchmark: throughput vs datasketch's per-document loop, precision/recall
+	$(VENV)/python bench/dedup_bench.py
 
 lint:
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .

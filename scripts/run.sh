@@ -11,7 +11,7 @@ export FINETUNE_ASSETS_HOME=${FINETUNE_ASSETS_HOME:-$PWD/.finetune_assets}
 export DAGSTER_HOME=${DAGSTER_HOME:-$FINETUNE_ASSETS_HOME/dagster}
 case "${1:-}" in
   demo) shift; exec .venv/bin/finetune-assets demo --profile "${FINETUNE_ASSETS_PROFILE:-demo}" "$@" ;;
-  test) shift; .venv/bin/ruff check finetune_assets finetune_assets_tests
+  test) shift; .venv/bin/ruff check finetune_assets finetune_assets_tests bench
         exec .venv/bin/python -m pytest -q -m "not slow" "$@" ;;
   *) echo "usage: bash scripts/run.sh demo|test [args]" >&2; exit 2 ;;
 esac

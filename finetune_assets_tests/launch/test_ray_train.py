@@ -7,15 +7,8 @@ import pytest
 import ray  # imported before ensure_ray on purpose: its settings must still apply (auth mode, loopback)
 
 from finetune_assets.config import ScalingConfig, TrainConfig
-from finetune_assets.launch.ray_cluster import default_temp_dir, ensure_ray, shutdown_ray
+from finetune_assets.launch.ray_cluster import default_temp_dir, ensure_ray
 from finetune_assets.launch.ray_train import TrainingError, _decode, _encode, run_training
-
-
-@pytest.fixture(scope="module")
-def embedded_ray():
-    info = ensure_ray(num_cpus=2)
-    yield info
-    shutdown_ray()
 
 
 def test_config_round_trip(tmp_path):

@@ -1,0 +1,204 @@
+"""Dedup benchmark: throughput and near-duplicate precision/recall against datasketch's per-document loop.
+
+Run it (one command, from the repo root after `bash scripts/setup.sh`):
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/dedup_bench.py            # or: make bench
+
+What it does, all in one process on one core:
+1. Builds a labeled set from the Python documentation shipped by python3-doc: ``--docs`` base documents of
+   ``--words`` words (distinct windows of real text), plus near-copies of some of them at known word-edit
+   rates (substitutions, deletions, insertions). The true Jaccard similarity of every copy to its base is
+   computed exactly from the 5-word shingle sets; a pair is a true duplicate when it is >= the threshold.
+2. Runs the graph's dedup (phases.dedup.find_duplicates: Signer + LSH + verification) and the baseline: the
+   same exact pass and the same LSH and verification, but each document signed the straightforward way,
+   ``m = MinHash(num_perm); for s in shingles: m.update(s)``. Both see the same documents in the same order.
+3. Reports documents per second per core for both, their ratio, and precision/recall of both against the
+   labels (a removal is correct when the true Jaccard with the document it was matched to is >= threshold).
+
+Timings on shared machines are noisy: read the ratio, measured in the same run, not the absolute numbers.
+"""
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasketch import MinHash, MinHashLSH  # noqa: E402
+
+from finetune_assets.phases import corpus  # noqa: E402
+from finetune_assets.phases.dedup import exact_key, find_duplicates, shingles  # noqa: E402
+
+# Word-edit rates of the near-copies. With 5-word shingles one edit touches up to 5 shingles, so the
+# Jaccard similarity is about (1 - 5e) / (1 + 5e): 0.8 sits near e = 2.2%. Rates on both sides of it.
+EDIT_RATES = (0.0025, 0.005, 0.01, 0.015, 0.04, 0.08, 0.2)
+
+
+def base_documents(count: int, words: int, seed: int) -> list[list[str]]:
+    """``count`` distinct windows of ``words`` words from the Python docs' reST sources."""
+    sources = corpus.find_python_docs()
+    if sources is None:
+        raise SystemExit("python3-doc is not installed: run `bash scripts/setup.sh` first")
+    stream: list[str] = []
+    for path in sorted(sources.rglob("*.txt")):
+        stream += corpus.clean_inline(path.read_text(encoding="utf-8", errors="replace")).split()
+    starts = list(range(0, len(stream) - words, words))
+    random.Random(seed).shuffle(starts)
+    docs, seen = [], set()
+    for start in starts:
+        window = stream[start : start + words]
+        key = exact_key(" ".join(window))
+        if key not in seen:
+            seen.add(key)
+            docs.append(window)
+        if len(docs) == count:
+            return docs
+    raise SystemExit(f"only {len(docs)} distinct windows of {words} words available; lower --docs")
+
+
+def edit(words: list[str], rate: float, vocab: list[str], rng: random.Random) -> list[str]:
+    out = list(words)
+    for _ in range(max(1, round(rate * len(words)))):
+        i, op = rng.randrange(len(out)), rng.choice("sdi")
+        if op == "s":
+            out[i] = rng.choice(vocab)
+        elif op == "d" and len(out) > 10:
+            del out[i]
+        else:
+            out.insert(i, rng.choice(vocab))
+    return out
+
+
+def true_jaccard(a: str, b: str, k: int) -> float:
+    sa, sb = set(shingles(a, k)), set(shingles(b, k))
+    return len(sa & sb) / len(sa | sb)
+
+
+def labeled_set(count: int, words: int, copies: int, seed: int) -> tuple[list[str], list[int | None]]:
+    """Texts (bases first, then the near-copies in random order) and, per text, the base it copies."""
+    bases = base_documents(count, words, seed)
+    rng = random.Random(seed + 1)
+    vocab = sorted({w for doc in bases for w in doc})
+    pairs = [
+        (b, edit(bases[b], rng.choice(EDIT_RATES), vocab, rng)) for b in rng.sample(range(count), copies)
+    ]
+    rng.shuffle(pairs)
+    texts = [" ".join(d) for d in bases] + [" ".join(c) for _, c in pairs]
+    return texts, [None] * count + [b for b, _ in pairs]
+
+
+def baseline_dedup(
+    texts: list[str], num_perm: int, threshold: float, k: int, bulk: bool = False
+) -> list[dict]:
+    """The graph's algorithm with datasketch's straightforward signing: one MinHash per document,
+    updated shingle by shingle (``bulk``: datasketch's MinHash.bulk instead, for reference) and
+    datasketch's MinHashLSH."""
+    lsh = MinHashLSH(threshold=threshold * 0.8, num_perm=num_perm)
+    first_by_key, sketches, removed = {}, {}, []
+    bulk_sketches = iter(MinHash.bulk([shingles(t, k) for t in texts], num_perm=num_perm)) if bulk else None
+    for i, text in enumerate(texts):
+        key = exact_key(text)
+        m = next(bulk_sketches) if bulk else None
+        if key in first_by_key:
+            removed.append({"index": i, "duplicate_of": first_by_key[key]})
+            continue
+        first_by_key[key] = i
+        if not bulk:
+            m = MinHash(num_perm=num_perm)
+            for shingle in shingles(text, k):
+                m.update(shingle)
+        best, best_j = None, 0.0
+        for candidate in sorted(lsh.query(m)):
+            j = m.jaccard(sketches[candidate])
+            if j >= threshold and j > best_j:
+                best, best_j = candidate, j
+        if best is None:
+            lsh.insert(i, m)
+            sketches[i] = m
+        else:
+            removed.append({"index": i, "duplicate_of": best})
+    return removed
+
+
+def score(texts, copy_of, removed, threshold, k) -> dict:
+    """Precision/recall of removals against the true shingle Jaccard."""
+    truth = {i: true_jaccard(texts[i], texts[b], k) for i, b in enumerate(copy_of) if b is not None}
+    positives = {i for i, j in truth.items() if j >= threshold}
+    correct = sum(true_jaccard(texts[r["index"]], texts[r["duplicate_of"]], k) >= threshold for r in removed)
+    found = {r["index"] for r in removed} & positives
+    return {
+        "precision": correct / len(removed) if removed else 1.0,
+        "recall": len(found) / len(positives) if positives else 1.0,
+        "true_pairs": len(positives),
+        "removed": len(removed),
+        "copies_below_threshold": len(truth) - len(positives),
+    }
+
+
+def timed(fn, repeat: int):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=2000, help="distinct base documents")
+    parser.add_argument("--copies", type=int, default=600, help="near-copies at the known edit rates")
+    parser.add_argument("--words", type=int, default=300, help="words per base document")
+    parser.add_argument("--num-perm", type=int, default=128)
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--shingle-words", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="timing repeats (best of)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    texts, copy_of = labeled_set(args.docs, args.words, args.copies, args.seed)
+    k, n = args.shingle_words, len(texts)
+    ours_s, ours = timed(lambda: find_duplicates(texts, args.num_perm, args.threshold, k), args.repeat)
+    base_s, base = timed(lambda: baseline_dedup(texts, args.num_perm, args.threshold, k), args.repeat)
+    bulk_s, bulk = timed(
+        lambda: baseline_dedup(texts, args.num_perm, args.threshold, k, bulk=True), args.repeat
+    )
+    result = {
+        "documents": n,
+        "words_per_document": args.words,
+        "num_perm": args.num_perm,
+        "threshold": args.threshold,
+        "ours_docs_per_s_per_core": round(n / ours_s, 1),
+        "baseline_docs_per_s_per_core": round(n / base_s, 1),
+        "bulk_docs_per_s_per_core": round(n / bulk_s, 1),
+        "throughput_ratio": round(base_s / ours_s, 2),
+        "ratio_vs_bulk": round(bulk_s / ours_s, 2),
+        "ours": score(texts, copy_of, ours, args.threshold, k),
+        "baseline": score(texts, copy_of, base, args.threshold, k),
+        "bulk": score(texts, copy_of, bulk, args.threshold, k),
+    }
+    print(f"{n} documents of ~{args.words} words, num_perm={args.num_perm}, threshold={args.threshold}")
+    print(f"{'':10} {'docs/s/core':>12} {'precision':>10} {'recall':>8}")
+    for name in ("ours", "baseline", "bulk"):
+        rate = f"{name}_docs_per_s_per_core"
+        s = result[name]
+        print(f"{name:10} {result[rate]:12.1f} {s['precision']:10.3f} {s['recall']:8.3f}")
+    print(
+        f"throughput ratio (ours / datasketch per-document MinHash.update loop): {result['throughput_ratio']}x"
+    )
+    print(f"(ours / datasketch MinHash.bulk + MinHashLSH, for reference: {result['ratio_vs_bulk']}x)")
+    print(
+        f"labels: {result['ours']['true_pairs']} copies at Jaccard >= {args.threshold}, "
+        f"{result['ours']['copies_below_threshold']} below it, {args.docs} distinct bases"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

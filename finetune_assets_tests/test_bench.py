@@ -1,0 +1,26 @@
+"""The benchmarks run end to end on a small input (their figures are for the note, never asserted here)."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dedup_bench_labels_and_scores(tmp_path):
+    bench = _load("dedup_bench")
+    out = tmp_path / "dedup.json"
+    result = bench.main(
+        ["--docs", "60", "--copies", "30", "--words", "120", "--repeat", "1", "--json", str(out)]
+    )
+    assert out.is_file() and result["documents"] == 90
+    assert result["ours"]["true_pairs"] + result["ours"]["copies_below_threshold"] == 30
+    # Near-copies at 0.25-1.5% edits are clear duplicates: both paths must find them.
+    assert result["ours"]["recall"] >= 0.9 and result["baseline"]["recall"] >= 0.9
+    assert result["ours"]["precision"] >= 0.9

@@ -21,6 +21,9 @@ from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from finetune_assets import io
 from finetune_assets.config import CorpusConfig
 
@@ -35,10 +38,11 @@ class EmptyCorpusError(ValueError):
 class DropContents(NamedTuple):
     """What ``read_drop`` returns.
 
-    documents: contract rows. problems: one {path, reason} (plus ``line`` for JSONL) per unreadable file or
-    line; those are skipped and the rest of the drop goes through. stats: {files, documents, skipped_short,
-    problems, ignored} where ``skipped_short`` counts documents under ``min_chars`` and ``ignored`` counts
-    files whose extension is not in ``cfg.extensions`` (neither is a problem).
+    documents: contract rows. problems: one {path, reason} (plus ``line``: the 1-based JSONL line or Parquet
+    row) per unreadable file, line or row; those are skipped and the rest of the drop goes through.
+    stats: {files, documents, skipped_short, problems, ignored} where ``skipped_short`` counts documents
+    under ``min_chars`` and ``ignored`` counts files whose extension is not in ``cfg.extensions`` (neither
+    is a problem).
     """
 
     documents: list[dict]
@@ -260,11 +264,17 @@ def make_document(drop: str, relpath: str, text: str, title: str | None = None) 
     }
 
 
+class _Unreadable(Exception):
+    """A whole file is set aside; the message is the reason shown in the drop's problems."""
+
+
 def read_drop(landing_dir: Path, drop: str, cfg: CorpusConfig) -> DropContents:
     """Read every supported file of one drop; see DropContents for what comes back.
 
     .rst/.txt/.md are read as UTF-8 text, .html/.htm with markup stripped (main content only when the page
-    marks it), .jsonl as one document per line from ``cfg.jsonl_text_field``. Hidden files are skipped.
+    marks it), .jsonl as one document per line and .parquet as one document per row, both from
+    ``cfg.jsonl_text_field``; .pdf as one document per file (text extracted with pypdf). Hidden files are
+    skipped.
     """
     root = Path(landing_dir) / drop
     if not root.exists():
@@ -284,6 +294,9 @@ def read_drop(landing_dir: Path, drop: str, cfg: CorpusConfig) -> DropContents:
         stats["files"] += 1
         try:
             found = _read_file(path, rel, drop, cfg, problems)
+        except _Unreadable as err:
+            problems.append({"path": rel, "reason": str(err)})
+            continue
         except (OSError, UnicodeDecodeError) as err:
             problems.append({"path": rel, "reason": f"{type(err).__name__}: {err}"})
             continue
@@ -298,6 +311,11 @@ def read_drop(landing_dir: Path, drop: str, cfg: CorpusConfig) -> DropContents:
 
 def _read_file(path: Path, rel: str, drop: str, cfg: CorpusConfig, problems: list[dict]) -> list[dict]:
     suffix = path.suffix.lower()
+    # Binary formats first: they must never go through the UTF-8 decode below.
+    if suffix == ".parquet":
+        return _read_parquet(path, rel, drop, cfg.jsonl_text_field, problems)
+    if suffix == ".pdf":
+        return [_read_pdf(path, rel, drop)]
     raw = path.read_bytes().decode("utf-8")  # strict: bad bytes are reported, not silently replaced
     if suffix in HTML_SUFFIXES:
         title, text = html_to_text(raw)
@@ -327,6 +345,99 @@ def _read_jsonl(raw: str, rel: str, drop: str, field: str, problems: list[dict])
         title = record.get("title") if isinstance(record.get("title"), str) else None
         docs.append(make_document(drop, f"{rel}#{key}", text, title))
     return docs
+
+
+PARQUET_BATCH_ROWS = 1024
+
+
+def _is_string_type(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+
+
+def _read_parquet(path: Path, rel: str, drop: str, field: str, problems: list[dict]) -> list[dict]:
+    """One document per row, like a JSONL line: text from ``field``, optional ``id`` and ``title`` columns.
+
+    Rows are read in batches of the needed columns only, so a big file is never held whole as an Arrow
+    table next to its Python strings. A row without text is reported with its 1-based row number as
+    ``line``. A file that cannot be read, or has no usable text column, is set aside whole (rows read
+    before a failure are dropped too, so a file either counts fully or not at all).
+    """
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _Unreadable(f"unreadable Parquet file: {err}") from err
+    with parquet:
+        return _parquet_rows(parquet, rel, drop, field, problems)
+
+
+def _parquet_rows(
+    parquet: pq.ParquetFile, rel: str, drop: str, field: str, problems: list[dict]
+) -> list[dict]:
+    schema = parquet.schema_arrow
+    if field not in schema.names:
+        raise _Unreadable(f"no text column '{field}' (columns: {', '.join(schema.names) or 'none'})")
+    if not _is_string_type(schema.field(field).type):
+        raise _Unreadable(f"text column '{field}' holds {schema.field(field).type}, not strings")
+    columns = [name for name in (field, "id", "title") if name in schema.names]
+    docs: list[dict] = []
+    row_problems: list[dict] = []
+    row_no = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            values = {name: batch.column(name).to_pylist() for name in columns}
+            for i in range(batch.num_rows):
+                row_no += 1
+                text = values[field][i]
+                if not isinstance(text, str):
+                    row_problems.append(
+                        {"path": rel, "line": row_no, "reason": f"no text in column '{field}'"}
+                    )
+                    continue
+                # Same keys as a JSONL line: the row's own id, else its position ("R<row>").
+                record_id = values["id"][i] if "id" in values else None
+                key = str(record_id) if record_id is not None else f"R{row_no}"
+                title = values["title"][i] if "title" in values else None
+                docs.append(
+                    make_document(drop, f"{rel}#{key}", text, title if isinstance(title, str) else None)
+                )
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _Unreadable(f"unreadable Parquet file after row {row_no}: {err}") from err
+    problems.extend(row_problems)
+    return docs
+
+
+def _read_pdf(path: Path, rel: str, drop: str) -> dict:
+    """One document per PDF: page texts joined by blank lines, title from the PDF metadata when set.
+
+    A PDF encrypted with an empty user password (only printing/copying restricted) is opened as PDF
+    readers do; any other encrypted, corrupt or text-less (scanned) PDF is set aside with the reason.
+    """
+    try:
+        from pypdf import PasswordType, PdfReader
+    except ImportError as err:
+        raise _Unreadable(f"PDF support needs pypdf (pip install -r requirements/base.txt): {err}") from err
+    with path.open("rb") as head:
+        if b"%PDF-" not in head.read(1024):  # where PDF readers look for the header
+            raise _Unreadable("not a PDF file: no %PDF- header in its first 1024 bytes")
+    try:
+        reader = PdfReader(path)
+        locked = reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED
+        if not locked:
+            pages = [(page.extract_text() or "").strip() for page in reader.pages]
+            title = reader.metadata.title if reader.metadata is not None else None
+    except Exception as err:  # noqa: BLE001 - pypdf raises many types on damaged files; all mean "unreadable"
+        raise _Unreadable(f"unreadable PDF ({type(err).__name__}: {err})") from err
+    if locked:
+        raise _Unreadable("encrypted PDF: it needs a password; decrypt it before putting it in a drop")
+    text = "\n\n".join(page for page in pages if page)
+    if not text:
+        raise _Unreadable(
+            f"no extractable text in {len(pages)} page(s): a scanned PDF needs OCR before it can be read"
+        )
+    title = title.strip() if isinstance(title, str) else None
+    return make_document(drop, rel, text, title or None)
 
 
 class _HtmlText(HTMLParser):

@@ -3,6 +3,7 @@
 finetune-assets demo [--profile demo]   materialize the whole graph on the default demo data
 finetune-assets seed [--profile demo]   only put the demo documents into the landing directory
 finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
+finetune-assets serve MODEL_DIR         an OpenAI-compatible endpoint on 127.0.0.1:8000 (--adapter, --port)
 """
 
 import argparse
@@ -104,6 +105,13 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from finetune_assets.phases import serve
+
+    return serve.run_from_args(args)
+
+
 def cmd_dedup(args) -> int:
     from pydantic import ValidationError
 
@@ -158,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--question", help="ask one question and exit")
     chat.add_argument("--max-new-tokens", type=int, default=96)
     chat.set_defaults(func=cmd_chat)
+    from finetune_assets.phases.serve import add_arguments as add_serve_arguments
+
+    serve = sub.add_parser("serve", help="serve a model folder as an OpenAI-compatible chat endpoint")
+    add_serve_arguments(serve).set_defaults(func=cmd_serve)
     dedup = sub.add_parser("dedup", help="remove exact and near duplicates from JSONL files or text folders")
     dedup.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL with a 'text' field, or a folder")
     dedup.add_argument("--output", required=True, metavar="DIR", help="gets kept.jsonl and duplicates.jsonl")

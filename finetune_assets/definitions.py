@@ -9,7 +9,12 @@ all_assets = dg.load_assets_from_modules([data, training, evaluation])
 
 defs = dg.Definitions(
     assets=all_assets,
-    asset_checks=[evaluation.every_variant_scored],
+    asset_checks=[
+        data.corpus_not_empty,
+        data.no_exact_duplicates,
+        data.no_pii_left,
+        evaluation.every_variant_scored,
+    ],
     jobs=[automation.ingest_job, automation.retrain_job],
     sensors=[automation.landing_sensor, automation.retrain_on_new_data],
     schedules=[automation.weekly_retrain],

@@ -36,3 +36,18 @@ def artifact_metadata(path: Path, run_id: str, counts: dict | None = None, **ext
         metadata[key] = value if isinstance(value, int | float | str | bool) else dg.MetadataValue.json(value)
     metadata.update(extra)
     return metadata
+
+
+def model_dir(store, asset: str) -> Path:
+    """The loadable Hugging Face folder of a model asset (merged weights + tokenizer + chat template)."""
+    root = store.path(asset)
+    return root / "merged" if (root / "merged").is_dir() else root
+
+
+def input_path(name: str) -> Path:
+    """A seed or feedback file named in a recipe: absolute as given, relative under $FINETUNE_ASSETS_HOME/inputs
+    (not the landing folder, where every entry is a data drop)."""
+    from finetune_assets.config import default_home
+
+    path = Path(name)
+    return path if path.is_absolute() else default_home() / "inputs" / path

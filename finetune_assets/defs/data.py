@@ -1,13 +1,15 @@
 """Data assets: raw_corpus -> dedup_corpus -> eval_sets -> instruction_set / preference_pairs / retrieval_index."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
 
-from finetune_assets.defs.common import artifact_metadata, tracked_run
-from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RecipeResource
+from finetune_assets.config import default_home
+from finetune_assets.defs.common import artifact_metadata, input_path, model_dir, tracked_run
+from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases import corpus, dedup, evalsets, instructions, retrieval
+from finetune_assets.phases import corpus, curation, evalsets, instructions, retrieval
 
 data_drops = dg.DynamicPartitionsDefinition(name="data_drops")
 
@@ -52,30 +54,106 @@ def raw_corpus(
 
 @dg.asset(deps=[raw_corpus], group_name="data", kinds={"parquet"})
 def dedup_corpus(
-    context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    mlflow: MlflowResource,
+    ray: RayResource,
 ) -> dg.MaterializeResult:
-    """Every drop's documents, exact and near duplicates (MinHash LSH) removed across drops."""
+    """Every drop's documents through quality filters, exact + MinHash-LSH dedup across drops and PII
+    redaction; a new drop is curated against a persisted index without redoing earlier drops."""
     profile = recipe.load()
-    docs = []
+    drops = {}
     for drop in context.instance.get_dynamic_partitions(data_drops.name):
         path = store.path("raw_corpus", drop) / "documents.parquet"
         if path.exists():
-            docs.extend(read_records(path))
+            drops[drop] = path
         else:
             context.log.warning(
                 f"data drop '{drop}' is registered but raw_corpus has not been materialized for it"
             )
-    corpus.require_documents(docs, "raw_corpus (all data drops)")
-    with tracked_run(context, mlflow, {"dedup": profile.dedup.model_dump()}) as (tracker, run_id):
-        result = dedup.dedup_documents(docs, profile.dedup)
-        out = store.path("dedup_corpus")
-        write_records_parquet(result["kept"], out / "documents.parquet")
-        write_json({"removed": result["removed"], "stats": result["stats"]}, out / "removed.json")
-        tracker.log_metrics(run_id, result["stats"])
-        tracker.log_input(
-            run_id, "dedup_corpus", out / "documents.parquet", content_hash(out / "documents.parquet")
+    if not drops:
+        corpus.require_documents([], "raw_corpus (all data drops)")
+    cfg = profile.dedup
+
+    def sign_for(count: int):
+        if count < cfg.ray_min_documents:
+            return None
+        from finetune_assets.launch.ray_data import ray_signer
+
+        ray.ensure()
+        context.log.info(
+            f"signing {count} documents on Ray Data (dedup.ray_min_documents={cfg.ray_min_documents})"
         )
-        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, result["stats"]))
+        return ray_signer(cfg.num_perm, cfg.shingle_words, ray_address=ray.address)
+
+    with tracked_run(context, mlflow, {"dedup": cfg.model_dump()}) as (tracker, run_id):
+        out = store.path("dedup_corpus")
+        summary = curation.curate(drops, out, cfg, sign_for)
+        context.log.info(f"dedup_corpus: {summary['run']['mode']} ({summary['run']['why']})")
+        corpus.require_documents(read_records(out / curation.DOCUMENTS), "dedup_corpus (after curation)")
+        tracker.log_metrics(
+            run_id,
+            {
+                **summary["stats"],
+                **_numbers(summary["quality_counts"], "quality."),
+                **_numbers(summary["pii_counts"], "pii."),
+            },
+        )
+        tracker.log_input(
+            run_id, "dedup_corpus", out / curation.DOCUMENTS, content_hash(out / curation.DOCUMENTS)
+        )
+        clusters = json.loads((out / curation.CLUSTERS).read_text())
+        return dg.MaterializeResult(
+            metadata=artifact_metadata(
+                out,
+                run_id,
+                summary["stats"],
+                quality_removed_by_filter=dg.MetadataValue.json(summary["quality_counts"]),
+                pii_redacted_by_type=dg.MetadataValue.json(summary["pii_counts"]),
+                curation_run=dg.MetadataValue.json(summary["run"]),
+                duplicate_clusters=dg.MetadataValue.md(_clusters_table(clusters)),
+            )
+        )
+
+
+def _clusters_table(clusters: list[dict], limit: int = 20) -> str:
+    """The largest duplicate clusters as Markdown: which document was kept, which were dropped for it."""
+    if not clusters:
+        return "No duplicates found."
+    rows = ["| kept | dropped as its duplicates |", "|---|---|"]
+    for c in clusters[:limit]:
+        dropped = ", ".join(f"{d['id']} ({d['reason']}, J={d['jaccard']})" for d in c["duplicates"])
+        rows.append(f"| {c['kept']} | {dropped} |")
+    more = f"\n\n{len(clusters) - limit} more clusters in clusters.json" if len(clusters) > limit else ""
+    return "\n".join(rows) + more
+
+
+@dg.asset_check(asset=dedup_corpus, blocking=True)
+def corpus_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
+    """The curated corpus has documents (an all-filtered drop would otherwise train on nothing)."""
+    count = len(read_records(documents_path(store))) if documents_path(store).exists() else 0
+    return dg.AssetCheckResult(passed=count > 0, metadata={"documents": count})
+
+
+@dg.asset_check(asset=dedup_corpus, blocking=True)
+def no_exact_duplicates(recipe: RecipeResource, store: ArtifactStore) -> dg.AssetCheckResult:
+    """No two curated documents have the same normalized text."""
+    found = curation.corpus_problems(read_records(documents_path(store)), recipe.load().dedup)
+    dups = found["exact_duplicates"]
+    return dg.AssetCheckResult(
+        passed=not dups, metadata={"exact_duplicates": len(dups), "examples": str(dups[:5])}
+    )
+
+
+@dg.asset_check(asset=dedup_corpus, blocking=True)
+def no_pii_left(recipe: RecipeResource, store: ArtifactStore) -> dg.AssetCheckResult:
+    """No PII pattern (of the configured types) survives redaction."""
+    found = curation.corpus_problems(read_records(documents_path(store)), recipe.load().dedup)
+    leaks = found["pii"]
+    return dg.AssetCheckResult(
+        passed=not leaks, metadata={"pii_matches": len(leaks), "examples": str(leaks[:5])}
+    )
 
 
 @dg.asset(deps=[dedup_corpus], group_name="data", kinds={"json"})
@@ -92,26 +170,80 @@ def eval_sets(
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, manifest["counts"]))
 
 
-@dg.asset(deps=[dedup_corpus, eval_sets], group_name="data", kinds={"parquet"})
+@dg.asset(deps=[dedup_corpus, eval_sets, "base_checkpoint"], group_name="data", kinds={"parquet"})
 def instruction_set(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    """Instruction/response pairs from the corpus, deduplicated, decontaminated, split by topic."""
+    """Instructions from imported seed files, a teacher LLM (optional) and the corpus extractors; MinHash
+    deduplicated, decontaminated against eval_sets, split by topic, with length/token statistics (counted
+    with base_checkpoint's tokenizer and chat template, the text SFT trains on)."""
+    from finetune_assets.phases import datastats, seeds
+
     profile = recipe.load()
+    cfg = profile.instructions
     docs = read_records(documents_path(store))
-    with tracked_run(context, mlflow, {"instructions": profile.instructions.model_dump()}) as (
-        tracker,
-        run_id,
-    ):
+    out = store.path("instruction_set")
+    with tracked_run(context, mlflow, {"instructions": cfg.model_dump()}) as (tracker, run_id):
+        extra, quarantine, seed_stats = {}, [], {}
+        for seed_file in cfg.seed_files:
+            path = input_path(seed_file.path)
+            loaded = seeds.load_seed_file(path, seed_file.format, cfg.system_prompt)
+            extra[f"seed:{path.name}"] = loaded["records"]
+            quarantine += loaded["quarantine"]
+            seed_stats[path.name] = loaded["stats"]
+            for entry in loaded["quarantine"]:
+                context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")
+        teacher_stats = None
+        if "teacher" in cfg.generators:
+            from finetune_assets.phases import llm, teacher
+
+            client = llm.make_client(cfg.teacher, default_home() / "llm_cache")
+            made = teacher.teacher_instructions(
+                training_documents(store), client, cfg.teacher_max_documents, cfg.system_prompt, profile.seed
+            )
+            extra["teacher"], teacher_stats = made["records"], made["stats"]
         result = instructions.build_instruction_set(
-            docs, store.path("eval_sets"), profile.instructions, seed=profile.seed
+            docs, store.path("eval_sets"), cfg, seed=profile.seed, extra=extra
         )
-        out = store.path("instruction_set")
+        lengths = datastats.length_stats(result["records"], _token_counter(store), profile.sft.max_length)
+        plot = datastats.write_histogram(
+            lengths, out / "lengths.png", profile.sft.max_length, "instruction_set"
+        )
+        stats = {
+            **result["stats"],
+            "quarantined": len(quarantine),
+            "seed_files": seed_stats,
+            "teacher": teacher_stats,
+            "lengths": datastats.public(lengths),
+        }
         path = write_records_parquet(result["records"], out / "instructions.parquet")
-        write_json(result["stats"], out / "stats.json")
-        tracker.log_metrics(run_id, _numbers(result["stats"]))
+        seeds.write_quarantine(quarantine, out / "quarantine.jsonl")
+        write_json(stats, out / "stats.json")
+        tracker.log_metrics(run_id, _numbers(stats))
+        tracker.log_artifact(run_id, plot)
         tracker.log_input(run_id, "instruction_set", path, content_hash(path))
-        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, result["stats"]))
+        return dg.MaterializeResult(
+            metadata=artifact_metadata(
+                out,
+                run_id,
+                {k: v for k, v in stats.items() if v is not None},
+                length_histogram=dg.MetadataValue.md(datastats.markdown_image(plot, "instruction lengths")),
+            )
+        )
+
+
+def _token_counter(store: ArtifactStore):
+    """messages -> tokens of the rendered chat template, with base_checkpoint's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from finetune_assets.phases.generation import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(store, "base_checkpoint"))
+
+    def count(messages: list[dict]) -> int:
+        return len(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+    return count
 
 
 @dg.asset(deps=[dedup_corpus, eval_sets], group_name="data", kinds={"parquet"})

@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from finetune_assets.config import TrainConfig
-from finetune_assets.defs.common import artifact_metadata, tracked_run
-from finetune_assets.defs.data import instruction_set, retrieval_index, training_documents
+from finetune_assets.config import TrainConfig, default_home
+from finetune_assets.defs.common import artifact_metadata, input_path, model_dir, tracked_run
+from finetune_assets.defs.data import _numbers, instruction_set, retrieval_index, training_documents
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
 
@@ -29,12 +29,6 @@ class TrainOverrides(dg.Config):
             k: v for k, v in {"max_steps": self.max_steps, "learning_rate": self.learning_rate}.items() if v
         }
         return base.model_copy(update=changes)
-
-
-def model_dir(store: ArtifactStore, asset: str) -> Path:
-    """The loadable Hugging Face folder of a model asset (merged weights + tokenizer + chat template)."""
-    root = store.path(asset)
-    return root / "merged" if (root / "merged").is_dir() else root
 
 
 @dg.asset(deps=["dedup_corpus", "eval_sets"], group_name="models", kinds={"pytorch"})
@@ -88,7 +82,7 @@ def preference_pairs(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer."""
-    from finetune_assets.phases import generation, preferences
+    from finetune_assets.phases import evalsets, generation, instructions, preferences, seeds
 
     profile = recipe.load()
     cfg = profile.preferences
@@ -108,21 +102,70 @@ def preference_pairs(
                 seed=profile.seed,
             )
 
-        result = preferences.build_preference_pairs(prompts, generate)
-        if not result["records"]:
+        chosen = None
+        if cfg.chosen_source == "teacher":
+            from finetune_assets.phases import llm, teacher
+
+            teacher_client = llm.make_client(cfg.teacher, default_home() / "llm_cache")
+            chosen = teacher.teacher_answers([p["prompt"] for p in prompts], teacher_client)
+        result = preferences.build_preference_pairs(prompts, generate, chosen)
+        stats = dict(result["stats"])
+        records = result["records"]
+        if cfg.judge is not None:
+            from finetune_assets.phases import llm, teacher
+
+            judge = llm.make_client(cfg.judge, default_home() / "llm_cache")
+            records, stats["judge"] = teacher.apply_judge(records, teacher.judge_pairs(records, judge))
+        feedback = _human_feedback(context, cfg.feedback_files)
+        records += feedback["pairwise"]
+        grams = set()
+        for text in evalsets.eval_texts(store.path("eval_sets")):
+            grams |= instructions._ngrams(text, profile.instructions.decontam_ngram)
+        n = profile.instructions.decontam_ngram
+        records, stats["contaminated_removed"] = preferences.drop_contaminated(records, grams, n)
+        binary, stats["binary_contaminated_removed"] = preferences.drop_contaminated(
+            feedback["binary"],
+            grams,
+            n,
+            text=lambda r: " ".join([*(m["content"] for m in r["prompt"]), r["completion"]]),
+        )
+        stats.update(
+            human_pairwise=len(feedback["pairwise"]),
+            binary_feedback=len(binary),
+            quarantined=len(feedback["quarantine"]),
+            pairs=len(records),
+        )
+        if not records:
             raise ValueError(
-                f"no preference pairs survived ({result['stats']}): the base model's answers were empty or equal "
+                f"no preference pairs survived ({stats}): the base model's answers were empty or equal "
                 "to the references; raise preferences.max_new_tokens or preferences.temperature in the recipe"
             )
-        problems = preferences.check_pairs(result["records"])
+        problems = preferences.check_pairs(records)
         if problems:
             raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
         out = store.path("preference_pairs")
-        path = write_records_parquet(result["records"], out / "pairs.parquet")
-        write_json(result["stats"], out / "stats.json")
-        tracker.log_metrics(run_id, _scalars(result["stats"]))
+        path = write_records_parquet(records, out / "pairs.parquet")
+        # Thumbs up/down records in the prompt/completion/label form trl's KTOTrainer takes.
+        write_records_parquet(binary, out / "binary_feedback.parquet")
+        seeds.write_quarantine(feedback["quarantine"], out / "quarantine.jsonl")
+        write_json(stats, out / "stats.json")
+        tracker.log_metrics(run_id, _numbers(stats))
         tracker.log_input(run_id, "preference_pairs", path, content_hash(path))
-        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, result["stats"]))
+        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, stats))
+
+
+def _human_feedback(context, files: list[str]) -> dict:
+    """Pairwise and binary human feedback from ``preferences.feedback_files``; bad lines quarantined."""
+    from finetune_assets.phases import seeds
+
+    found = {"pairwise": [], "binary": [], "quarantine": []}
+    for name in files:
+        loaded = seeds.load_feedback_file(input_path(name))
+        for key in found:
+            found[key] += loaded[key]
+        for entry in loaded["quarantine"]:
+            context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")
+    return found
 
 
 def _train_variant(

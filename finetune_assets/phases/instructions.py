@@ -217,12 +217,21 @@ def assign_splits(records: list[dict], validation_fraction: float) -> None:
 # -------------------------------------------------------------------------------------------------- build
 
 
-def build_instruction_set(docs: list[dict], eval_dir: Path, cfg: InstructionsConfig, seed: int = 0) -> dict:
+def build_instruction_set(
+    docs: list[dict],
+    eval_dir: Path,
+    cfg: InstructionsConfig,
+    seed: int = 0,
+    extra: dict[str, list[dict]] | None = None,
+) -> dict:
     """Generate, deduplicate, decontaminate, split and cap instructions; return {records, stats}.
 
-    stats: {excluded_docs, generated: {generator: n}, near_duplicates_removed (exact + near),
-    contaminated_removed, capped_removed, train, validation, topics}. ``seed`` is accepted for a uniform
-    phase signature: every choice here is a stable hash, so the output does not depend on it.
+    ``extra`` holds ready-made records by source (imported seed files, teacher generations); they go
+    first, so when an extracted example duplicates one of them the imported/teacher one is kept, and they
+    pass the same dedup and decontamination. Only the offline extractors named in ``cfg.generators`` run.
+    stats: {excluded_docs, generated: {generator or source: n}, near_duplicates_removed (exact + near),
+    contaminated_removed, contaminated_by_source, capped_removed, train, validation, topics}. ``seed`` is
+    accepted for a uniform phase signature: every choice here is a stable hash.
     """
     del seed
     eval_dir = Path(eval_dir)
@@ -231,9 +240,14 @@ def build_instruction_set(docs: list[dict], eval_dir: Path, cfg: InstructionsCon
     usable = sorted((d for d in docs if d["id"] not in excluded), key=lambda d: (d["drop"], d["source"]))
 
     records: list[dict] = []
-    generated = {name: 0 for name in GENERATORS}
+    generated = {}
+    for source, rows in (extra or {}).items():
+        records += rows
+        generated[source] = len(rows)
+    extractors = {name: fn for name, fn in GENERATORS.items() if name in cfg.generators}
+    generated.update({name: 0 for name in extractors})
     for doc in usable:
-        for name, generator in GENERATORS.items():
+        for name, generator in extractors.items():
             for prompt, answer in generator(doc):
                 records.append(_record(doc, name, prompt, answer, cfg))
                 generated[name] += 1
@@ -245,7 +259,12 @@ def build_instruction_set(docs: list[dict], eval_dir: Path, cfg: InstructionsCon
     eval_grams: set[str] = set()
     for text in eval_texts(eval_dir):
         eval_grams |= _ngrams(text, cfg.decontam_ngram)
-    clean = [r for r in records if not (_ngrams(_pair_text(r), cfg.decontam_ngram) & eval_grams)]
+    clean, contaminated_by = [], {}
+    for r in records:
+        if _ngrams(_pair_text(r), cfg.decontam_ngram) & eval_grams:
+            contaminated_by[r["generator"]] = contaminated_by.get(r["generator"], 0) + 1
+        else:
+            clean.append(r)
     contaminated = len(records) - len(clean)
 
     capped = _cap_across_topics(clean, cfg.max_examples)
@@ -263,6 +282,7 @@ def build_instruction_set(docs: list[dict], eval_dir: Path, cfg: InstructionsCon
         "generated": generated,
         "near_duplicates_removed": len(dup_idx),
         "contaminated_removed": contaminated,
+        "contaminated_by_source": contaminated_by,
         "capped_removed": len(clean) - len(capped),
         "train": sum(r["split"] == "train" for r in capped),
         "validation": sum(r["split"] == "validation" for r in capped),

@@ -41,32 +41,44 @@ def select_prompts(instructions: list[dict], max_pairs: int, seed: int = 0) -> l
     ]
 
 
-def build_preference_pairs(prompts: list[dict], generate: Generate) -> dict:
-    """Call ``generate`` once with every prompt conversation and build preference rows.
+def build_preference_pairs(
+    prompts: list[dict],
+    generate: Generate,
+    chosen: list[str | None] | None = None,
+    chosen_source: str = "teacher",
+) -> dict:
+    """Call ``generate`` once with every prompt conversation (batched by the caller) and build rows.
 
-    A pair is dropped (and counted) when the generation is empty or equals the reference after
-    normalization: it carries no preference signal. Returns {records, stats: {prompts, pairs,
-    dropped_empty, dropped_identical}}.
+    chosen is the prompt's reference answer, or ``chosen[i]`` when given and not None (a stronger model's
+    answer, labelled ``chosen_source``; a failed teacher call falls back to the reference and is counted).
+    A pair is dropped (and counted) when the generation is empty or equals chosen after normalization: it
+    carries no preference signal. Returns {records, stats: {prompts, pairs, dropped_empty,
+    dropped_identical, chosen_from_reference, chosen_from_<source>}}.
     """
     answers = generate([p["prompt"] for p in prompts]) if prompts else []
     if len(answers) != len(prompts):
         raise ValueError(f"generate returned {len(answers)} answers for {len(prompts)} prompts")
-    records, empty, identical = [], 0, 0
-    for prompt, answer in zip(prompts, answers, strict=True):
+    chosen = chosen if chosen is not None else [None] * len(prompts)
+    records, empty, identical, sources = [], 0, 0, {"reference": 0, chosen_source: 0}
+    for prompt, answer, better in zip(prompts, answers, chosen, strict=True):
         rejected = (answer or "").strip()
+        winner, source = (
+            (better, chosen_source) if (better or "").strip() else (prompt["reference"], "reference")
+        )
         if not rejected:
             empty += 1
             continue
-        if normalize(rejected) == normalize(prompt["reference"]):
+        if normalize(rejected) == normalize(winner):
             identical += 1
             continue
+        sources[source] += 1
         records.append(
             {
                 "id": hashlib.sha1(f"pref/{prompt['id']}".encode()).hexdigest()[:16],
                 "prompt": prompt["prompt"],
-                "chosen": prompt["reference"],
+                "chosen": winner.strip(),
                 "rejected": rejected,
-                "chosen_source": "reference",
+                "chosen_source": source,
                 "rejected_source": "base_checkpoint",
                 "judge_score": None,
             }
@@ -76,6 +88,7 @@ def build_preference_pairs(prompts: list[dict], generate: Generate) -> dict:
         "pairs": len(records),
         "dropped_empty": empty,
         "dropped_identical": identical,
+        **{f"chosen_from_{k}": v for k, v in sources.items()},
     }
     return {"records": records, "stats": stats}
 
@@ -95,3 +108,20 @@ def check_pairs(records: list[dict]) -> list[str]:
         ):
             problems.append(f"{rid}: chosen == rejected")
     return problems
+
+
+def pair_text(record: dict) -> str:
+    return " ".join(
+        [*(m["content"] for m in record["prompt"]), record.get("chosen") or "", record.get("rejected") or ""]
+    )
+
+
+def drop_contaminated(
+    records: list[dict], eval_grams: set[str], n: int, text=pair_text
+) -> tuple[list[dict], int]:
+    """Rows sharing no ``n``-gram with the eval sets, and how many were dropped (a row that quotes an eval
+    answer would leak it into training)."""
+    from finetune_assets.phases.instructions import _ngrams
+
+    clean = [r for r in records if not (_ngrams(text(r), n) & eval_grams)]
+    return clean, len(records) - len(clean)

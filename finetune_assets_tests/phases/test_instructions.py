@@ -206,3 +206,33 @@ def test_real_json_docs_yield_api_and_module_examples():
     assert len(prompts) >= 10
     modules = [p for p, _ in module_examples(text)]
     assert modules == ["What is the json module for?", "What is the json.tool module for?"]
+
+
+def test_imported_records_go_first_and_pass_the_same_dedup_and_decontamination(tmp_path):
+    docs = _base_docs()
+    eval_dir = _eval_dir(tmp_path, docs)
+    extracted = build_instruction_set(docs, eval_dir, InstructionsConfig())["records"]
+    copy = {**extracted[0], "id": "seed-copy", "generator": "seed:alpaca", "source": "seed:s.jsonl"}
+    leak = {
+        "id": "seed-leak",
+        "messages": [
+            {"role": "user", "content": "Tell me"},
+            {"role": "assistant", "content": FAQ.split("\n\n")[-1]},
+        ],
+        "source": "seed:s.jsonl",
+        "topic": "seed:s",
+        "generator": "seed:alpaca",
+        "split": "train",
+    }
+    result = build_instruction_set(docs, eval_dir, InstructionsConfig(), extra={"seed:s.jsonl": [copy, leak]})
+    ids = {r["id"] for r in result["records"]}
+    assert "seed-copy" in ids and extracted[0]["id"] not in ids  # the imported copy wins
+    assert "seed-leak" not in ids and result["stats"]["contaminated_by_source"] == {"seed:alpaca": 1}
+    assert result["stats"]["generated"]["seed:s.jsonl"] == 2
+
+
+def test_only_the_configured_extractors_run(tmp_path):
+    docs = _base_docs()
+    result = build_instruction_set(docs, _eval_dir(tmp_path, docs), InstructionsConfig(generators=["api"]))
+    assert result["stats"]["generated"] == {"api": 3}
+    assert {r["generator"] for r in result["records"]} == {"api"}

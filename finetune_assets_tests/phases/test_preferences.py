@@ -43,7 +43,14 @@ def test_build_preference_pairs_calls_generate_once_and_drops_useless_pairs():
 
     result = build_preference_pairs(prompts, generate)
     assert len(calls) == 1 and calls[0] == [p["prompt"] for p in prompts]
-    assert result["stats"] == {"prompts": 4, "pairs": 2, "dropped_empty": 1, "dropped_identical": 1}
+    assert result["stats"] == {
+        "prompts": 4,
+        "pairs": 2,
+        "dropped_empty": 1,
+        "dropped_identical": 1,
+        "chosen_from_reference": 2,
+        "chosen_from_teacher": 0,
+    }
     first = result["records"][0]
     assert first["chosen"] == prompts[0]["reference"] and first["rejected"] == "A weaker answer."
     assert (first["chosen_source"], first["rejected_source"], first["judge_score"]) == (
@@ -61,3 +68,38 @@ def test_check_pairs_reports_problems():
         {"id": "b", "prompt": [{"role": "user", "content": "q"}], "chosen": "", "rejected": "y"},
     ]
     assert check_pairs(rows) == ["a: chosen == rejected", "b: empty chosen"]
+
+
+def test_teacher_answers_become_chosen_and_a_failed_call_falls_back_to_the_reference():
+    prompts = select_prompts(INSTRUCTIONS, max_pairs=3)
+    teacher = ["A stronger, complete answer.", None, "   "]
+    result = build_preference_pairs(prompts, lambda convs: ["weak"] * len(convs), chosen=teacher)
+    rows = result["records"]
+    assert [r["chosen_source"] for r in rows] == ["teacher", "reference", "reference"]
+    assert (
+        rows[0]["chosen"] == "A stronger, complete answer." and rows[1]["chosen"] == prompts[1]["reference"]
+    )
+    assert result["stats"]["chosen_from_teacher"] == 1 and result["stats"]["chosen_from_reference"] == 2
+
+
+def test_pairs_quoting_eval_text_are_dropped():
+    from finetune_assets.phases.instructions import _ngrams
+    from finetune_assets.phases.preferences import drop_contaminated
+
+    eval_answer = "a frozenset is an immutable set whose elements are fixed at creation time"
+    rows = [
+        {
+            "id": "a",
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": "fine answer here",
+            "rejected": "x",
+        },
+        {
+            "id": "b",
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": f"Well, {eval_answer}.",
+            "rejected": "x",
+        },
+    ]
+    clean, dropped = drop_contaminated(rows, _ngrams(eval_answer, 8), 8)
+    assert [r["id"] for r in clean] == ["a"] and dropped == 1

@@ -4,6 +4,7 @@ finetune-assets demo [--profile demo]   materialize the whole graph on the defau
 finetune-assets seed [--profile demo]   only put the demo documents into the landing directory
 finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
 finetune-assets serve MODEL_DIR         an OpenAI-compatible endpoint on 127.0.0.1:8000 (--adapter, --port)
+finetune-assets dedup INPUT... --output DIR   MinHash LSH dedup of JSONL files / text folders
 """
 
 import argparse

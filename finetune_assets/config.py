@@ -141,9 +141,6 @@ class LLMEndpointConfig(_Section):
         return self
 
 
-SEED_FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion")
-
-
 class SeedFileConfig(_Section):
     """A seed instruction file (JSONL, or JSON holding a list); a relative path is under
     $FINETUNE_ASSETS_HOME/inputs (not the landing folder: every entry there is a data drop)."""

@@ -137,10 +137,9 @@ def corpus_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=dedup_corpus, blocking=True)
-def no_exact_duplicates(recipe: RecipeResource, store: ArtifactStore) -> dg.AssetCheckResult:
+def no_exact_duplicates(store: ArtifactStore) -> dg.AssetCheckResult:
     """No two curated documents have the same normalized text."""
-    found = curation.corpus_problems(read_records(documents_path(store)), recipe.load().dedup)
-    dups = found["exact_duplicates"]
+    dups = curation.exact_duplicates(read_records(documents_path(store)))
     return dg.AssetCheckResult(
         passed=not dups, metadata={"exact_duplicates": len(dups), "examples": str(dups[:5])}
     )
@@ -149,8 +148,7 @@ def no_exact_duplicates(recipe: RecipeResource, store: ArtifactStore) -> dg.Asse
 @dg.asset_check(asset=dedup_corpus, blocking=True)
 def no_pii_left(recipe: RecipeResource, store: ArtifactStore) -> dg.AssetCheckResult:
     """No PII pattern (of the configured types) survives redaction."""
-    found = curation.corpus_problems(read_records(documents_path(store)), recipe.load().dedup)
-    leaks = found["pii"]
+    leaks = curation.pii_left(read_records(documents_path(store)), recipe.load().dedup)
     return dg.AssetCheckResult(
         passed=not leaks, metadata={"pii_matches": len(leaks), "examples": str(leaks[:5])}
     )

@@ -145,7 +145,7 @@ def preference_pairs(
             raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
         out = store.path("preference_pairs")
         path = write_records_parquet(records, out / "pairs.parquet")
-        # Thumbs up/down records in the prompt/completion/label form trl's KTOTrainer takes.
+        # Thumbs up/down records for KTO (train.to_kto_example gives trl's KTOTrainer format).
         write_records_parquet(binary, out / "binary_feedback.parquet")
         seeds.write_quarantine(feedback["quarantine"], out / "quarantine.jsonl")
         write_json(stats, out / "stats.json")

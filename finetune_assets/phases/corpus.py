@@ -282,7 +282,7 @@ def read_drop(landing_dir: Path, drop: str, cfg: CorpusConfig) -> DropContents:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     base = root.parent if root.is_file() else root
     suffixes = {s.lower() for s in cfg.extensions}
-    documents, problems = [], []
+    documents, problems, seen_ids = [], [], set()
     stats = {"files": 0, "documents": 0, "skipped_short": 0, "problems": 0, "ignored": 0}
     for path in files:
         rel = path.relative_to(base).as_posix()
@@ -301,9 +301,16 @@ def read_drop(landing_dir: Path, drop: str, cfg: CorpusConfig) -> DropContents:
             problems.append({"path": rel, "reason": f"{type(err).__name__}: {err}"})
             continue
         for doc in found:
-            if len(doc["text"].strip()) < cfg.min_chars:
+            if doc["id"] in seen_ids:
+                # Two records of one file with the same "id" field would be one document to dedup and
+                # lineage: the first is kept, the repeat is reported.
+                problems.append(
+                    {"path": rel, "reason": f"repeated id: '{doc['source']}' appears more than once"}
+                )
+            elif len(doc["text"].strip()) < cfg.min_chars:
                 stats["skipped_short"] += 1
             else:
+                seen_ids.add(doc["id"])
                 documents.append(doc)
     stats["documents"], stats["problems"] = len(documents), len(problems)
     return DropContents(documents, problems, stats)

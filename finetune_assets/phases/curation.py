@@ -1,9 +1,9 @@
 """dedup_corpus end to end: quality filters -> exact + near dedup -> PII redaction, incremental over drops.
 
-Each drop's raw documents go through the Gopher/C4 quality filters (phases.quality), then exact and MinHash
-LSH dedup against everything kept so far (phases.dedup.DedupIndex), then PII redaction (phases.pii) of what
-is kept. Dedup sees the text before redaction, so two copies that differ only in an e-mail address are still
-caught as duplicates.
+Each drop's raw documents go through the Gopher/C4 quality filters (phases.quality), then PII redaction
+(phases.pii), then exact and MinHash LSH dedup against everything kept so far (phases.dedup.DedupIndex).
+Dedup sees the redacted text, the text that is kept: two copies that differ only in an e-mail address become
+exact duplicates and one goes, so no exact duplicate can appear after curation (a blocking check).
 
 Incremental: the output folder keeps the dedup index (signatures of every kept document) and a state file
 naming the drops already curated with the content hash of their raw documents. A new drop that sorts after
@@ -33,7 +33,9 @@ SignFor = Callable[[int], Sign | None]  # number of documents to sign -> signer 
 
 
 def settings_hash(cfg: DedupConfig) -> str:
-    return hashlib.sha1(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the settings that change the curated corpus (not where signatures run, nor incrementality)."""
+    relevant = cfg.model_dump(exclude={"ray_min_documents", "incremental"})
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan(out_dir: Path, drops: dict[str, Path], cfg: DedupConfig) -> tuple[str, list[str], str]:
@@ -42,7 +44,7 @@ def plan(out_dir: Path, drops: dict[str, Path], cfg: DedupConfig) -> tuple[str, 
     everything = sorted(drops)
     if not cfg.incremental:
         return "full", everything, "dedup.incremental is off"
-    if not state_path.is_file() or not (Path(out_dir) / DOCUMENTS).is_file():
+    if not all((Path(out_dir) / name).is_file() for name in (STATE, DOCUMENTS, REPORT)):
         return "full", everything, "no earlier curated corpus"
     state = json.loads(state_path.read_text())
     if state.get("settings") != settings_hash(cfg):
@@ -71,12 +73,12 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
 
     docs = [doc for drop in todo for doc in read_records(drops[drop])]
     filtered = quality.filter_documents(docs, cfg.quality)
-    sign = (sign_for or (lambda n: None))(len(filtered["kept"]))
-    deduped = dedup_documents(filtered["kept"], cfg, index=index, sign=sign)
-    redacted = pii.redact_documents(deduped["kept"], cfg.pii)
+    redacted = pii.redact_documents(filtered["kept"], cfg.pii)
+    sign = (sign_for or (lambda n: None))(len(redacted["documents"]))
+    deduped = dedup_documents(redacted["documents"], cfg, index=index, sign=sign)
 
     report = previous or {"removed": [], "quality_removed": [], "pii_counts": dict.fromkeys(pii.PII_TYPES, 0)}
-    kept = (read_records(out_dir / DOCUMENTS) if previous else []) + redacted["documents"]
+    kept = (read_records(out_dir / DOCUMENTS) if previous else []) + deduped["kept"]
     report["removed"] += deduped["removed"]
     report["quality_removed"] += filtered["removed"]
     for kind, n in redacted["counts"].items():
@@ -121,8 +123,8 @@ def _previous(out_dir: Path) -> dict | None:
     return {k: report[k] for k in ("removed", "quality_removed", "pii_counts")}
 
 
-def corpus_problems(docs: list[dict], cfg: DedupConfig) -> dict:
-    """What the blocking checks look for in a curated corpus: exact duplicates left, PII left."""
+def exact_duplicates(docs: list[dict]) -> list[dict]:
+    """[{id, duplicate_of}] for every document whose normalized text equals an earlier one's."""
     seen: dict[str, str] = {}
     duplicates = []
     for doc in docs:
@@ -131,9 +133,11 @@ def corpus_problems(docs: list[dict], cfg: DedupConfig) -> dict:
             duplicates.append({"id": doc["id"], "duplicate_of": seen[key]})
         else:
             seen[key] = doc["id"]
-    leaks = []
-    if cfg.pii.enabled:
-        for doc in docs:
-            for match in pii.find_pii(doc["text"], cfg.pii.types):
-                leaks.append({"id": doc["id"], "type": match["type"]})
-    return {"exact_duplicates": duplicates, "pii": leaks}
+    return duplicates
+
+
+def pii_left(docs: list[dict], cfg: DedupConfig) -> list[dict]:
+    """[{id, type}] for every PII match of the configured types still in the documents."""
+    if not cfg.pii.enabled:
+        return []
+    return [{"id": d["id"], "type": m["type"]} for d in docs for m in pii.find_pii(d["text"], cfg.pii.types)]

@@ -407,6 +407,10 @@ def _dedup_in_order(
     """Decide documents in ``order`` against ``index`` (a fresh one by default); returns (kept docs in
     input order, [(removed doc's index, finding with duplicate_of = a kept id)], stats)."""
     index = index if index is not None else DedupIndex(cfg)
+    ids = [docs[i]["id"] for i in order]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"document ids must be unique for dedup; repeated: {repeated}")
     found = decide([docs[i]["id"] for i in order], [docs[i]["text"] for i in order], index, sign)
     position = {docs[i]["id"]: i for i in order}
     pairs = [(position[f["id"]], f) for f in found]

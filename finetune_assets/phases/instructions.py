@@ -267,7 +267,12 @@ def build_instruction_set(
             clean.append(r)
     contaminated = len(records) - len(clean)
 
-    capped = _cap_across_topics(clean, cfg.max_examples)
+    # Imported seed rows are a team's own curated data: max_examples caps what is generated around them.
+    imported = {r["id"] for r in clean if r["generator"].startswith("seed:")}
+    room = None if cfg.max_examples is None else max(cfg.max_examples - len(imported), 0)
+    generated_kept = _cap_across_topics([r for r in clean if r["id"] not in imported], room)
+    kept_ids = imported | {r["id"] for r in generated_kept}
+    capped = [r for r in clean if r["id"] in kept_ids]
     if not capped:
         raise ValueError(
             f"no instructions survived ({len(usable)} usable documents, generated {generated}, "

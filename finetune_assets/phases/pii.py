@@ -223,16 +223,24 @@ def find_pii(text: str, types: Iterable[str] = PII_TYPES) -> list[dict]:
 
 
 def redact(text: str, types: Iterable[str] = PII_TYPES) -> tuple[str, dict[str, int]]:
-    """Replace every match by its placeholder; returns the new text and a count per requested type."""
+    """Replace every match by its placeholder; returns the new text and a count per requested type.
+
+    Repeats until nothing matches: a match can hide a neighbour (in "4111 1111 1111 1111,415.555.0132" the
+    phone's digits extend the card run until the phone is replaced), and the no-PII-left check must hold."""
     types = list(types)
     counts = {t: 0 for t in PII_TYPES if t in types}
-    parts, pos = [], 0
-    for f in find_pii(text, types):
-        parts += [text[pos : f["start"]], PLACEHOLDERS[f["type"]]]
-        pos = f["end"]
-        counts[f["type"]] += 1
-    parts.append(text[pos:])
-    return "".join(parts), counts
+    for _ in range(5):
+        found = find_pii(text, types)
+        if not found:
+            break
+        parts, pos = [], 0
+        for f in found:
+            parts += [text[pos : f["start"]], PLACEHOLDERS[f["type"]]]
+            pos = f["end"]
+            counts[f["type"]] += 1
+        parts.append(text[pos:])
+        text = "".join(parts)
+    return text, counts
 
 
 def redact_documents(docs: list[dict], cfg: PiiConfig) -> dict:

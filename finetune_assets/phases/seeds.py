@@ -7,7 +7,8 @@ file holding a list of records:
   instruction rows (the contract of phases/instructions.py: {id, messages, source, topic, generator, split}).
 - ``load_feedback_file`` turns pairwise {prompt, chosen, rejected} records into preference rows (the contract
   of phases/preferences.py) and binary {prompt, completion, label} records (thumbs up/down) into KTO rows
-  {id, prompt, completion, label, source}, the form trl's KTOTrainer takes.
+  {id, prompt (messages), completion (str), label, source}; train.to_kto_example turns a row into the
+  conversational form trl's KTOTrainer takes.
 
 A record that cannot be used never vanishes: it goes to the quarantine list as
 {path, line, reason, raw} (``line`` is 1-based; for a ``.json`` list it is the item's index + 1; ``reason``
@@ -23,6 +24,7 @@ from finetune_assets.phases.dedup import normalize
 
 SEED_FORMATS = ("alpaca", "dolly", "sharegpt", "openai", "prompt_completion")
 RAW_LIMIT = 2000
+SEED_TOPIC_BUCKETS = 10
 
 _SEED_KEY = "instructions.seed_files"
 _FEEDBACK_KEY = "preferences.feedback_files"
@@ -71,7 +73,7 @@ def _read_items(path: Path, config_key: str) -> list[tuple[int, str, object]]:
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such file; fix the path in {config_key} (relative paths are "
-            "under the landing folder)"
+            "under $FINETUNE_ASSETS_HOME/inputs)"
         )
     if not path.is_file():
         raise ValueError(f"{path}: is a folder, not a file; list JSONL or .json files in {config_key}")
@@ -362,12 +364,16 @@ def load_seed_file(path: Path, fmt: str = "auto", system_prompt: str | None = No
             continue
         if system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
+        record_id = _id("seed", path.name, str(line), _canonical(messages))
+        # Without a category, a file's rows spread over SEED_TOPIC_BUCKETS pseudo-topics (by id): the split
+        # is by topic, and one topic per file would send the whole file to train or to validation.
+        bucket = int(record_id, 16) % SEED_TOPIC_BUCKETS
         records.append(
             {
-                "id": _id("seed", path.name, str(line), _canonical(messages)),
+                "id": record_id,
                 "messages": messages,
                 "source": f"seed:{path.name}",
-                "topic": category.strip() if category else f"seed:{path.stem}",
+                "topic": category.strip() if category else f"seed:{path.stem}/{bucket}",
                 "generator": f"seed:{used}",
                 "split": "train",
             }

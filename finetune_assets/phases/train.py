@@ -127,6 +127,16 @@ def to_preference_example(row: dict) -> dict:
     }
 
 
+def to_kto_example(row: dict) -> dict:
+    """A binary feedback row (preference_pairs' binary_feedback.parquet) -> trl's conversational
+    unpaired-preference format for KTOTrainer: {prompt: messages, completion: [assistant turn], label}."""
+    return {
+        "prompt": list(row["prompt"]),
+        "completion": [{"role": "assistant", "content": row["completion"]}],
+        "label": bool(row["label"]),
+    }
+
+
 def general_text(max_chars: int = 400_000) -> list[str]:
     """General-domain English for the CPT mix: docstrings of the interpreter's standard library."""
     import importlib

@@ -54,6 +54,7 @@ def _recipe(home, served) -> str:
     raw = yaml.safe_load((RECIPES_DIR / "smoke.yaml").read_text())
     endpoint = {"base_url": served.base_url, "model": served.model, "max_tokens": 24, "max_retries": 1}
     raw["name"] = "smoke-data"
+    raw["dedup"]["ray_min_documents"] = 1  # sign on Ray Data, as a large corpus would
     raw["instructions"].update(
         generators=["api", "module", "section", "teacher"],
         seed_files=[{"path": "seeds.jsonl"}],
@@ -99,6 +100,7 @@ def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     )
     report = json.loads((store.path("dedup_corpus") / "removed.json").read_text())
     assert report["pii_counts"]["email"] >= 1 and report["run"]["mode"] == "full"
+    assert report["run"]["signed_on"] == "ray"
 
     # Instructions: seeds imported, the bad line quarantined with its line number, the teacher asked.
     stats = json.loads((store.path("instruction_set") / "stats.json").read_text())
@@ -121,3 +123,19 @@ def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     assert sorted(r["label"] for r in binary) == [False, True]
     pairs = read_records(store.path("preference_pairs") / "pairs.parquet")
     assert {"human", "reference"} <= {p["chosen_source"] for p in pairs}
+
+    # A late drop is curated against the saved index alone: an exact copy of a kept document is caught.
+    late = landing / "drop-0009-late"
+    late.mkdir()
+    (late / "copy.md").write_text(
+        f"{doc[:3000]}\n\nWrite to {EMAIL} or pay with card {CARD} before Friday.\n"
+    )
+    instance.add_dynamic_partitions(data_drops.name, ["drop-0009-late"])
+    dg.materialize(
+        assets, instance=instance, resources=resources, partition_key="drop-0009-late", selection=[raw_corpus]
+    )
+    again = dg.materialize(assets, instance=instance, resources=resources, selection=["dedup_corpus"])
+    assert again.success
+    report = json.loads((store.path("dedup_corpus") / "removed.json").read_text())
+    assert report["run"]["mode"] == "incremental" and report["run"]["drops_curated"] == ["drop-0009-late"]
+    assert [r["reason"] for r in report["removed"] if r["drop"] == "drop-0009-late"] == ["exact"]

@@ -319,3 +319,22 @@ def test_read_drop_reads_parquet_rows_and_reports_rows_without_text(tmp_path, mo
     assert "not strings" in reasons[("numbers.parquet", None)]
     assert reasons[("corrupt.parquet", None)].startswith("unreadable Parquet file")
     assert stats == {"files": 5, "documents": 4, "skipped_short": 0, "problems": 5, "ignored": 0}
+
+
+def test_repeated_ids_in_one_file_are_reported_and_the_first_kept(tmp_path):
+    import json as _json
+
+    from finetune_assets.config import CorpusConfig
+    from finetune_assets.phases.corpus import read_drop
+
+    drop = tmp_path / "landing" / "d1"
+    drop.mkdir(parents=True)
+    lines = [
+        {"id": "A", "text": "first " * 60},
+        {"id": "A", "text": "second " * 60},
+        {"id": "B", "text": "third " * 60},
+    ]
+    (drop / "docs.jsonl").write_text("\n".join(_json.dumps(x) for x in lines))
+    docs, problems, _ = read_drop(tmp_path / "landing", "d1", CorpusConfig(min_chars=10))
+    assert [d["text"].split()[0] for d in docs] == ["first", "third"]
+    assert len(problems) == 1 and "repeated id" in problems[0]["reason"]

@@ -65,17 +65,17 @@ def test_quality_dedup_and_pii_in_one_pass(tmp_path):
         "quality_removed": 1,
         "exact_removed": 2,
         "near_removed": 1,
-        "pii_redacted": 2,
+        "pii_redacted": 4,  # redaction runs before dedup: the copies' matches count too
         "kept": 4,
     }
     assert summary["quality_counts"]["min_words"] == 1
-    assert summary["pii_counts"]["email"] == 1 and summary["pii_counts"]["ip_address"] == 1
+    assert summary["pii_counts"]["email"] == 2 and summary["pii_counts"]["ip_address"] == 2
     text = " ".join(d["text"] for d in read_records(tmp_path / "out" / curation.DOCUMENTS))
     assert "jane.doe@acme-corp.io" not in text and "[EMAIL]" in text and "[IP_ADDRESS]" in text
     clusters = json.loads((tmp_path / "out" / curation.CLUSTERS).read_text())
     assert {len(c["duplicates"]) for c in clusters} == {1}
     kept = read_records(tmp_path / "out" / curation.DOCUMENTS)
-    assert curation.corpus_problems(kept, DedupConfig()) == {"exact_duplicates": [], "pii": []}
+    assert curation.exact_duplicates(kept) == [] and curation.pii_left(kept, DedupConfig()) == []
 
 
 def test_drops_one_by_one_equal_all_at_once_without_redoing_earlier_drops(tmp_path):
@@ -119,6 +119,29 @@ def test_corpus_problems_finds_planted_duplicates_and_pii():
         make_document("d", "1.txt", _prose("x") + " mail me: bob@contoso.net"),
         make_document("d", "2.txt", _prose("x").upper() + " MAIL ME: BOB@CONTOSO.NET"),
     ]
-    found = curation.corpus_problems(docs, DedupConfig())
-    assert found["exact_duplicates"] == [{"id": docs[1]["id"], "duplicate_of": docs[0]["id"]}]
-    assert {f["type"] for f in found["pii"]} == {"email"}
+    assert curation.exact_duplicates(docs) == [{"id": docs[1]["id"], "duplicate_of": docs[0]["id"]}]
+    assert {f["type"] for f in curation.pii_left(docs, DedupConfig())} == {"email"}
+
+
+def test_copies_differing_only_in_pii_are_duplicates_after_redaction(tmp_path):
+    text = _prose("y", 60)
+    docs = [
+        make_document("d", "1.txt", f"{text} Mail ann@contoso.net or call +1 415-555-0132."),
+        make_document("d", "2.txt", f"{text} Mail bob@fabrikam.org or call +1 212-555-0199."),
+    ]
+    drops = {"d": write_records_parquet(docs, tmp_path / "raw" / "documents.parquet")}
+    summary = curation.curate(drops, tmp_path / "out", DedupConfig(num_perm=64))
+    assert summary["stats"]["exact_removed"] == 1 and summary["stats"]["kept"] == 1
+    assert curation.exact_duplicates(read_records(tmp_path / "out" / curation.DOCUMENTS)) == []
+
+
+def test_missing_report_means_a_full_run(tmp_path):
+    drops = _drops(tmp_path)
+    cfg = DedupConfig(num_perm=64)
+    curation.curate(drops, tmp_path / "out", cfg)
+    assert (
+        curation.plan(tmp_path / "out", drops, cfg.model_copy(update={"ray_min_documents": 5}))[0]
+        == "incremental"
+    )
+    (tmp_path / "out" / curation.REPORT).unlink()
+    assert curation.plan(tmp_path / "out", drops, cfg)[0] == "full"

@@ -176,3 +176,12 @@ def test_explicit_bands_and_rows_drive_the_lsh():
         validate_profile({"name": "x", "dedup": {"num_perm": 64, "bands": 20, "rows": 4}})
     with pytest.raises(ConfigError, match="together"):
         validate_profile({"name": "x", "dedup": {"bands": 20}})
+
+
+def test_repeated_ids_are_a_clear_error():
+    import pytest
+
+    docs = _docs()
+    docs[1] = {**docs[1], "id": docs[0]["id"]}
+    with pytest.raises(ValueError, match="unique"):
+        dedup_documents(docs, DedupConfig())

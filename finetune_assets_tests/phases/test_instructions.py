@@ -236,3 +236,26 @@ def test_only_the_configured_extractors_run(tmp_path):
     result = build_instruction_set(docs, _eval_dir(tmp_path, docs), InstructionsConfig(generators=["api"]))
     assert result["stats"]["generated"] == {"api": 3}
     assert {r["generator"] for r in result["records"]} == {"api"}
+
+
+def test_imported_seeds_are_not_capped(tmp_path):
+    docs = _base_docs()
+    seeds = [
+        {
+            "id": f"seed-{i}",
+            "messages": [
+                {"role": "user", "content": f"Question {i} about {w}?"},
+                {"role": "assistant", "content": f"{w} answer."},
+            ],
+            "source": "seed:s.jsonl",
+            "topic": f"seed:s/{i % 3}",
+            "generator": "seed:alpaca",
+            "split": "train",
+        }
+        for i, w in enumerate(["apples", "rivers", "castles", "compilers"])
+    ]
+    result = build_instruction_set(
+        docs, _eval_dir(tmp_path, docs), InstructionsConfig(max_examples=6), extra={"s": seeds}
+    )
+    generators = [r["generator"] for r in result["records"]]
+    assert generators.count("seed:alpaca") == 4 and len(generators) == 6

@@ -175,3 +175,8 @@ def test_redact_documents_respects_config():
     off = redact_documents(docs, PiiConfig(enabled=False))
     assert off["documents"] == docs and off["documents_changed"] == 0
     assert set(off["counts"].values()) == {0}
+
+
+def test_a_match_hiding_its_neighbour_is_still_redacted():
+    text, counts = redact("pay 4111 1111 1111 1111,415.555.0132 today")
+    assert find_pii(text) == [] and counts["credit_card"] == 1 and counts["phone"] == 1

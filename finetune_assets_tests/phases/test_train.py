@@ -132,3 +132,21 @@ def test_pack_texts_mixes_general_text(tiny_model_dir, tiny_corpus):
     assert pack_texts(tokenizer, tiny_corpus, general, 0.0, 32) == pack_texts(
         tokenizer, tiny_corpus, [], 0.0, 32
     )
+
+
+def test_binary_feedback_rows_become_trl_kto_examples(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template
+
+    from finetune_assets.phases.seeds import load_feedback_file
+    from finetune_assets.phases.train import to_kto_example
+
+    path = tmp_path / "feedback.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "Is eval() safe?", "completion": "No.", "label": "thumbs_down"}) + "\n"
+    )
+    (row,) = load_feedback_file(path)["binary"]
+    example = to_kto_example(row)
+    rendered = apply_chat_template(example, AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert "Is eval() safe?" in rendered["prompt"] and rendered["completion"].startswith("No.")
+    assert example["label"] is False

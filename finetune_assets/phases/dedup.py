@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from finetune_assets.config import DedupConfig
 
@@ -173,16 +173,14 @@ class Signer:
 
 
 # ------------------------------------------------------------------------------------------ the index
-def banding(cfg: DedupConfig) -> tuple[int, int]:
-    """(bands, rows) of the LSH: the configured ones, or what datasketch's MinHashLSH picks (minimizing
-    false positive + false negative probability mass) for a threshold set below the real one. LSH only
-    proposes candidates; tuned at the threshold itself it misses many true pairs near it (at 0.8 with 128
-    permutations: 60% of pairs with Jaccard 0.8, 31% at 0.85), so it is tuned lower for recall and every
-    candidate is verified against the real threshold."""
+def make_lsh(cfg: DedupConfig) -> MinHashLSH:
+    """datasketch's MinHashLSH with the configured bands/rows, or with the banding it picks for a threshold
+    set below the real one. LSH only proposes candidates; tuned at the threshold itself it misses many true
+    pairs near it (at 0.8 with 128 permutations: 60% of pairs with Jaccard 0.8, 31% at 0.85), so it is tuned
+    lower for recall and every candidate is verified against the real threshold."""
     if cfg.bands is not None:
-        return cfg.bands, cfg.rows
-    lsh = MinHashLSH(threshold=cfg.threshold * 0.8, num_perm=cfg.num_perm)
-    return lsh.b, lsh.r
+        return MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    return MinHashLSH(threshold=cfg.threshold * 0.8, num_perm=cfg.num_perm)
 
 
 def index_params(cfg: DedupConfig) -> dict:
@@ -196,57 +194,38 @@ def index_params(cfg: DedupConfig) -> dict:
 
 
 class DedupIndex:
-    """Exact keys and MinHash signatures of every kept document, with the LSH band tables over them.
+    """Exact keys and MinHash signatures of every kept document, with datasketch's MinHashLSH over them.
 
     ``add`` decides documents one at a time in the order given: a document whose exact key is known, or
     whose signature agrees with a kept one's at ``threshold`` or more, is a duplicate of that one (the
     earliest at the best similarity); otherwise it is kept and indexed. Adding drop after drop therefore
     gives the same decisions as adding all of them at once, and ``save``/``load`` let a later drop be
     checked without recomputing anything for earlier ones.
-
-    The band tables are the LSH of datasketch's MinHashLSH (same banding, see ``banding``) with each band
-    reduced to one 64-bit key computed for a whole batch in numpy, so a lookup is a dict access instead of
-    slicing and byte-swapping a MinHash per band (bench/dedup_bench.py measures the whole path).
     """
 
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
-        self.bands, self.rows = banding(cfg)
+        self.lsh = make_lsh(cfg)
         self.ids: list[str] = []
         self.exact: dict[str, str] = {}  # exact key -> kept id
         self._signatures: list[np.ndarray] = []
-        self._tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
-        # Odd 64-bit multipliers: a band's key is sum(row value * multiplier) mod 2^64. A collision of two
-        # different bands only costs one verification, never a wrong decision.
-        rng = np.random.default_rng(MINHASH_SEED)
-        self._mult = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
-        """(n, bands) uint64 keys, one per band of each signature."""
-        banded = np.asarray(signatures, dtype=np.uint64)[:, : self.bands * self.rows]
-        banded = banded.reshape(len(banded), self.bands, self.rows)
-        with np.errstate(over="ignore"):
-            return (banded * self._mult).sum(axis=2, dtype=np.uint64)
 
     def add(self, ids: Sequence[str], keys: Sequence[str], signatures: np.ndarray) -> list[dict]:
         """Decide each (id, exact key, signature) in order; returns {id, reason, duplicate_of, jaccard} for
         every document found to be a duplicate (the others are now in the index)."""
         found = []
-        band_keys = self.band_keys(signatures).tolist()
-        for doc_id, key, signature, bands in zip(ids, keys, signatures, band_keys, strict=True):
+        for doc_id, key, signature in zip(ids, keys, signatures, strict=True):
             if key in self.exact:
                 found.append(
                     {"id": doc_id, "reason": "exact", "duplicate_of": self.exact[key], "jaccard": 1.0}
                 )
                 continue
-            candidates = set()
-            for table, band in zip(self._tables, bands, strict=True):
-                candidates.update(table.get(band, ()))
+            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
             best, best_j = None, 0.0
-            for position in sorted(candidates):
+            for position in sorted(self.lsh.query(sketch)):  # LSH keys are positions: earlier first
                 # LSH proposes likely matches only; the estimate decides (ties go to the earlier document).
                 j = np.count_nonzero(self._signatures[position] == signature) / self.cfg.num_perm
                 if j >= self.cfg.threshold and j > best_j:
@@ -261,16 +240,14 @@ class DedupIndex:
                     }
                 )
             else:
-                self._keep(doc_id, key, signature, bands)
+                self._keep(doc_id, key, signature, sketch)
         return found
 
-    def _keep(self, doc_id: str, key: str, signature: np.ndarray, bands: list[int]) -> None:
-        position = len(self.ids)
+    def _keep(self, doc_id: str, key: str, signature: np.ndarray, sketch: LeanMinHash) -> None:
+        self.lsh.insert(len(self.ids), sketch, check_duplication=False)
         self.exact[key] = doc_id
         self.ids.append(doc_id)
         self._signatures.append(np.asarray(signature, dtype=np.uint32))
-        for table, band in zip(self._tables, bands, strict=True):
-            table.setdefault(band, []).append(position)
 
     def save(self, folder: Path) -> Path:
         """Write the index (ids, exact keys, signatures, parameters) atomically to ``folder``."""
@@ -296,9 +273,13 @@ class DedupIndex:
             return None
         index = cls(cfg)
         signatures = np.load(folder / "signatures.npy")
-        bands = index.band_keys(signatures).tolist()
-        for doc_id, key, signature, band in zip(state["ids"], state["keys"], signatures, bands, strict=True):
-            index._keep(doc_id, key, signature, band)
+        for doc_id, key, signature in zip(state["ids"], state["keys"], signatures, strict=True):
+            index._keep(
+                doc_id,
+                key,
+                signature,
+                LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32"),
+            )
         return index
 
 

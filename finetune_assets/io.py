@@ -75,6 +75,20 @@ def write_json(obj, path: Path) -> Path:
     return path
 
 
+def write_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
 def write_text(text: str, path: Path) -> Path:
     path = Path(path)
     tmp = _tmp_sibling(path)

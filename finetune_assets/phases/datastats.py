@@ -5,12 +5,12 @@ on, so the share of examples longer than ``sft.max_length`` (which training trun
 """
 
 import base64
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from finetune_assets import io
 
 CountTokens = Callable[[list[dict]], int]  # messages -> tokens
 
@@ -82,17 +82,10 @@ def write_histogram(stats: dict, path: Path, max_length: int | None = None, titl
             ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
+        return io.write_figure(fig, path, dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def markdown_image(path: Path, alt: str) -> str:

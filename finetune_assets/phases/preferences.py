@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Callable
 
 from finetune_assets.phases.dedup import normalize
-from finetune_assets.phases.evalsets import stable_fraction
+from finetune_assets.phases.evalsets import round_robin
 
 Generate = Callable[[list[list[dict]]], list[str]]
 
@@ -21,15 +21,7 @@ def select_prompts(instructions: list[dict], max_pairs: int, seed: int = 0) -> l
     topic}.
     """
     train = [r for r in instructions if r["split"] == "train" and r["messages"][-1]["role"] == "assistant"]
-    by_topic: dict[str, list[dict]] = {}
-    for rec in sorted(train, key=lambda r: stable_fraction(f"{seed}/{r['id']}")):
-        by_topic.setdefault(rec["topic"], []).append(rec)
-    queues = [by_topic[t] for t in sorted(by_topic, key=lambda t: stable_fraction(f"{seed}/{t}"))]
-    picked: list[dict] = []
-    depth = 0
-    while len(picked) < max_pairs and any(depth < len(q) for q in queues):
-        picked += [q[depth] for q in queues if depth < len(q)][: max_pairs - len(picked)]
-        depth += 1
+    picked = round_robin(train, lambda r: r["topic"], max_pairs, seed)
     return [
         {
             "id": rec["id"],

@@ -11,8 +11,6 @@ matplotlib is used through its object API with the Agg canvas: no global backend
 import csv
 import json
 import math
-import os
-import tempfile
 from io import StringIO
 from pathlib import Path
 
@@ -212,15 +210,7 @@ def _write_png(table: list[dict], path: Path, title: str) -> Path:
         ax.margins(y=0.15)
         ax.tick_params(labelsize=8)
     fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return io.write_figure(fig, path, dpi=110)
 
 
 def write_report(results: list[dict], out_dir: Path, *, title: str, extra: dict | None = None) -> dict:

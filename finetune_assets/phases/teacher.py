@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 
 from finetune_assets.phases.corpus import iter_sections, prose_paragraphs
-from finetune_assets.phases.evalsets import stable_fraction
+from finetune_assets.phases.evalsets import round_robin, stable_fraction
 from finetune_assets.phases.instructions import topic_of
 from finetune_assets.phases.llm import ChatClient
 
@@ -112,16 +112,7 @@ def select_documents(docs: list[dict], max_documents: int, seed: int = 0) -> lis
     """Up to ``max_documents`` documents with enough text, round-robin over topics (instructions.topic_of of
     the source), each topic's documents and the topics themselves in seeded stable-hash order."""
     usable = [d for d in docs if len((d.get("text") or "").strip()) >= MIN_EXCERPT_CHARS]
-    by_topic: dict[str, list[dict]] = {}
-    for doc in sorted(usable, key=lambda d: stable_fraction(f"{seed}/{d['id']}")):
-        by_topic.setdefault(topic_of(doc["source"]), []).append(doc)
-    queues = [by_topic[t] for t in sorted(by_topic, key=lambda t: stable_fraction(f"{seed}/{t}"))]
-    picked: list[dict] = []
-    depth = 0
-    while len(picked) < max_documents and any(depth < len(q) for q in queues):
-        picked += [q[depth] for q in queues if depth < len(q)][: max_documents - len(picked)]
-        depth += 1
-    return picked
+    return round_robin(usable, lambda d: topic_of(d["source"]), max_documents, seed)
 
 
 def _cut(text: str, max_chars: int) -> str:

@@ -51,3 +51,22 @@ def resources(fa_home: Path) -> dict:
 def instance():
     with dg.instance_for_test() as inst:
         yield inst
+
+
+def ingest_landing(
+    instance: dg.DagsterInstance, resources: dict, landing: Path, drops: list[str] | None = None
+) -> list:
+    """Register the landing folder's drops (or ``drops``) as partitions and materialize raw_corpus for each;
+    returns the asset list with checks, for the materializations that follow."""
+    from finetune_assets.defs.data import data_drops, raw_corpus
+    from finetune_assets.defs.pipeline import all_assets_and_checks
+    from finetune_assets.phases import corpus
+
+    drops = drops if drops is not None else corpus.list_drops(landing)
+    instance.add_dynamic_partitions(data_drops.name, drops)
+    assets = all_assets_and_checks()
+    for drop in drops:
+        dg.materialize(
+            assets, instance=instance, resources=resources, partition_key=drop, selection=[raw_corpus]
+        )
+    return assets

@@ -7,11 +7,9 @@ import dagster as dg
 import yaml
 
 from finetune_assets.config import RECIPES_DIR, load_profile
-from finetune_assets.defs.data import data_drops, raw_corpus
-from finetune_assets.defs.pipeline import all_assets_and_checks
 from finetune_assets.io import read_records
 from finetune_assets.phases import corpus
-from finetune_assets_tests.defs.conftest import make_resources
+from finetune_assets_tests.defs.conftest import ingest_landing, make_resources
 from finetune_assets_tests.phases.llm_server import babbling_model, served_model  # noqa: F401
 
 EMAIL, CARD = "maria.lopez@fabrikam.org", "4111 1111 1111 1111"
@@ -79,13 +77,7 @@ def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     _write_jsonl(fa_home / "inputs" / "seeds.jsonl", SEED_LINES)
     _write_jsonl(fa_home / "inputs" / "feedback.jsonl", FEEDBACK_LINES)
 
-    drops = corpus.list_drops(landing)
-    instance.add_dynamic_partitions(data_drops.name, drops)
-    assets = all_assets_and_checks()
-    for drop in drops:
-        dg.materialize(
-            assets, instance=instance, resources=resources, partition_key=drop, selection=[raw_corpus]
-        )
+    assets = ingest_landing(instance, resources, landing)
     selection = ["dedup_corpus", "eval_sets", "base_checkpoint", "instruction_set", "preference_pairs"]
     result = dg.materialize(assets, instance=instance, resources=resources, selection=selection)
     assert result.success
@@ -130,10 +122,7 @@ def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     (late / "copy.md").write_text(
         f"{doc[:3000]}\n\nWrite to {EMAIL} or pay with card {CARD} before Friday.\n"
     )
-    instance.add_dynamic_partitions(data_drops.name, ["drop-0009-late"])
-    dg.materialize(
-        assets, instance=instance, resources=resources, partition_key="drop-0009-late", selection=[raw_corpus]
-    )
+    ingest_landing(instance, resources, landing, ["drop-0009-late"])
     again = dg.materialize(assets, instance=instance, resources=resources, selection=["dedup_corpus"])
     assert again.success
     report = json.loads((store.path("dedup_corpus") / "removed.json").read_text())

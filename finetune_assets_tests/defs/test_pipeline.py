@@ -15,7 +15,7 @@ from finetune_assets.defs.pipeline import all_assets_and_checks, materialize_gra
 from finetune_assets.io import read_records
 from finetune_assets.phases import corpus, evalsets
 from finetune_assets.tracking import REGISTERED_MODEL
-from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS, make_resources
+from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS, ingest_landing, make_resources
 
 
 def plant_duplicates(landing: Path) -> dict:
@@ -149,13 +149,7 @@ def test_base_checkpoint_continued_pretraining_on_ray(fa_home, instance, tmp_pat
     resources = make_resources(fa_home, profile=str(recipe))
     landing = fa_home / "landing"
     corpus.seed_demo_landing(landing, load_profile(str(recipe)).corpus)
-    drops = corpus.list_drops(landing)
-    instance.add_dynamic_partitions(data_drops.name, drops)
-    assets = all_assets_and_checks()
-    for drop in drops:
-        dg.materialize(
-            assets, instance=instance, resources=resources, partition_key=drop, selection=[raw_corpus]
-        )
+    assets = ingest_landing(instance, resources, landing)
     dg.materialize(
         assets,
         instance=instance,

@@ -229,6 +229,12 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Hyperparameters of one training stage (sft, dpo, tr)."""
 
+    # lora: LoRA adapters on a full-precision base; qlora: the same on a 4-bit (NF4) base, CUDA only;
+    # full: every weight trained, no adapter.
+    adapter: Literal["lora", "qlora", "full"] = "lora"
+    # dpo section only: the preference method. kto trains on unpaired thumbs up/down (human binary feedback
+    # plus each pair split in two); orpo needs no reference model.
+    preference_method: Literal["dpo", "kto", "orpo"] = "dpo"
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     per_device_batch_size: int = Field(4, ge=1)
@@ -289,6 +295,7 @@ class EvalConfig(_Section):
 
 class Profile(_Section):
     name: str
+    extends: str | None = None  # the recipe this one starts from (load_profile merges it in)
     seed: int = 0
     corpus: CorpusConfig = CorpusConfig()
     dedup: DedupConfig = DedupConfig()
@@ -303,13 +310,32 @@ class Profile(_Section):
     retrieval: RetrievalConfig = RetrievalConfig()
     eval: EvalConfig = EvalConfig()
 
+    @model_validator(mode="after")
+    def _qlora_needs_gpu(self):
+        for stage in ("sft", "dpo", "tr"):
+            if getattr(self, stage).adapter == "qlora" and not self.scaling.use_gpu:
+                raise ValueError(
+                    f"{stage}.adapter is 'qlora', which loads the base in 4-bit with bitsandbytes on a CUDA GPU: "
+                    "set scaling.use_gpu: true (on a GPU machine) or use adapter: lora"
+                )
+        return self
+
 
 def available_profiles(recipes_dir: Path = RECIPES_DIR) -> list[str]:
     return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
 
 
 def load_profile(name_or_path: str, recipes_dir: Path = RECIPES_DIR) -> Profile:
-    """Load and validate a recipe by profile name (recipes/<name>.yaml) or by file path."""
+    """Load and validate a recipe by profile name (recipes/<name>.yaml) or by file path.
+
+    A recipe may start from another with ``extends: <profile name or path>``: its sections are merged into
+    that recipe's, key by key (nested mappings merge, anything else replaces)."""
+    raw, path = _read_recipe(name_or_path, recipes_dir, seen=())
+    raw.setdefault("name", path.stem)  # an extended recipe's name is not inherited
+    return validate_profile(raw, origin=str(path))
+
+
+def _recipe_path(name_or_path: str, recipes_dir: Path) -> Path:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = recipes_dir / f"{name_or_path}.yaml"
@@ -318,14 +344,35 @@ def load_profile(name_or_path: str, recipes_dir: Path = RECIPES_DIR) -> Profile:
             f"recipe '{name_or_path}' not found at {path}; available profiles: "
             f"{', '.join(available_profiles(recipes_dir)) or 'none'}"
         )
+    return path
+
+
+def _read_recipe(name_or_path: str, recipes_dir: Path, seen: tuple) -> tuple[dict, Path]:
+    path = _recipe_path(name_or_path, recipes_dir)
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe {path} extends itself (chain: {' -> '.join(str(p) for p in seen)})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of config sections, got {type(raw).__name__}")
-    raw.setdefault("name", path.stem)
-    return validate_profile(raw, origin=str(path))
+    parent = raw.get("extends")
+    if not parent:
+        return raw, path
+    base, _ = _read_recipe(parent, path.parent, (*seen, path.resolve()))
+    base.pop("name", None)
+    return _deep_merge(base, raw), path
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def validate_profile(raw: dict, origin: str = "config") -> Profile:

@@ -66,3 +66,23 @@ def test_cli_names_the_missing_base_model(tmp_path: Path, capsys, monkeypatch):
     assert main(["demo", "--profile", str(recipe)]) == 1
     err = capsys.readouterr().err
     assert "ModelNotFoundError" in err and "no-such-model" in err
+
+
+def test_extends_merges_sections_and_keeps_its_own_name(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nsft:\n  max_steps: 7\n  learning_rate: 0.5\n")
+    (tmp_path / "child.yaml").write_text("extends: base\nsft:\n  max_steps: 3\n")
+    profile = load_profile(str(tmp_path / "child.yaml"))
+    assert profile.name == "child" and profile.extends == "base"
+    assert (profile.sft.max_steps, profile.sft.learning_rate) == (3, 0.5)
+    (tmp_path / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_profile(str(tmp_path / "loop.yaml"))
+
+
+def test_method_recipes_select_what_they_say():
+    assert load_profile("demo-kto").dpo.preference_method == "kto"
+    assert load_profile("demo-orpo").dpo.preference_method == "orpo"
+    assert load_profile("demo-full").sft.adapter == "full"
+    qlora = load_profile("demo-qlora-gpu")
+    assert qlora.scaling.use_gpu and {qlora.sft.adapter, qlora.dpo.adapter, qlora.tr.adapter} == {"qlora"}
+    assert load_profile("demo-kto").model == load_profile("demo").model  # the rest comes from demo

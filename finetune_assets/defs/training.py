@@ -19,12 +19,20 @@ TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
 
 
 class TrainOverrides(dg.Config):
-    """A few per-materialization overrides of the recipe's stage settings (launchpad-editable)."""
+    """Per-materialization choices in the launchpad: which recipe's stage settings to train with, and a few
+    overrides on top."""
 
+    recipe: str | None = Field(
+        None, description="Take this stage's settings from another recipe (e.g. demo-kto, demo-full)."
+    )
     max_steps: int | None = Field(None, description="Override the recipe's max_steps.")
     learning_rate: float | None = Field(None, description="Override the recipe's learning rate.")
 
-    def apply(self, base: TrainConfig) -> TrainConfig:
+    def stage(self, run_recipe: "RecipeResource", stage: str) -> TrainConfig:
+        """The ``stage`` section (sft, dpo, tr) of the chosen recipe, with the overrides applied."""
+        from finetune_assets.config import load_profile
+
+        base = getattr(load_profile(self.recipe) if self.recipe else run_recipe.load(), stage)
         changes = {
             k: v for k, v in {"max_steps": self.max_steps, "learning_rate": self.learning_rate}.items() if v
         }
@@ -205,7 +213,9 @@ def _train_variant(
         summary = run_training(
             method,
             {
-                ("model_dir" if method == "dpo" else "base_dir"): str(model_dir(store, start_from)),
+                ("model_dir" if method in ("dpo", "kto", "orpo") else "base_dir"): str(
+                    model_dir(store, start_from)
+                ),
                 **data,
                 "cfg": train_cfg.model_dump(),
                 "out_dir": str(out),
@@ -255,7 +265,7 @@ def inst_model(
         method="sft",
         start_from="base_checkpoint",
         data=sft_data(rows),
-        train_cfg=config.apply(recipe.load().sft),
+        train_cfg=config.stage(recipe, "sft"),
         recipe=recipe,
         store=store,
         ray=ray,
@@ -278,15 +288,23 @@ def dpo_model(
     ray: RayResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Direct preference optimization from the INST model on the AI-feedback pairs (the DPO model)."""
+    """Preference optimization from the INST model on the AI-feedback pairs (the DPO model): DPO by default,
+    KTO (pairs split into thumbs up/down, plus human binary feedback) or ORPO by ``dpo.preference_method``."""
+    from finetune_assets.phases.train import kto_rows
+
+    train_cfg = config.stage(recipe, "dpo")
     path = store.path("preference_pairs") / "pairs.parquet"
+    rows = read_records(path)
+    if train_cfg.preference_method == "kto":
+        binary = store.path("preference_pairs") / "binary_feedback.parquet"
+        rows = kto_rows(rows, read_records(binary) if binary.exists() else [])
     return _train_variant(
         context,
         variant="dpo",
-        method="dpo",
+        method=train_cfg.preference_method,
         start_from="inst_model",
-        data={"rows": read_records(path)},
-        train_cfg=config.apply(recipe.load().dpo),
+        data={"rows": rows},
+        train_cfg=train_cfg,
         recipe=recipe,
         store=store,
         ray=ray,
@@ -326,7 +344,7 @@ def tr_model(
         method="sft",
         start_from="dpo_model",
         data=sft_data(built["records"]),
-        train_cfg=config.apply(profile.tr),
+        train_cfg=config.stage(recipe, "tr"),
         recipe=recipe,
         store=store,
         ray=ray,

@@ -22,12 +22,14 @@ from pydantic import BaseModel
 from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
 from finetune_assets.launch.ray_cluster import ensure_ray
 
-METHODS = ("sft", "dpo", "cpt")
+METHODS = ("sft", "dpo", "kto", "orpo", "cpt")
 # Which keyword arguments are paths / configs, per method (everything else travels as is).
 _PATH_KEYS = ("base_dir", "model_dir", "out_dir")
 _CONFIG_TYPES = {
     "sft": {"cfg": TrainConfig},
     "dpo": {"cfg": TrainConfig},
+    "kto": {"cfg": TrainConfig},
+    "orpo": {"cfg": TrainConfig},
     "cpt": {"cfg": CptConfig, "train_cfg": TrainConfig},
 }
 

@@ -1,12 +1,16 @@
 """Training methods, one readable function each: config in, model folder out.
 
-    sft(base_dir, train_rows, eval_rows, cfg, out_dir)  rows {messages}: assistant-only-loss LoRA SFT
-    dpo(model_dir, rows, cfg, out_dir)  rows {prompt, chosen, rejected}: LoRA DPO, reference = adapter off
-    cpt(base_dir, corpus_texts, cpt_cfg, out_dir)  plain texts: LoRA causal-LM continued pretraining
+    sft(base_dir, train_rows, eval_rows, cfg, out_dir)  rows {messages}: assistant-only-loss SFT
+    dpo(model_dir, rows, cfg, out_dir)  rows {prompt, chosen, rejected}: DPO, reference = adapter off
+    kto(model_dir, rows, cfg, out_dir)  rows {prompt, completion, label}: KTO on unpaired feedback
+    orpo(model_dir, rows, cfg, out_dir) rows {prompt, chosen, rejected}: ORPO, no reference model
+    cpt(base_dir, corpus_texts, cpt_cfg, out_dir)  plain texts: causal-LM continued pretraining
+
+``cfg.adapter`` picks LoRA (default), QLoRA (4-bit base, CUDA only) or full fine-tuning for every method.
 
 Every method writes the same folder (docs/ARCHITECTURE.md), atomically and on rank 0 only:
 
-    out_dir/adapter/             LoRA adapter (peft)
+    out_dir/adapter/             LoRA adapter (peft); absent after full fine-tuning
     out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able)
     out_dir/train_summary.json   {method, steps, losses, first_loss, last_loss, trainable_params,
                                   changed_params, param_delta_l2, train_runtime_s, tokens_per_s,
@@ -39,7 +43,7 @@ def sft(
     *,
     ray_context: bool = False,
 ) -> dict:
-    """Supervised fine-tuning with LoRA; the loss covers assistant turns only ({% generation %} markers)."""
+    """Supervised fine-tuning; the loss covers assistant turns only ({% generation %} markers)."""
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer = _load(base_dir, cfg)
@@ -54,7 +58,7 @@ def sft(
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tokenizer,
-            peft_config=_lora_config(cfg),
+            peft_config=_peft_config(cfg),
         )
         return _train_and_save(trainer, tokenizer, "sft", out_dir, ray_context=ray_context)
 
@@ -62,8 +66,8 @@ def sft(
 def dpo(
     model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
 ) -> dict:
-    """Direct preference optimisation with LoRA; the adapter-disabled model is the reference
-    (ref_model=None)."""
+    """Direct preference optimisation; with an adapter the adapter-disabled model is the reference
+    (ref_model=None), after full fine-tuning trl keeps a frozen copy."""
     from trl import DPOConfig, DPOTrainer
 
     model, tokenizer = _load(model_dir, cfg)
@@ -76,9 +80,65 @@ def dpo(
             args=args,
             train_dataset=train_ds,
             processing_class=tokenizer,
-            peft_config=_lora_config(cfg),
+            peft_config=_peft_config(cfg),
         )
         return _train_and_save(trainer, tokenizer, "dpo", out_dir, ray_context=ray_context)
+
+
+def kto(
+    model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
+) -> dict:
+    """KTO (Kahneman-Tversky optimisation) on unpaired feedback: rows {prompt, completion, label}; needs
+    both desirable and undesirable examples. Reference as in dpo."""
+    from trl import KTOConfig, KTOTrainer
+
+    labels = {bool(r["label"]) for r in rows}
+    if labels != {True, False}:
+        raise ValueError(f"KTO needs both desirable and undesirable examples; got only label={labels}")
+    model, tokenizer = _load(model_dir, cfg)
+    train_ds = _dataset([to_kto_example(r) for r in rows])
+    with _scratch_dir() as scratch:
+        args = KTOConfig(**_common_args(cfg, scratch), beta=cfg.beta)
+        trainer = KTOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            peft_config=_peft_config(cfg),
+        )
+        return _train_and_save(trainer, tokenizer, "kto", out_dir, ray_context=ray_context)
+
+
+def orpo(
+    model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
+) -> dict:
+    """ORPO (odds-ratio preference optimisation): SFT on chosen plus an odds-ratio penalty on rejected,
+    no reference model (trl.experimental in trl 1.16). ``cfg.beta`` is ORPO's lambda."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    model, tokenizer = _load(model_dir, cfg)
+    train_ds = _dataset([to_preference_example(r) for r in rows])
+    with _scratch_dir() as scratch:
+        args = ORPOConfig(**_common_args(cfg, scratch), beta=cfg.beta)
+        trainer = ORPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            peft_config=_peft_config(cfg),
+        )
+        return _train_and_save(trainer, tokenizer, "orpo", out_dir, ray_context=ray_context)
+
+
+def kto_rows(pairs: list[dict], binary: list[dict]) -> list[dict]:
+    """Unpaired rows for KTO: the human thumbs up/down plus every preference pair split into a desirable
+    (chosen) and an undesirable (rejected) completion of the same prompt."""
+    rows = [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in binary]
+    for pair in pairs:
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    return rows
 
 
 def cpt(
@@ -110,7 +170,7 @@ def cpt(
             args=args,
             train_dataset=_dataset([{"input_ids": b} for b in blocks]),
             processing_class=tokenizer,
-            peft_config=_lora_config(train_cfg),
+            peft_config=_peft_config(train_cfg),
         )
         return _train_and_save(
             trainer, tokenizer, "cpt", out_dir, ray_context=ray_context, extra={"num_blocks": len(blocks)}
@@ -228,8 +288,14 @@ def _on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+class QLoRAUnavailable(RuntimeError):
+    """QLoRA was asked for where there is no CUDA GPU."""
+
+
 def _load(model_dir: Path, cfg: TrainConfig):
-    """(model, tokenizer) for training: float32 weights (bf16 autocast on a GPU that supports it)."""
+    """(model, tokenizer) for training: float32 weights (bf16 autocast on a GPU that supports it); for
+    QLoRA the base is loaded in 4-bit NF4 with double quantization (bitsandbytes) and prepared for k-bit
+    training."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -237,11 +303,33 @@ def _load(model_dir: Path, cfg: TrainConfig):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    return model, tokenizer
+    if cfg.adapter != "qlora":
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer
+    if not _on_cuda():
+        raise QLoRAUnavailable(
+            "adapter 'qlora' loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and this "
+            "machine has none: use adapter: lora (the same adapters on a full-precision base) or run on a GPU "
+            "worker (scaling.use_gpu: true)"
+        )
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=compute)
+    model.config.qlora_base_dir = str(model_dir)  # where _save_folder reloads the base to merge
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
 
-def _lora_config(cfg: TrainConfig):
+def _peft_config(cfg: TrainConfig):
+    """LoRA on ``cfg.lora_target_modules`` for lora and qlora; None (train every weight) for full."""
+    if cfg.adapter == "full":
+        return None
     from peft import LoraConfig
 
     return LoraConfig(
@@ -326,7 +414,7 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
     losses = [float(h["loss"]) for h in history if "loss" in h]
     changed, delta_l2 = _param_changes(trainer.model, before)
     runtime = float(metrics.get("train_runtime", wall_s))
-    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    tokens = int(trainer.state.num_input_tokens_seen or 0) or _tokens_from_dataset(trainer)
     summary = {
         "method": method,
         "steps": int(trainer.state.global_step),
@@ -342,7 +430,7 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
         "num_workers": int(trainer.args.world_size),
         "device": str(trainer.args.device),
     }
-    if method == "dpo":
+    if method in ("dpo", "orpo"):
         for key in _DPO_METRICS:
             values = [float(h[key]) for h in history if key in h and "loss" in h]
             summary[key.replace("/", "_")] = values
@@ -353,15 +441,48 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
     return summary
 
 
-def _save_folder(peft_model, tokenizer, summary: dict, out_dir: Path) -> None:
-    """adapter/ + merged/ + train_summary.json, appearing together in one rename."""
+def _tokens_from_dataset(trainer) -> int:
+    """Tokens trained on, from the tokenized dataset, for trainers whose batches transformers cannot count
+    (ORPO's prompt_/chosen_/rejected_input_ids): mean tokens per row x rows seen."""
+    dataset = trainer.train_dataset
+    columns = [c for c in (dataset.column_names or []) if c.endswith("input_ids")]
+    if not columns or not len(dataset):
+        return 0
+    per_row = sum(sum(len(ids) for ids in dataset[c]) for c in columns) / len(dataset)
+    args = trainer.args
+    rows = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    return int(per_row * rows * args.world_size)
+
+
+def _save_folder(model, tokenizer, summary: dict, out_dir: Path) -> None:
+    """adapter/ (when there is one) + merged/ + train_summary.json, appearing together in one rename."""
     with io.atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(tmp / "adapter")
-        tokenizer.save_pretrained(tmp / "adapter")
-        merged = peft_model.merge_and_unload()
-        merged.save_pretrained(tmp / "merged")
+        from peft import PeftModel
+
+        if not isinstance(model, PeftModel):  # full fine-tuning: the model is the result
+            model.save_pretrained(tmp / "merged")
+        else:
+            model.save_pretrained(tmp / "adapter")
+            tokenizer.save_pretrained(tmp / "adapter")
+            _merged(model, tmp / "adapter").save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
         io.write_json(summary, tmp / SUMMARY_FILE)
+
+
+def _merged(peft_model, adapter_dir: Path):
+    """The adapter merged into its base. A 4-bit (QLoRA) base cannot take the merge without rounding it
+    away, so the base is reloaded in 16-bit and the saved adapter merged into that."""
+    base_dir = getattr(peft_model.get_base_model().config, "qlora_base_dir", None)
+    if base_dir is None:
+        return peft_model.merge_and_unload()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.config.qlora_base_dir = None
+    return merged
 
 
 def read_summary(out_dir: Path) -> dict:
@@ -370,4 +491,7 @@ def read_summary(out_dir: Path) -> dict:
     return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
 
 
-__all__ = ["sft", "dpo", "cpt", "read_summary", "to_preference_example", "pack_texts", "general_text"]
+__all__ = [
+    "sft", "dpo", "kto", "orpo", "cpt", "read_summary", "to_preference_example", "to_kto_example", "kto_rows",
+    "pack_texts", "general_text",
+]  # fmt: skip

@@ -50,3 +50,13 @@ def test_weekly_schedule_requests_a_retrain_run():
     assert len(data.run_requests) == 1
     assert weekly_retrain.job_name == retrain_job.name
     assert weekly_retrain.cron_schedule == "0 3 * * 1"
+
+
+def test_launchpad_picks_another_recipes_stage_and_overrides_it():
+    from finetune_assets.defs.resources import RecipeResource
+    from finetune_assets.defs.training import TrainOverrides
+
+    run_recipe = RecipeResource(profile="smoke")
+    assert TrainOverrides().stage(run_recipe, "dpo") == run_recipe.load().dpo
+    chosen = TrainOverrides(recipe="demo-kto", max_steps=3).stage(run_recipe, "dpo")
+    assert (chosen.preference_method, chosen.max_steps) == ("kto", 3)

@@ -22,8 +22,9 @@ def _mean(values):
     return sum(values) / len(values)
 
 
-def check_model_folder(out_dir, summary, method, steps):
-    """The contract of docs/ARCHITECTURE.md: merged/ loads, adapter/ exists, summary complete."""
+def check_model_folder(out_dir, summary, method, steps, adapter=True):
+    """The contract of docs/ARCHITECTURE.md: merged/ loads, adapter/ exists (not after full fine-tuning),
+    summary complete."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert json.loads((out_dir / SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
@@ -31,8 +32,8 @@ def check_model_folder(out_dir, summary, method, steps):
     assert summary["method"] == method and summary["steps"] == steps and len(summary["losses"]) == steps
     assert summary["changed_params"] > 0 and summary["param_delta_l2"] > 0
     assert 0 < summary["trainable_params"] and summary["tokens_per_s"] > 0 and summary["num_workers"] == 1
-    assert (out_dir / "adapter" / "adapter_config.json").is_file()
-    assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out_dir / "adapter" / "adapter_config.json").is_file() == adapter
+    assert (out_dir / "adapter" / "adapter_model.safetensors").is_file() == adapter
     merged = AutoModelForCausalLM.from_pretrained(out_dir / "merged")
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "merged")
     assert "{% generation %}" in tokenizer.chat_template
@@ -150,3 +151,65 @@ def test_binary_feedback_rows_become_trl_kto_examples(tmp_path, tiny_model_dir):
     rendered = apply_chat_template(example, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert "Is eval() safe?" in rendered["prompt"] and rendered["completion"].startswith("No.")
     assert example["label"] is False
+
+
+def _pairs(tiny_chat_rows):
+    return [
+        {
+            "id": r["id"],
+            "prompt": r["messages"][:-1],
+            "chosen": r["messages"][-1]["content"],
+            "rejected": "I do not know, sorry.",
+        }
+        for r in tiny_chat_rows
+    ]
+
+
+def test_full_fine_tuning_trains_every_weight(tmp_path, tiny_model_dir, tiny_chat_rows):
+    from transformers import AutoModelForCausalLM
+
+    cfg = FAST.model_copy(update={"adapter": "full", "learning_rate": 1e-3, "max_steps": 12})
+    summary = sft(tiny_model_dir, tiny_chat_rows, [], cfg, tmp_path / "full")
+    assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert summary["trainable_params"] == sum(p.numel() for p in base.parameters())
+    check_model_folder(tmp_path / "full", summary, "sft", 12, adapter=False)
+
+
+def test_kto_on_unpaired_feedback(tmp_path, tiny_model_dir, tiny_chat_rows):
+    from finetune_assets.phases.train import kto, kto_rows
+
+    thumbs = [
+        {"prompt": [{"role": "user", "content": "Is eval() safe?"}], "completion": "No.", "label": True}
+    ]
+    rows = kto_rows(_pairs(tiny_chat_rows), thumbs)
+    assert len(rows) == 2 * len(tiny_chat_rows) + 1 and {r["label"] for r in rows} == {True, False}
+    cfg = FAST.model_copy(update={"max_steps": 10, "learning_rate": 5e-3})
+    summary = kto(tiny_model_dir, rows, cfg, tmp_path / "kto")
+    assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]
+    check_model_folder(tmp_path / "kto", summary, "kto", 10)
+    with pytest.raises(ValueError, match="both desirable and undesirable"):
+        kto(tiny_model_dir, [r for r in rows if r["label"]], cfg, tmp_path / "kto-bad")
+
+
+def test_orpo_needs_no_reference_and_prefers_chosen(tmp_path, tiny_model_dir, tiny_chat_rows):
+    from finetune_assets.phases.train import orpo
+
+    cfg = FAST.model_copy(update={"max_steps": 10, "learning_rate": 5e-3})
+    summary = orpo(tiny_model_dir, _pairs(tiny_chat_rows), cfg, tmp_path / "orpo")
+    assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]
+    assert summary["last_reward_margin"] is not None
+    check_model_folder(tmp_path / "orpo", summary, "orpo", 10)
+
+
+def test_qlora_on_cpu_is_a_clear_error(tmp_path, tiny_model_dir, tiny_chat_rows):
+    from finetune_assets.config import ConfigError, validate_profile
+    from finetune_assets.phases.train import QLoRAUnavailable
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: QLoRA is allowed here")
+    with pytest.raises(QLoRAUnavailable, match="needs a CUDA GPU.*adapter: lora"):
+        sft(tiny_model_dir, tiny_chat_rows, [], FAST.model_copy(update={"adapter": "qlora"}), tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(ConfigError, match="sft.adapter is 'qlora'.*scaling.use_gpu"):
+        validate_profile({"name": "x", "sft": {"adapter": "qlora"}})

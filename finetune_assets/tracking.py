@@ -94,12 +94,13 @@ class Tracker:
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 
-    def log_metric_history(self, run_id: str, name: str, values: list[float]) -> None:
-        """Per-step values (a loss curve) in one batch call."""
+    def log_metric_history(self, run_id: str, name: str, values: list) -> None:
+        """Per-step values in batch calls: plain values (steps 1, 2, ...) or (step, value) pairs."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(name, float(v), now, step) for step, v in enumerate(values, start=1)]
+        pairs = [v if isinstance(v, list | tuple) else (i, v) for i, v in enumerate(values, start=1)]
+        items = [Metric(name, float(v), now, int(step)) for step, v in pairs]
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 

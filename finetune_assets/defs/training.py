@@ -4,6 +4,8 @@ Each training asset runs its loop on Ray Train (embedded or a cluster, per RayRe
 result as a model version in MLflow.
 """
 
+import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +16,7 @@ from finetune_assets.defs.common import artifact_metadata, input_path, model_dir
 from finetune_assets.defs.data import _numbers, instruction_set, retrieval_index, training_documents
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
+from finetune_assets.phases.train import read_summary
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
 
@@ -206,16 +209,33 @@ def _train_variant(
         "scaling": profile.scaling.model_dump(),
         "profile": profile.name,
     }
-    with tracked_run(context, mlflow, params) as (tracker, run_id):
+    start = model_dir(store, start_from)
+    key = training_key(method, start, data, train_cfg, profile.scaling)
+    with tracked_run(context, mlflow, {**params, "training_key": key}) as (tracker, run_id):
         for name, path in inputs.items():
             tracker.log_input(run_id, name, path, content_hash(path))
+        previous = _reusable(out, key)
+        if previous is not None:
+            # Same data, recipe and starting model as the finished run that made this folder: training
+            # again would only reproduce it.
+            summary = read_summary(out)
+            tracker.log_metrics(run_id, {**_scalars(summary), "reused": 1})
+            context.log.info(f"{variant}: inputs unchanged (training key {key[:12]}), reusing {out}")
+            return dg.MaterializeResult(
+                metadata=artifact_metadata(
+                    out,
+                    run_id,
+                    _scalars(summary),
+                    model_version=previous["model_version"],
+                    reused=True,
+                    training_key=key,
+                )
+            )
         ray.ensure()
         summary = run_training(
             method,
             {
-                ("model_dir" if method in ("dpo", "kto", "orpo") else "base_dir"): str(
-                    model_dir(store, start_from)
-                ),
+                ("model_dir" if method in ("dpo", "kto", "orpo") else "base_dir"): str(start),
                 **data,
                 "cfg": train_cfg.model_dump(),
                 "out_dir": str(out),
@@ -225,9 +245,13 @@ def _train_variant(
             ray_address=ray.address,
         )
         tracker.log_metric_history(run_id, "train_loss", summary["losses"])
-        tracker.log_metrics(run_id, _scalars(summary))
+        for name, points in summary.get("step_metrics", {}).items():
+            if name != "loss":  # already train_loss
+                tracker.log_metric_history(run_id, f"train/{name}", points)
+        tracker.log_metrics(run_id, {**_scalars(summary), "reused": 0})
         tracker.log_artifact(run_id, out / "train_summary.json")
         version = tracker.register_model(variant, model_dir(store, asset), run_id, tags={"method": method})
+        write_json({"training_key": key, "model_version": version, "mlflow_run_id": run_id}, out / REUSE_FILE)
         context.log.info(
             f"{variant}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} in {summary['steps']} steps"
         )
@@ -238,8 +262,38 @@ def _train_variant(
                 _scalars(summary),
                 model_version=version,
                 loss_curve=dg.MetadataValue.json(summary["losses"]),
+                reused=False,
+                training_key=key,
             )
         )
+
+
+REUSE_FILE = "training_key.json"
+
+
+def training_key(method: str, start: Path, data: dict, train_cfg: TrainConfig, scaling) -> str:
+    """Content address of a training run: method, stage config, what changes the global batch or numerics
+    (workers, GPU), the starting model's files and the training rows. Equal keys give the same model."""
+    digest = hashlib.sha256()
+    setup = {
+        "method": method,
+        "train": train_cfg.model_dump(),
+        "num_workers": scaling.num_workers,
+        "use_gpu": scaling.use_gpu,
+        "start_model": content_hash(start),
+    }
+    digest.update(json.dumps(setup, sort_keys=True).encode())
+    digest.update(json.dumps(data, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _reusable(out: Path, key: str) -> dict | None:
+    """The record of the finished run in ``out`` when it was made with ``key`` and its model is intact."""
+    record = out / REUSE_FILE
+    if not (record.is_file() and (out / "train_summary.json").is_file() and (out / "merged").is_dir()):
+        return None
+    previous = json.loads(record.read_text())
+    return previous if previous.get("training_key") == key else None
 
 
 @dg.asset(

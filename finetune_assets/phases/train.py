@@ -369,6 +369,48 @@ def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
     }
 
 
+# Per-step values kept in train_summary.json["step_metrics"] and logged to MLflow with their steps.
+STEP_METRICS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", *_DPO_METRICS)
+
+
+def _step_timer():
+    """A TrainerCallback stamping every log entry with tokens/s since the previous log (the steady-state
+    speed per logging window, start-up excluded)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.last = None  # (time, tokens seen)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.last is None:
+                self.last = (time.perf_counter(), state.num_input_tokens_seen or 0)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
+            counted = self.last is not None and tokens > self.last[1] and now > self.last[0]
+            entry = state.log_history[-1] if state.log_history else {}
+            if "loss" in entry and counted:  # the trainer copied ``logs`` into log_history already
+                entry["tokens_per_s"] = (tokens - self.last[1]) / (now - self.last[0])
+            self.last = (now, tokens)
+
+    return StepTimer()
+
+
+def step_metrics(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """{metric: [(step, value)]} for the STEP_METRICS present in a trainer's log history (training logs
+    only: entries with a loss)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for entry in history:
+        if "loss" not in entry:
+            continue
+        for key in STEP_METRICS:
+            value = entry.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                out.setdefault(key, []).append((int(entry["step"]), float(value)))
+    return out
+
+
 def _trainable_snapshot(model) -> dict:
     return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
@@ -393,6 +435,7 @@ def _train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_conte
         trainer.add_callback(RayTrainReportCallback())
         trainer = prepare_trainer(trainer)
 
+    trainer.add_callback(_step_timer())
     before = _trainable_snapshot(trainer.model)
     started = time.perf_counter()
     output = trainer.train()
@@ -429,6 +472,7 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
         "tokens_per_s": tokens / runtime if runtime > 0 else 0.0,
         "num_workers": int(trainer.args.world_size),
         "device": str(trainer.args.device),
+        "step_metrics": step_metrics(history),
     }
     if method in ("dpo", "orpo"):
         for key in _DPO_METRICS:

@@ -108,6 +108,24 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
         version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version(variant))
         assert any(key.startswith("eval.") for key in version.tags), variant
 
+    # Re-materializing with unchanged data, recipe and starting model reuses the model; a change retrains.
+    trained = (store.path("inst_model") / "train_summary.json").stat().st_mtime_ns
+    assets = all_assets_and_checks()
+    again = dg.materialize(assets, instance=instance, resources=resources, selection=["inst_model"])
+    (event,) = again.get_asset_materialization_events()
+    assert event.materialization.metadata["reused"].value is True
+    assert (store.path("inst_model") / "train_summary.json").stat().st_mtime_ns == trained
+    changed = dg.materialize(
+        assets,
+        instance=instance,
+        resources=resources,
+        selection=["inst_model"],
+        run_config={"ops": {"inst_model": {"config": {"max_steps": 5}}}},
+    )
+    (event,) = changed.get_asset_materialization_events()
+    assert event.materialization.metadata["reused"].value is False
+    assert json.loads((store.path("inst_model") / "train_summary.json").read_text())["steps"] == 5
+
 
 def test_empty_drop_stops_with_a_message(fa_home, instance):
     resources = make_resources(fa_home)

@@ -31,6 +31,10 @@ def check_model_folder(out_dir, summary, method, steps, adapter=True):
     assert CONTRACT_KEYS <= summary.keys()
     assert summary["method"] == method and summary["steps"] == steps and len(summary["losses"]) == steps
     assert summary["changed_params"] > 0 and summary["param_delta_l2"] > 0
+    per_step = summary["step_metrics"]  # what goes to MLflow with its step numbers
+    expected = {"loss", "learning_rate", "grad_norm"} | ({"tokens_per_s"} if method != "orpo" else set())
+    assert expected <= set(per_step)
+    assert all([s for s, _ in per_step[k]] == list(range(1, steps + 1)) for k in expected)
     assert 0 < summary["trainable_params"] and summary["tokens_per_s"] > 0 and summary["num_workers"] == 1
     assert (out_dir / "adapter" / "adapter_config.json").is_file() == adapter
     assert (out_dir / "adapter" / "adapter_model.safetensors").is_file() == adapter
@@ -108,6 +112,7 @@ def test_dpo_prefers_chosen(tmp_path, tiny_model_dir, tiny_chat_rows):
     assert _mean(losses[-3:]) < _mean(losses[:3]), losses
     assert len(summary["rewards_accuracies"]) == cfg.max_steps and summary["last_reward_accuracy"] > 0.5
     assert summary["last_reward_margin"] > 0
+    assert len(summary["step_metrics"]["rewards/margins"]) == cfg.max_steps
     check_model_folder(tmp_path / "dpo", summary, "dpo", cfg.max_steps)
 
 

@@ -249,15 +249,25 @@ class TrainConfig(_Section):
     # Held-out loss after training on at most this many validation rows (the full split can cost more than
     # the training itself on CPU).
     max_eval_rows: int = Field(64, ge=0)
+    # Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many steps; under Ray it
+    # goes to the artifact store and a restarted worker resumes from the latest one. 0: no checkpoints.
+    checkpoint_steps: int = Field(50, ge=0)
     seed: int = 0
 
 
 class ScalingConfig(_Section):
-    """How many Ray Train workers a training asset uses, and whether they take GPUs."""
+    """How many Ray Train workers a training asset uses, whether they take GPUs, and how failures are
+    survived."""
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
+    # Ray Train restarts the workers this many times after a failure (a killed process, a lost node),
+    # resuming from the latest checkpoint.
+    max_failures: int = Field(2, ge=0)
+    # DeepSpeed ZeRO stage (2 or 3) for GPU workers; ignored without GPUs. None: plain DDP.
+    deepspeed_stage: Literal[2, 3] | None = None
+    deepspeed_offload_optimizer: bool = False
 
 
 class RetrievalConfig(_Section):

@@ -92,7 +92,7 @@ def run_training(
     from finetune_assets.phases.train import SUMMARY_FILE, read_summary
 
     ensure_ray(ray_address)
-    from ray.train import RunConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train import ScalingConfig as RayScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -108,7 +108,14 @@ def run_training(
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
         ),
-        run_config=RunConfig(storage_path=str(storage), name=run_name),
+        run_config=RunConfig(
+            storage_path=str(storage),
+            name=run_name,
+            # A failed worker group is restarted up to max_failures times; each attempt resumes from the
+            # latest checkpoint (phases.train reads ray.train.get_checkpoint()).
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
     )
     started = time.time()
     try:

@@ -21,6 +21,7 @@ Every method writes the same folder (docs/ARCHITECTURE.md), atomically and on ra
 On CPU: use_cpu, no bf16, no gradient checkpointing (5-40x slower on CPU); see STACK.md.
 """
 
+import contextlib
 import math
 import tempfile
 import time
@@ -278,7 +279,8 @@ def _dataset(records: list[dict]):
 
 
 def _scratch_dir():
-    """The trainer's output_dir: nothing is checkpointed (save_strategy 'no'), so a throwaway folder."""
+    """The trainer's output_dir: checkpoints are written here and (under Ray) copied to the run's storage,
+    so the folder itself is thrown away."""
     return tempfile.TemporaryDirectory(prefix="fa-trainer-")
 
 
@@ -357,7 +359,11 @@ def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
         "logging_steps": cfg.logging_steps,
         "seed": cfg.seed,
         "report_to": "none",
-        "save_strategy": "no",
+        # Checkpoints land in the scratch output_dir; under Ray, RayTrainReportCallback copies each one to
+        # the run's storage (the artifact store) and launch.ray_train resumes from the latest after a failure.
+        "save_strategy": "steps" if cfg.checkpoint_steps else "no",
+        "save_steps": cfg.checkpoint_steps or 500,
+        "save_total_limit": 1,
         "eval_strategy": "no",
         "use_cpu": not cuda,
         "bf16": cuda and torch.cuda.is_bf16_supported(),
@@ -436,20 +442,69 @@ def _train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_conte
         trainer = prepare_trainer(trainer)
 
     trainer.add_callback(_step_timer())
+    if trainer.is_world_process_zero():
+        trainer.add_callback(_progress_writer(Path(out_dir)))
     before = _trainable_snapshot(trainer.model)
     started = time.perf_counter()
-    output = trainer.train()
+    with _latest_ray_checkpoint() if ray_context else contextlib.nullcontext() as resume:
+        resumed_from = _checkpoint_step(resume)
+        output = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
 
     summary = _summary(trainer, method, output.metrics, wall, before)
     summary.update(extra or {})
+    summary["resumed_from_step"] = resumed_from
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
     if not trainer.is_world_process_zero():
         return summary
     _save_folder(trainer.model, tokenizer, summary, Path(out_dir))
     return summary
+
+
+@contextlib.contextmanager
+def _latest_ray_checkpoint():
+    """The HF checkpoint folder inside the latest checkpoint Ray Train holds for this run (a restarted
+    worker's starting point), or None on a first attempt."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        from ray.train.huggingface.transformers import RayTrainReportCallback
+
+        yield str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME)
+
+
+def _checkpoint_step(folder: str | None) -> int:
+    if folder is None:
+        return 0
+    import json
+
+    return int(json.loads((Path(folder) / "trainer_state.json").read_text())["global_step"])
+
+
+def progress_path(out_dir: Path) -> Path:
+    """Where rank 0 records {pid, step} after every step (beside the output folder): how far a run is,
+    and which process runs it."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.progress.json"
+
+
+def _progress_writer(out_dir: Path):
+    import os
+
+    from transformers import TrainerCallback
+
+    path = progress_path(out_dir)
+
+    class ProgressWriter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            io.write_json({"pid": os.getpid(), "step": state.global_step, "max_steps": state.max_steps}, path)
+
+    return ProgressWriter()
 
 
 def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -> dict:

@@ -64,7 +64,59 @@ def test_sft_on_ray_worker(embedded_ray, tmp_path, tiny_model_dir, tiny_chat_row
         run_training(
             "dpo",
             {"model_dir": tmp_path / "missing", "rows": [], "cfg": cfg, "out_dir": tmp_path / "never"},
-            ScalingConfig(num_workers=1),
+            ScalingConfig(num_workers=1, max_failures=0),
             storage_dir=tmp_path / "ray_storage",
         )
     assert not (tmp_path / "never").exists()
+
+
+def test_killed_worker_resumes_from_its_checkpoint(embedded_ray, tmp_path, tiny_model_dir, tiny_chat_rows):
+    """SIGKILL the training worker mid-run: Ray Train restarts it, it resumes from the latest checkpoint
+    (not from step 0) and the run still ends with every step trained and a complete model folder."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from finetune_assets.phases.train import progress_path
+
+    cfg = TrainConfig(
+        max_steps=30, learning_rate=1e-2, per_device_batch_size=4, lora_dropout=0.0, max_length=128,
+        checkpoint_steps=5,
+    )  # fmt: skip
+    out = tmp_path / "inst"
+    killed: list[dict] = []
+
+    def kill_after_step(step: int) -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            try:
+                progress = json.loads(progress_path(out).read_text())
+            except (OSError, ValueError):
+                progress = {}
+            if progress.get("step", 0) >= step:
+                os.kill(progress["pid"], signal.SIGKILL)
+                killed.append(progress)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_step, args=(12,), daemon=True)
+    killer.start()
+    summary = run_training(
+        "sft",
+        {
+            "base_dir": tiny_model_dir,
+            "train_rows": tiny_chat_rows,
+            "eval_rows": [],
+            "cfg": cfg,
+            "out_dir": out,
+        },
+        ScalingConfig(num_workers=1, max_failures=2),
+        storage_dir=tmp_path / "ray_storage",
+    )
+    killer.join(timeout=1)
+    assert killed, "the worker was never killed: the run finished before step 12"
+    assert 5 <= summary["resumed_from_step"] <= killed[0]["step"], (summary["resumed_from_step"], killed)
+    assert summary["resumed_from_step"] % 5 == 0
+    assert summary["steps"] == 30 and len(summary["losses"]) == 30  # earlier steps' logs came back too
+    assert json.loads(progress_path(out).read_text())["pid"] != killed[0]["pid"]  # a new worker finished
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()

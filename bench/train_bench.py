@@ -65,6 +65,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -257,10 +258,8 @@ class DescendantMemory:
                         continue
                 hwm, rss = _hwm_and_rss(pid)
                 total += rss
-                if hwm > self.peak_hwm.get(pid, (0, ""))[0]:
-                    self.peak_hwm[pid] = (hwm, names[pid])
-                elif pid in self.peak_hwm:
-                    self.peak_hwm[pid] = (self.peak_hwm[pid][0], names[pid])
+                peak = max(hwm, self.peak_hwm.get(pid, (0, ""))[0])
+                self.peak_hwm[pid] = (peak, names[pid])
             self.peak_total_rss = max(self.peak_total_rss, total)
             if self._stop.wait(self.every_s):
                 return
@@ -284,6 +283,7 @@ def steady(first: dict, second: dict) -> dict:
 
 
 def call_figures(summary: dict, wall_s: float, rate: float) -> dict:
+    """One call: wall time, start-up overhead (wall - its tokens at the steady rate) and its parts."""
     tokens, runtime = summary["tokens_seen"], summary["train_runtime_s"]
     return {
         "steps": summary["steps"],
@@ -292,6 +292,7 @@ def call_figures(summary: dict, wall_s: float, rate: float) -> dict:
         "wall_s": round(wall_s, 2),
         "overhead_s": round(wall_s - tokens / rate, 2),
         "outside_train_s": round(wall_s - runtime, 2),
+        # the same for both lengths by construction: the intercept of runtime against tokens
         "warmup_in_train_s": round(runtime - tokens / rate, 2),
     }
 
@@ -313,6 +314,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=320, help="instruction rows to train on")
     parser.add_argument("--docs", type=int, default=40, help="library pages the rows are made from")
     parser.add_argument("--work-dir", type=Path, help="keep outputs here (default: a temp dir, removed)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating cycles; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--_child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -322,6 +324,8 @@ def main(argv=None) -> dict:
 
     n1, n2 = DEFAULT_STEPS[args.model]
     n1, n2 = args.warmup or n1, args.steps or n2
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be >= 1")
     if not 0 < n1 < n2:
         raise SystemExit(f"need 0 < --warmup < --steps, got {n1} and {n2}")
     profile = load_profile(args.profile)
@@ -362,43 +366,58 @@ def _run(args, profile, train_cfg: TrainConfig, rows, texts, work: Path, n1: int
     ensure_ray(temp_dir=temp)
     ray_init_s = time.perf_counter() - t0
 
-    def direct(steps: int):
+    def direct(steps: int, cycle: int) -> tuple[dict, float, dict]:
         cfg = train_cfg.model_copy(update={"max_steps": steps})
+        name = f"direct-{cycle}-{steps}"
         spec = {"op": "direct", "cfg": cfg.model_dump(), "base_dir": str(model_dir), "rows": str(rows_path)}
-        result, wall = run_child({**spec, "out_dir": str(work / f"direct-{steps}")}, work, f"direct-{steps}")
-        return result, wall
+        result, wall = run_child({**spec, "out_dir": str(work / name)}, work, name)
+        return result.pop("summary"), wall, result
 
-    def on_ray(steps: int):
+    def on_ray(steps: int, cycle: int) -> tuple[dict, float, DescendantMemory]:
         cfg = train_cfg.model_copy(update={"max_steps": steps})
         kwargs = {"base_dir": model_dir, "train_rows": rows, "eval_rows": [], "cfg": cfg}
         with DescendantMemory() as memory:
             t = time.perf_counter()
             summary = run_training(
-                "sft", {**kwargs, "out_dir": work / f"ray-{steps}"}, profile.scaling, work / "ray_results"
+                "sft",
+                {**kwargs, "out_dir": work / f"ray-{cycle}-{steps}"},
+                profile.scaling,
+                work / "ray_results",
             )
             wall = time.perf_counter() - t
         return summary, wall, memory
 
     # 3. alternate the paths so a change in the machine's load hits both alike
+    cycles = []
     try:
-        d1, d1_wall = direct(n1)
-        r1, r1_wall, mem1 = on_ray(n1)
-        d2, d2_wall = direct(n2)
-        r2, r2_wall, mem2 = on_ray(n2)
+        for cycle in range(args.repeat):
+            d1, r1 = direct(n1, cycle), on_ray(n1, cycle)
+            d2, r2 = direct(n2, cycle), on_ray(n2, cycle)
+            cycles.append({"direct": (d1, d2), "ray": (r1, r2)})
         driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     finally:
         if started_here:
             shutdown_ray()
             shutil.rmtree(temp, ignore_errors=True)
 
-    d_rate = steady(d1["summary"], d2["summary"])
-    r_rate = steady(r1, r2)
-    from transformers import AutoTokenizer
+    rates = {
+        path: [steady(c[path][0][0], c[path][1][0])["tokens_per_s"] for c in cycles]
+        for path in ("direct", "ray")
+    }
+    ratios = [r / d for r, d in zip(rates["ray"], rates["direct"], strict=True)]
+    memories = [m for c in cycles for _, _, m in c["ray"]]
+    ray_procs = max(memories, key=lambda m: m.peak_total_rss).peak_hwm.values()
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    lengths, dropped = token_lengths(tokenizer, rows, train_cfg.max_length)
-    padding = padding_share(lengths, train_cfg.per_device_batch_size, train_cfg.max_length)
-    padding["rows_dropped_fully_masked"] = dropped
+    def path_result(path: str) -> dict:
+        first = cycles[0][path]  # the first cycle's calls: its first ray call also imports ray.train
+        rate = statistics.median(rates[path])
+        steps_per_s = [steady(c[path][0][0], c[path][1][0])["s_per_step"] for c in cycles]
+        return {
+            "steady_tokens_per_s": round(rate, 1),
+            "steady_tokens_per_s_per_cycle": [round(x, 1) for x in rates[path]],
+            "steady_s_per_step": round(statistics.median(steps_per_s), 4),
+            "calls": [call_figures(summary, wall, rate) for summary, wall, _ in first],
+        }
 
     result = {
         "model": args.model if not args.model_dir else str(model_dir),
@@ -411,31 +430,37 @@ def _run(args, profile, train_cfg: TrainConfig, rows, texts, work: Path, n1: int
         },
         "num_workers": profile.scaling.num_workers,
         "steps": [n1, n2],
+        "repeat": args.repeat,
         "direct": {
-            "steady_tokens_per_s": round(d_rate["tokens_per_s"], 1),
-            "steady_s_per_step": round(d_rate["s_per_step"], 4),
-            "calls": [
-                {**call_figures(d["summary"], w, d_rate["tokens_per_s"]), "import_s": round(d["import_s"], 2)}
-                for d, w in ((d1, d1_wall), (d2, d2_wall))
-            ],
-            "peak_rss_mib": round(max(d1["maxrss_mib"], d2["maxrss_mib"]), 1),
+            **path_result("direct"),
+            "import_s": round(cycles[0]["direct"][0][2]["import_s"], 2),
+            "peak_rss_mib": round(max(x[2]["maxrss_mib"] for c in cycles for x in c["direct"]), 1),
         },
         "ray": {
-            "steady_tokens_per_s": round(r_rate["tokens_per_s"], 1),
-            "steady_s_per_step": round(r_rate["s_per_step"], 4),
+            **path_result("ray"),
             "ray_init_s": round(ray_init_s, 2),
-            "calls": [call_figures(r, w, r_rate["tokens_per_s"]) for r, w in ((r1, r1_wall), (r2, r2_wall))],
             "peak_rss_mib": {
-                "train_worker": _mib(max(mem1.train_worker_peak(), mem2.train_worker_peak())),
-                "all_ray_processes": _mib(max(mem1.peak_total_rss, mem2.peak_total_rss)),
+                "train_worker": _mib(max(m.train_worker_peak() for m in memories)),
+                "all_ray_processes": _mib(max(m.peak_total_rss for m in memories)),
                 "driver": _mib(driver_peak),
             },
+            "ray_processes_peak_mib": [[name, _mib(hwm)] for hwm, name in sorted(ray_procs, reverse=True)],
         },
-        "steady_ratio": round(r_rate["tokens_per_s"] / d_rate["tokens_per_s"], 3),
+        "steady_ratio": round(statistics.median(ratios), 3),
+        "steady_ratio_per_cycle": [round(x, 3) for x in ratios],
         "target_ratio": TARGET_RATIO,
-        "padding": padding,
     }
     result["meets_target"] = result["steady_ratio"] >= TARGET_RATIO
+
+    # 4. padding (after the driver's peak was read: this loads a tokenizer here)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths, dropped = token_lengths(tokenizer, rows, train_cfg.max_length)
+    result["padding"] = {
+        **padding_share(lengths, train_cfg.per_device_batch_size, train_cfg.max_length),
+        "rows_dropped_fully_masked": dropped,
+    }
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -457,20 +482,26 @@ def _print(r: dict) -> None:
     params = f"{r['num_params'] / 1e6:.2f}M params" if r["num_params"] else "?"
     print(
         f"model {r['model']} ({params}), {r['rows']} rows, batch {t['per_device_batch_size']}, max_length "
-        f"{t['max_length']}, LoRA r{t['lora_r']}; runs of {n1} and {n2} steps: steady state = steps {n1 + 1}-{n2}"
+        f"{t['max_length']}, LoRA r{t['lora_r']}; runs of {n1} and {n2} steps (x{r['repeat']}): "
+        f"steady state = steps {n1 + 1}-{n2}"
     )
     print(f"{'':34} {'direct (trl)':>14} {'ray (run_training)':>19}")
     rows = [
         ("steady tokens/s", d["steady_tokens_per_s"], y["steady_tokens_per_s"], "{:.1f}"),
         ("steady s/step", d["steady_s_per_step"], y["steady_s_per_step"], "{:.3f}"),
+        (
+            "warm-up inside train() s",
+            d["calls"][0]["warmup_in_train_s"],
+            y["calls"][0]["warmup_in_train_s"],
+            "{:.1f}",
+        ),
     ]
     for i, label in ((0, f"{n1}-step"), (1, f"{n2}-step")):
         dc, yc = d["calls"][i], y["calls"][i]
         rows += [
             (f"{label} call: wall s", dc["wall_s"], yc["wall_s"], "{:.1f}"),
-            (f"{label} call: start-up overhead s", dc["overhead_s"], yc["overhead_s"], "{:.1f}"),
-            ("  outside train() s", dc["outside_train_s"], yc["outside_train_s"], "{:.1f}"),
-            ("  warm-up inside train() s", dc["warmup_in_train_s"], yc["warmup_in_train_s"], "{:.1f}"),
+            ("  start-up overhead s", dc["overhead_s"], yc["overhead_s"], "{:.1f}"),
+            ("  of it outside train() s", dc["outside_train_s"], yc["outside_train_s"], "{:.1f}"),
         ]
     rows += [
         ("peak RSS training process MiB", d["peak_rss_mib"], y["peak_rss_mib"]["train_worker"], "{:.0f}"),
@@ -481,14 +512,20 @@ def _print(r: dict) -> None:
         a_s = fmt.format(a) if a is not None else "-"
         print(f"{label:34} {a_s:>14} {fmt.format(b):>19}")
     mark = "meets" if r["meets_target"] else "BELOW"
-    print(f"steady-state ratio ray / direct: {r['steady_ratio']} ({mark} the {r['target_ratio']} target)")
-    print(f"ray.init (once per process, not in the calls above): {y['ray_init_s']} s")
+    per_cycle = f" (per cycle: {r['steady_ratio_per_cycle']})" if r["repeat"] > 1 else ""
+    print(
+        f"steady-state ratio ray / direct: {r['steady_ratio']}{per_cycle}, {mark} the {r['target_ratio']} target"
+    )
+    print(
+        f"ray.init (once per process, not in the calls above): {y['ray_init_s']} s; direct child imports "
+        f"(in its overhead): {d['import_s']} s"
+    )
     p = r["padding"]
     print(
         f"padding: real tokens are {p['real_share_dynamic_padding']:.0%} of padded batch tokens (batch "
-        f"{t['per_device_batch_size']}, padded to the longest row; {p['real_share_at_max_length']:.0%} of batch x "
-        f"max_length); {p['mean_tokens_per_row']} tokens/row, {p['rows_at_max_length']} of {p['rows']} rows "
-        f"truncated -> packing could gain at most {p['packing_speedup_bound']}x"
+        f"{t['per_device_batch_size']}, padded to the longest row; {p['real_share_at_max_length']:.0%} of "
+        f"batch x max_length); {p['mean_tokens_per_row']} tokens/row, {p['rows_at_max_length']} of "
+        f"{p['rows']} rows truncated -> packing could gain at most {p['packing_speedup_bound']}x"
     )
 
 

@@ -86,3 +86,12 @@ def test_method_recipes_select_what_they_say():
     qlora = load_profile("demo-qlora-gpu")
     assert qlora.scaling.use_gpu and {qlora.sft.adapter, qlora.dpo.adapter, qlora.tr.adapter} == {"qlora"}
     assert load_profile("demo-kto").model == load_profile("demo").model  # the rest comes from demo
+
+
+def test_multi_gpu_recipe_asks_for_zero3_on_gpu_workers():
+    from finetune_assets.launch.deepspeed import trainer_deepspeed_arg
+
+    scaling = load_profile("demo-multigpu").scaling
+    ds = trainer_deepspeed_arg(scaling.use_gpu, scaling.deepspeed_stage)
+    assert scaling.num_workers == 4 and ds["zero_optimization"]["stage"] == 3
+    assert trainer_deepspeed_arg(False, scaling.deepspeed_stage) is None  # never on CPU workers

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
+from finetune_assets.launch.deepspeed import trainer_deepspeed_arg
 from finetune_assets.launch.ray_cluster import ensure_ray
 
 METHODS = ("sft", "dpo", "kto", "orpo", "cpt")
@@ -70,6 +71,14 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(1)  # one thread per CPU worker (2 threads on a busy box: up to 9x slower)
     config = dict(config)
     method = config.pop("method")
+    ds_config = config.pop("deepspeed", None)
+    if ds_config is not None:
+        from finetune_assets.launch.deepspeed import init_distributed_for_deepspeed, zero3_init_context
+
+        init_distributed_for_deepspeed()  # before the model loads (ZeRO-3 partitions it while loading)
+        with train.deepspeed(ds_config), zero3_init_context(ds_config):
+            getattr(train, method)(**_decode(method, config), ray_context=True)
+        return
     getattr(train, method)(**_decode(method, config), ray_context=True)
 
 
@@ -102,7 +111,15 @@ def run_training(
     run_name = f"{method}-{out_dir.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"method": method, **_encode({**kwargs, "out_dir": out_dir})},
+        train_loop_config={
+            "method": method,
+            "deepspeed": trainer_deepspeed_arg(
+                scaling.use_gpu,
+                scaling.deepspeed_stage,
+                offload_optimizer=scaling.deepspeed_offload_optimizer,
+            ),
+            **_encode({**kwargs, "out_dir": out_dir}),
+        },
         scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,

@@ -31,6 +31,27 @@ from finetune_assets import io
 from finetune_assets.config import CptConfig, TrainConfig
 
 SUMMARY_FILE = "train_summary.json"
+
+# The DeepSpeed config of this worker process (launch.ray_train sets it with ``deepspeed``, on GPU workers
+# only); None means plain DDP. A process-wide setting because one Ray Train worker runs one method.
+_DEEPSPEED: dict | None = None
+
+
+@contextlib.contextmanager
+def deepspeed(ds_config: dict | None):
+    """Train with this DeepSpeed config (launch.deepspeed.deepspeed_config) inside the block."""
+    global _DEEPSPEED
+    previous, _DEEPSPEED = _DEEPSPEED, ds_config
+    try:
+        yield
+    finally:
+        _DEEPSPEED = previous
+
+
+def _zero3() -> bool:
+    return bool(_DEEPSPEED) and _DEEPSPEED.get("zero_optimization", {}).get("stage") == 3
+
+
 _DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
@@ -372,6 +393,7 @@ def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",  # real token counts for tokens_per_s
+        "deepspeed": _DEEPSPEED,
     }
 
 
@@ -457,10 +479,32 @@ def _train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_conte
     summary["resumed_from_step"] = resumed_from
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
+    model = trainer.model
+    if _zero3():  # every rank takes part in gathering the partitioned weights
+        model = _gather_zero3(trainer)
     if not trainer.is_world_process_zero():
         return summary
-    _save_folder(trainer.model, tokenizer, summary, Path(out_dir))
+    _save_folder(model, tokenizer, summary, Path(out_dir))
     return summary
+
+
+def _gather_zero3(trainer):
+    """Under ZeRO-3 each rank holds a shard: save_model gathers full 16-bit weights
+    (stage3_gather_16bit_weights_on_model_save) on every rank, and rank 0 reloads them unpartitioned."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    staging = Path(trainer.args.output_dir) / "zero3-final"
+    trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return None
+    unset_hf_deepspeed_config()  # reload as one plain model, not partitioned again
+    from peft import PeftModel
+
+    if isinstance(trainer.model, PeftModel):
+        base_dir = trainer.model.peft_config["default"].base_model_name_or_path
+        return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(staging))
+    return AutoModelForCausalLM.from_pretrained(staging)
 
 
 @contextlib.contextmanager

@@ -218,3 +218,16 @@ def test_qlora_on_cpu_is_a_clear_error(tmp_path, tiny_model_dir, tiny_chat_rows)
     assert not (tmp_path / "q").exists()
     with pytest.raises(ConfigError, match="sft.adapter is 'qlora'.*scaling.use_gpu"):
         validate_profile({"name": "x", "sft": {"adapter": "qlora"}})
+
+
+def test_deepspeed_config_reaches_the_trainer_arguments_only_inside_its_block(tmp_path):
+    from finetune_assets.launch.deepspeed import deepspeed_config
+    from finetune_assets.phases import train
+
+    ds = deepspeed_config(2)
+    assert train._common_args(FAST, str(tmp_path))["deepspeed"] is None
+    with train.deepspeed(ds):
+        assert train._common_args(FAST, str(tmp_path))["deepspeed"] is ds and not train._zero3()
+    with train.deepspeed(deepspeed_config(3)):
+        assert train._zero3()
+    assert train._DEEPSPEED is None

@@ -9,7 +9,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all bench lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all bench bench-train lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -25,6 +25,9 @@ test-all: setup   ## also the slow tests (real SmolLM2 conversion)
 
 bench: setup      ## dedup benchmark: throughput vs datasketch's per-document loop, precision/recall
 	$(VENV)/python bench/dedup_bench.py
+
+bench-train: setup  ## training benchmark: steady-state tokens/s of Ray Train + trl vs plain trl (tiny model; ARGS="--model smollm2")
+	$(VENV)/python bench/train_bench.py $(ARGS)
 
 lint:
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .

@@ -208,9 +208,13 @@ class CptConfig(_Section):
     """Optional continued pretraining of the base model on the domain corpus."""
 
     enabled: bool = False
-    max_steps: int = Field(20, ge=1)
+    # None: exactly one pass over the packed corpus (more than one epoch overfits the domain text and
+    # raises hallucinations); a number caps the steps instead.
+    max_steps: int | None = Field(None, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+    # Share of general text (by tokens) mixed into the domain corpus to limit forgetting.
     general_mix_ratio: float = Field(0.2, ge=0, lt=1)
+    adapter: Literal["lora", "full"] = "lora"
 
 
 class ModelConfig(_Section):

@@ -214,6 +214,10 @@ def _train_variant(
     with tracked_run(context, mlflow, {**params, "training_key": key}) as (tracker, run_id):
         for name, path in inputs.items():
             tracker.log_input(run_id, name, path, content_hash(path))
+        # The whole resolved recipe (after extends and launchpad overrides) beside the run's metrics.
+        tracker.client.log_dict(
+            run_id, {**profile.model_dump(mode="json"), "trained_stage": params}, "recipe.json"
+        )
         previous = _reusable(out, key)
         if previous is not None:
             # Same data, recipe and starting model as the finished run that made this folder: training

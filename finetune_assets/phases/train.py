@@ -175,18 +175,22 @@ def cpt(
     """Continued pretraining: LoRA causal LM on the corpus packed into max_length blocks, mixed with a
     ``cfg.general_mix_ratio`` share (by tokens) of general English text (the interpreter's stdlib docstrings),
     which limits forgetting. ``train_cfg`` gives batch size, max_length and LoRA settings (defaults
-    otherwise); ``cfg`` gives max_steps and learning_rate."""
+    otherwise); ``cfg`` gives the length (one epoch unless max_steps is set), learning rate and adapter
+    (lora or full)."""
     from trl import SFTConfig, SFTTrainer
 
     train_cfg = (train_cfg or TrainConfig()).model_copy(
-        update={"max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate}
+        update={"max_steps": cfg.max_steps or 1, "learning_rate": cfg.learning_rate, "adapter": cfg.adapter}
     )
     model, tokenizer = _load(base_dir, train_cfg)
     blocks = pack_texts(tokenizer, corpus_texts, general_text(), cfg.general_mix_ratio, train_cfg.max_length)
     if not blocks:
         raise ValueError("continued pretraining got no text: the corpus is empty")
     with _scratch_dir() as scratch:
-        args = SFTConfig(**_common_args(train_cfg, scratch), packing=False, completion_only_loss=False)
+        common = _common_args(train_cfg, scratch)
+        if cfg.max_steps is None:  # one epoch over the blocks
+            common.update(max_steps=-1, num_train_epochs=1)
+        args = SFTConfig(**common, packing=False, completion_only_loss=False)
         trainer = SFTTrainer(
             model=model,
             args=args,

@@ -107,6 +107,14 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     for variant in ("base", "inst", "dpo", "tr"):
         version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version(variant))
         assert any(key.startswith("eval.") for key in version.tags), variant
+    # The training runs carry the resolved recipe and per-step curves.
+    inst_version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version("inst"))
+    steps = load_profile("smoke").sft.max_steps
+    assert "recipe.json" in {a.path for a in tracker.client.list_artifacts(inst_version.run_id)}
+    for name in ("train/learning_rate", "train/grad_norm", "train/tokens_per_s"):
+        assert len(tracker.client.get_metric_history(inst_version.run_id, name)) == steps, name
+    dpo_version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version("dpo"))
+    assert tracker.client.get_metric_history(dpo_version.run_id, "train/rewards/margins")
 
     # Re-materializing with unchanged data, recipe and starting model reuses the model; a change retrains.
     trained = (store.path("inst_model") / "train_summary.json").stat().st_mtime_ns

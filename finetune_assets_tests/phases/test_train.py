@@ -231,3 +231,16 @@ def test_deepspeed_config_reaches_the_trainer_arguments_only_inside_its_block(tm
     with train.deepspeed(deepspeed_config(3)):
         assert train._zero3()
     assert train._DEEPSPEED is None
+
+
+def test_cpt_defaults_to_one_epoch_over_the_packed_blocks(tmp_path, tiny_model_dir, tiny_corpus):
+    train_cfg = FAST.model_copy(update={"max_length": 64, "per_device_batch_size": 4})
+    summary = cpt(
+        tiny_model_dir,
+        tiny_corpus,
+        CptConfig(enabled=True, learning_rate=1e-2),
+        tmp_path / "c",
+        train_cfg=train_cfg,
+    )
+    assert summary["steps"] == -(-summary["num_blocks"] // 4)  # ceil(blocks / batch): each block once
+    assert (tmp_path / "c" / "merged" / "config.json").is_file()

@@ -42,3 +42,76 @@ def test_generate_chat_order_and_batching(tiny_model_dir):
     assert len(set(batched)) == len(convs) and all(batched)
     assert all("<|im_end|>" not in t and "<|pad|>" not in t for t in batched)
     assert generate_chat(model, tokenizer, [], max_new_tokens=4) == []
+
+
+def test_one_conversation_is_the_same_tokens_in_training_evaluation_and_serving(tmp_path, tiny_model_dir):
+    """The chat template is applied identically by SFT (trl), DPO (trl), evaluation/T&R (generate_chat) and
+    the served endpoint: the model sees the same prompt tokens everywhere, and SFT trains on exactly the
+    rendered conversation with the loss on the answer only."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from finetune_assets.phases import serve
+    from finetune_assets.phases.generation import generate_chat, load_for_inference, render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conv = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is a tuple?"},
+        {"role": "assistant", "content": "An immutable sequence."},
+    ]
+    prompt_ids = tokenizer(
+        render_chat(tokenizer, conv[:-1], add_generation_prompt=True), add_special_tokens=False
+    )["input_ids"]
+    full_ids = tokenizer(render_chat(tokenizer, conv), add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+
+    common = {"output_dir": str(tmp_path), "use_cpu": True, "report_to": "none", "max_length": 256}
+    sft = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=SFTConfig(**common, assistant_only_loss=True),
+        train_dataset=Dataset.from_list([{"messages": conv}]),
+        processing_class=tokenizer,
+    )
+    row = sft.train_dataset[0]
+    assert row["input_ids"] == full_ids
+    labels = sft.data_collator([row])["labels"][0].tolist()  # -100: no loss on that token
+    trained = [t for t, label in zip(full_ids, labels, strict=True) if label != -100]
+    assert tokenizer.decode(trained).startswith("An immutable sequence.")
+    assert all(label == -100 for label in labels[: len(prompt_ids)])
+
+    dpo = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=DPOConfig(**common),
+        train_dataset=Dataset.from_list(
+            [
+                {
+                    "prompt": conv[:-1],
+                    "chosen": conv[-1:],
+                    "rejected": [{"role": "assistant", "content": "No."}],
+                }
+            ]
+        ),
+        processing_class=tokenizer,
+    )
+    assert list(dpo.train_dataset[0]["prompt_ids"]) == prompt_ids
+
+    seen = []
+
+    def spy(model):
+        real = model.generate
+
+        def generate(**kwargs):
+            seen.append(kwargs["input_ids"][0].tolist())
+            return real(**kwargs)
+
+        model.generate = generate
+
+    model, _ = load_for_inference(tiny_model_dir)
+    spy(model)
+    generate_chat(model, tokenizer, [conv[:-1]], max_new_tokens=1)
+    served = serve.ChatModel(tiny_model_dir)
+    spy(served.model)
+    served.complete({"messages": conv[:-1], "max_tokens": 1})
+    assert seen == [prompt_ids, prompt_ids]

@@ -251,7 +251,8 @@ class DescendantMemory:
                 children = []
             for proc in children:
                 pid = proc.pid
-                if pid not in names or names[pid].startswith("ray::IDLE"):
+                name = names.get(pid, "")
+                if not name.startswith("ray::") or name.startswith("ray::IDLE"):  # titles change once
                     try:
                         names[pid] = " ".join(proc.cmdline())[:80] or proc.name()
                     except psutil.Error:
@@ -393,7 +394,7 @@ def _run(args, profile, train_cfg: TrainConfig, rows, texts, work: Path, n1: int
         for cycle in range(args.repeat):
             d1, r1 = direct(n1, cycle), on_ray(n1, cycle)
             d2, r2 = direct(n2, cycle), on_ray(n2, cycle)
-            cycles.append({"direct": (d1, d2), "ray": (r1, r2)})
+            cycles.append({"direct": (d1, d2), "ray": (r1, r2), "load": os.getloadavg()[0]})
         driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     finally:
         if started_here:
@@ -449,6 +450,9 @@ def _run(args, profile, train_cfg: TrainConfig, rows, texts, work: Path, n1: int
         "steady_ratio": round(statistics.median(ratios), 3),
         "steady_ratio_per_cycle": [round(x, 3) for x in ratios],
         "target_ratio": TARGET_RATIO,
+        # 1-minute load average after each cycle: above the core count, other work shared the cores
+        "load_average": [round(c["load"], 2) for c in cycles],
+        "cpu_count": os.cpu_count(),
     }
     result["meets_target"] = result["steady_ratio"] >= TARGET_RATIO
 
@@ -520,6 +524,11 @@ def _print(r: dict) -> None:
         f"ray.init (once per process, not in the calls above): {y['ray_init_s']} s; direct child imports "
         f"(in its overhead): {d['import_s']} s"
     )
+    if max(r["load_average"]) > (r["cpu_count"] or 1):
+        print(
+            f"CAUTION: load average {max(r['load_average'])} on {r['cpu_count']} cores: other processes shared "
+            "the CPU, so the timings are noisy (compare the per-cycle ratios; --repeat helps)"
+        )
     p = r["padding"]
     print(
         f"padding: real tokens are {p['real_share_dynamic_padding']:.0%} of padded batch tokens (batch "

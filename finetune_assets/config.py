@@ -244,6 +244,10 @@ class TrainConfig(_Section):
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
+    # SFT: pack several conversations into each max_length row (padding-free, position ids restart per
+    # conversation) when the model keeps packed conversations apart (checked by a probe at start-up; the run
+    # falls back to padded batches and says so otherwise).
+    packing: bool = False
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)

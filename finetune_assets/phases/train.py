@@ -72,8 +72,13 @@ def sft(
     train_ds = _dataset([{"messages": r["messages"]} for r in train_rows])
     eval_rows = eval_rows[: cfg.max_eval_rows]
     eval_ds = _dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+    packing = cfg.packing and packing_supported(model)
     with _scratch_dir() as scratch:
-        args = SFTConfig(**_common_args(cfg, scratch), assistant_only_loss=True, packing=False)
+        # bfd packing is padding-free: conversations are concatenated with restarting position ids, and the
+        # model's attention masks across them (checked by packing_supported).
+        args = SFTConfig(
+            **_common_args(cfg, scratch), assistant_only_loss=True, packing=packing, packing_strategy="bfd"
+        )
         trainer = SFTTrainer(
             model=model,
             args=args,
@@ -82,7 +87,28 @@ def sft(
             processing_class=tokenizer,
             peft_config=_peft_config(cfg),
         )
-        return _train_and_save(trainer, tokenizer, "sft", out_dir, ray_context=ray_context)
+        return _train_and_save(
+            trainer, tokenizer, "sft", out_dir, ray_context=ray_context, extra={"packing": packing}
+        )
+
+
+def packing_supported(model) -> bool:
+    """Whether ``model`` keeps packed sequences apart: two token sequences run as one padding-free row
+    (position ids restarting at the second) must give the same logits as each run alone. transformers 5
+    builds a block-diagonal mask from the position ids for models using its masking utilities (Llama,
+    SmolLM2, Qwen, ...); a model that attends across the boundary would leak one example into the next."""
+    import torch
+
+    first, second = torch.arange(3, 9)[None], torch.arange(11, 16)[None]
+    # use_cache=False as in training (trl sets it): with a cache the packed-sequence mask is not built.
+    with torch.inference_mode():
+        alone = [model(input_ids=ids, use_cache=False).logits for ids in (first, second)]
+        packed = model(
+            input_ids=torch.cat([first, second], dim=1),
+            position_ids=torch.cat([torch.arange(6), torch.arange(5)])[None],
+            use_cache=False,
+        ).logits
+    return torch.allclose(packed, torch.cat(alone, dim=1), atol=1e-4)
 
 
 def dpo(

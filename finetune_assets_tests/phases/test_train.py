@@ -244,3 +244,25 @@ def test_cpt_defaults_to_one_epoch_over_the_packed_blocks(tmp_path, tiny_model_d
     )
     assert summary["steps"] == -(-summary["num_blocks"] // 4)  # ceil(blocks / batch): each block once
     assert (tmp_path / "c" / "merged" / "config.json").is_file()
+
+
+def test_packing_probe_and_packed_sft(tmp_path, tiny_model_dir, tiny_chat_rows):
+    from transformers import AutoModelForCausalLM
+
+    from finetune_assets.phases.train import packing_supported
+
+    assert packing_supported(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+
+    class Leaky(torch.nn.Module):  # attends across the boundary: position ids are ignored
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, position_ids=None, **kwargs):
+            return self.model(input_ids=input_ids, **kwargs)
+
+    assert not packing_supported(Leaky(AutoModelForCausalLM.from_pretrained(tiny_model_dir)))
+    cfg = FAST.model_copy(update={"packing": True, "max_length": 256, "max_steps": 10})
+    summary = sft(tiny_model_dir, tiny_chat_rows * 4, [], cfg, tmp_path / "packed")
+    assert summary["packing"] is True
+    assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]

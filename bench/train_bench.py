@@ -26,7 +26,10 @@ every fixed cost inside train() (dataloader creation, callbacks' train begin/end
 cancel out. Per-step timings are not available from the summary (its log history keeps losses only), and
 the Ray path cannot be given an extra callback without changing the code under test: differencing measures
 both paths unmodified. The runs alternate (direct n1, ray n1, direct n2, ray n2) so a change in the box's
-load affects both paths alike. The ratio ray/direct is the figure to read (target >= 0.9).
+load affects both paths alike; ``--repeat N`` runs N such cycles and reports the medians and every cycle's
+ratio. The ratio ray/direct is the figure to read (target >= 0.9). A resumable checkpoint every
+``checkpoint_steps`` (recipe default 50) falls inside the window when it spans a multiple of it: both paths
+save it, Ray also persists it to its run storage, as the asset does; ``--checkpoint-steps 0`` leaves it out.
 
 Start-up overhead per call = wall time of the whole call - tokens(call) / steady tokens/s, split into the part
 outside trainer.train() (process or worker spawn, imports, model load, trl's tokenization, merge and save;
@@ -254,7 +257,7 @@ class DescendantMemory:
                 name = names.get(pid, "")
                 if not name.startswith("ray::") or name.startswith("ray::IDLE"):  # titles change once
                     try:
-                        names[pid] = " ".join(proc.cmdline())[:80] or proc.name()
+                        names[pid] = " ".join(proc.cmdline())[:80].strip() or proc.name()
                     except psutil.Error:
                         continue
                 hwm, rss = _hwm_and_rss(pid)
@@ -315,6 +318,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=320, help="instruction rows to train on")
     parser.add_argument("--docs", type=int, default=40, help="library pages the rows are made from")
     parser.add_argument("--work-dir", type=Path, help="keep outputs here (default: a temp dir, removed)")
+    parser.add_argument(
+        "--checkpoint-steps", type=int, help="override the recipe's checkpoint_steps (0: no checkpoints)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="alternating cycles; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--_child", type=Path, help=argparse.SUPPRESS)
@@ -331,6 +337,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"need 0 < --warmup < --steps, got {n1} and {n2}")
     profile = load_profile(args.profile)
     train_cfg = profile.sft
+    if args.checkpoint_steps is not None:
+        train_cfg = train_cfg.model_copy(update={"checkpoint_steps": args.checkpoint_steps})
     rows, texts = instruction_rows(args.rows, args.docs, profile)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fa-train-bench-")).resolve()
@@ -432,6 +440,14 @@ def _run(args, profile, train_cfg: TrainConfig, rows, texts, work: Path, n1: int
         "num_workers": profile.scaling.num_workers,
         "steps": [n1, n2],
         "repeat": args.repeat,
+        "packing": train_cfg.packing,
+        # resumable checkpoints saved inside the steady window (under Ray also reported to its storage)
+        "checkpoint_steps": train_cfg.checkpoint_steps,
+        "checkpoints_in_steady_window": (
+            n2 // train_cfg.checkpoint_steps - n1 // train_cfg.checkpoint_steps
+            if train_cfg.checkpoint_steps
+            else 0
+        ),
         "direct": {
             **path_result("direct"),
             "import_s": round(cycles[0]["direct"][0][2]["import_s"], 2),
@@ -489,6 +505,11 @@ def _print(r: dict) -> None:
         f"{t['max_length']}, LoRA r{t['lora_r']}; runs of {n1} and {n2} steps (x{r['repeat']}): "
         f"steady state = steps {n1 + 1}-{n2}"
     )
+    if r["checkpoints_in_steady_window"]:
+        print(
+            f"the steady window includes {r['checkpoints_in_steady_window']} checkpoint save(s) (every "
+            f"{r['checkpoint_steps']} steps; --checkpoint-steps 0 leaves them out)"
+        )
     print(f"{'':34} {'direct (trl)':>14} {'ray (run_training)':>19}")
     rows = [
         ("steady tokens/s", d["steady_tokens_per_s"], y["steady_tokens_per_s"], "{:.1f}"),
@@ -536,6 +557,10 @@ def _print(r: dict) -> None:
         f"batch x max_length); {p['mean_tokens_per_row']} tokens/row, {p['rows_at_max_length']} of "
         f"{p['rows']} rows truncated -> packing could gain at most {p['packing_speedup_bound']}x"
     )
+    if r["packing"]:
+        print(
+            "(packing is on in this recipe where the model supports it: the padding figure is for unpacked rows)"
+        )
 
 
 if __name__ == "__main__":

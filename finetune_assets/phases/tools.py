@@ -20,6 +20,7 @@ import json
 import math
 import random
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -168,8 +169,11 @@ def python_eval(
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timeout: evaluation took longer than {timeout_s:g}s"}
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        # The CPU-time limit (as long as the wall-clock one) can fire first on an idle machine: same verdict.
+        return {"ok": False, "error": f"timeout: evaluation used its {cpu}s of CPU time"}
     if proc.returncode != 0:
-        why = "CPU or memory limit" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        why = "memory limit" if proc.returncode < 0 else f"exit code {proc.returncode}"
         return {"ok": False, "error": f"evaluation was stopped ({why})"}
     try:
         result = json.loads(proc.stdout)

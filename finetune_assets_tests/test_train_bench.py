@@ -1,19 +1,9 @@
 """bench/train_bench.py: its data and padding figures (fast) and a tiny end-to-end run (slow: Ray's start-up
 and two worker groups take ~1.5 min on 2 cores). Its figures are for the note, never asserted here."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from finetune_assets_tests.test_bench import _load
 
 
 def test_padding_share_counts_real_tokens_per_padded_batch():

@@ -11,6 +11,10 @@ from finetune_assets.launch.ray_cluster import default_temp_dir, ensure_ray
 from finetune_assets.launch.ray_train import TrainingError, _decode, _encode, run_training
 
 
+def _sft_kwargs(base_dir, rows, cfg, out) -> dict:
+    return {"base_dir": base_dir, "train_rows": rows, "eval_rows": [], "cfg": cfg, "out_dir": out}
+
+
 def test_config_round_trip(tmp_path):
     cfg = TrainConfig(max_steps=3, lora_target_modules=["q_proj", "v_proj"])
     encoded = _encode({"base_dir": tmp_path, "cfg": cfg, "out_dir": tmp_path / "o", "train_rows": [{"a": 1}]})
@@ -40,13 +44,7 @@ def test_sft_on_ray_worker(embedded_ray, tmp_path, tiny_model_dir, tiny_chat_row
     out = tmp_path / "inst"
     summary = run_training(
         "sft",
-        {
-            "base_dir": tiny_model_dir,
-            "train_rows": tiny_chat_rows,
-            "eval_rows": [],
-            "cfg": cfg,
-            "out_dir": out,
-        },
+        _sft_kwargs(tiny_model_dir, tiny_chat_rows, cfg, out),
         ScalingConfig(num_workers=1),
         storage_dir=tmp_path / "ray_storage",
     )
@@ -103,13 +101,7 @@ def test_killed_worker_resumes_from_its_checkpoint(embedded_ray, tmp_path, tiny_
     killer.start()
     summary = run_training(
         "sft",
-        {
-            "base_dir": tiny_model_dir,
-            "train_rows": tiny_chat_rows,
-            "eval_rows": [],
-            "cfg": cfg,
-            "out_dir": out,
-        },
+        _sft_kwargs(tiny_model_dir, tiny_chat_rows, cfg, out),
         ScalingConfig(num_workers=1, max_failures=2),
         storage_dir=tmp_path / "ray_storage",
     )

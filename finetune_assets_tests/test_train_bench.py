@@ -22,8 +22,7 @@ def test_rows_and_token_lengths(tiny_model_dir):
     from finetune_assets.phases import corpus
 
     bench = _load("train_bench")
-    if corpus.find_python_docs() is None:
-        pytest.skip("python3-doc is not installed")
+    assert corpus.find_python_docs() is not None, "python3-doc is missing: run bash scripts/setup.sh"
     rows, texts = bench.instruction_rows(12, 4, load_profile("demo"))
     assert len(rows) == 12 and len(texts) == 4
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
@@ -36,8 +35,7 @@ def test_rows_and_token_lengths(tiny_model_dir):
 def test_train_bench_smoke(tmp_path):
     from finetune_assets.phases import corpus
 
-    if corpus.find_python_docs() is None:
-        pytest.skip("python3-doc is not installed")
+    assert corpus.find_python_docs() is not None, "python3-doc is missing: run bash scripts/setup.sh"
     bench = _load("train_bench")
     out = tmp_path / "train.json"
     args = ["--model", "tiny", "--warmup", "1", "--steps", "3", "--rows", "16", "--docs", "6"]

@@ -182,15 +182,11 @@ def instruction_set(
     docs = read_records(documents_path(store))
     out = store.path("instruction_set")
     with tracked_run(context, mlflow, {"instructions": cfg.model_dump()}) as (tracker, run_id):
-        extra, quarantine, seed_stats = {}, [], {}
-        for seed_file in cfg.seed_files:
-            path = input_path(seed_file.path)
-            loaded = seeds.load_seed_file(path, seed_file.format, cfg.system_prompt)
-            extra[f"seed:{path.name}"] = loaded["records"]
-            quarantine += loaded["quarantine"]
-            seed_stats[path.name] = loaded["stats"]
-            for entry in loaded["quarantine"]:
-                context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")
+        seeded = seeds.load_seed_files(
+            [(input_path(f.path), f.format) for f in cfg.seed_files], cfg.system_prompt
+        )
+        extra, quarantine = seeded["extra"], seeded["quarantine"]
+        _warn_quarantined(context, quarantine)
         teacher_stats = None
         if "teacher" in cfg.generators:
             from finetune_assets.phases import llm, teacher
@@ -203,14 +199,15 @@ def instruction_set(
         result = instructions.build_instruction_set(
             docs, store.path("eval_sets"), cfg, seed=profile.seed, extra=extra
         )
-        lengths = datastats.length_stats(result["records"], _token_counter(store), profile.sft.max_length)
+        count_tokens = datastats.chat_token_counter(model_dir(store, "base_checkpoint"))
+        lengths = datastats.length_stats(result["records"], count_tokens, profile.sft.max_length)
         plot = datastats.write_histogram(
             lengths, out / "lengths.png", profile.sft.max_length, "instruction_set"
         )
         stats = {
             **result["stats"],
             "quarantined": len(quarantine),
-            "seed_files": seed_stats,
+            "seed_files": seeded["stats"],
             "teacher": teacher_stats,
             "lengths": datastats.public(lengths),
         }
@@ -230,18 +227,9 @@ def instruction_set(
         )
 
 
-def _token_counter(store: ArtifactStore):
-    """messages -> tokens of the rendered chat template, with base_checkpoint's tokenizer."""
-    from transformers import AutoTokenizer
-
-    from finetune_assets.phases.generation import render_chat
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir(store, "base_checkpoint"))
-
-    def count(messages: list[dict]) -> int:
-        return len(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
-
-    return count
+def _warn_quarantined(context, quarantine: list[dict]) -> None:
+    for entry in quarantine:
+        context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")
 
 
 @dg.asset(deps=[dedup_corpus, eval_sets], group_name="data", kinds={"parquet"})

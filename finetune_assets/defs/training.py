@@ -4,8 +4,6 @@ Each training asset runs its loop on Ray Train (embedded or a cluster, per RayRe
 result as a model version in MLflow.
 """
 
-import hashlib
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +11,16 @@ from pydantic import Field
 
 from finetune_assets.config import TrainConfig, default_home
 from finetune_assets.defs.common import artifact_metadata, input_path, model_dir, tracked_run
-from finetune_assets.defs.data import _numbers, instruction_set, retrieval_index, training_documents
+from finetune_assets.defs.data import (
+    _numbers,
+    _warn_quarantined,
+    instruction_set,
+    retrieval_index,
+    training_documents,
+)
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases.train import read_summary
+from finetune_assets.phases.train import REUSE_FILE, read_summary, reusable, training_key
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
 
@@ -93,7 +97,7 @@ def preference_pairs(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer."""
-    from finetune_assets.phases import evalsets, generation, instructions, preferences, seeds
+    from finetune_assets.phases import generation, preferences, seeds
 
     profile = recipe.load()
     cfg = profile.preferences
@@ -113,70 +117,37 @@ def preference_pairs(
                 seed=profile.seed,
             )
 
-        chosen = None
-        if cfg.chosen_source == "teacher":
+        chosen = judge = None
+        if cfg.chosen_source == "teacher" or cfg.judge is not None:
             from finetune_assets.phases import llm, teacher
 
-            teacher_client = llm.make_client(cfg.teacher, default_home() / "llm_cache")
-            chosen = teacher.teacher_answers([p["prompt"] for p in prompts], teacher_client)
-        result = preferences.build_preference_pairs(prompts, generate, chosen)
-        stats = dict(result["stats"])
-        records = result["records"]
-        if cfg.judge is not None:
-            from finetune_assets.phases import llm, teacher
-
-            judge = llm.make_client(cfg.judge, default_home() / "llm_cache")
-            records, stats["judge"] = teacher.apply_judge(records, teacher.judge_pairs(records, judge))
-        feedback = _human_feedback(context, cfg.feedback_files)
-        records += feedback["pairwise"]
-        grams = set()
-        for text in evalsets.eval_texts(store.path("eval_sets")):
-            grams |= instructions._ngrams(text, profile.instructions.decontam_ngram)
-        n = profile.instructions.decontam_ngram
-        records, stats["contaminated_removed"] = preferences.drop_contaminated(records, grams, n)
-        binary, stats["binary_contaminated_removed"] = preferences.drop_contaminated(
-            feedback["binary"],
-            grams,
-            n,
-            text=lambda r: " ".join([*(m["content"] for m in r["prompt"]), r["completion"]]),
+            cache = default_home() / "llm_cache"
+            if cfg.chosen_source == "teacher":
+                chosen = teacher.teacher_answers(
+                    [p["prompt"] for p in prompts], llm.make_client(cfg.teacher, cache)
+                )
+            judge = llm.make_client(cfg.judge, cache) if cfg.judge is not None else None
+        feedback = seeds.load_feedback_files([input_path(name) for name in cfg.feedback_files])
+        _warn_quarantined(context, feedback["quarantine"])
+        built = preferences.assemble(
+            prompts,
+            generate,
+            store.path("eval_sets"),
+            profile.instructions.decontam_ngram,
+            chosen=chosen,
+            judge=judge,
+            feedback=feedback,
         )
-        stats.update(
-            human_pairwise=len(feedback["pairwise"]),
-            binary_feedback=len(binary),
-            quarantined=len(feedback["quarantine"]),
-            pairs=len(records),
-        )
-        if not records:
-            raise ValueError(
-                f"no preference pairs survived ({stats}): the base model's answers were empty or equal "
-                "to the references; raise preferences.max_new_tokens or preferences.temperature in the recipe"
-            )
-        problems = preferences.check_pairs(records)
-        if problems:
-            raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
+        records, binary, stats = built["records"], built["binary"], built["stats"]
         out = store.path("preference_pairs")
         path = write_records_parquet(records, out / "pairs.parquet")
         # Thumbs up/down records for KTO (train.to_kto_example gives trl's KTOTrainer format).
         write_records_parquet(binary, out / "binary_feedback.parquet")
-        seeds.write_quarantine(feedback["quarantine"], out / "quarantine.jsonl")
+        seeds.write_quarantine(built["quarantine"], out / "quarantine.jsonl")
         write_json(stats, out / "stats.json")
         tracker.log_metrics(run_id, _numbers(stats))
         tracker.log_input(run_id, "preference_pairs", path, content_hash(path))
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, stats))
-
-
-def _human_feedback(context, files: list[str]) -> dict:
-    """Pairwise and binary human feedback from ``preferences.feedback_files``; bad lines quarantined."""
-    from finetune_assets.phases import seeds
-
-    found = {"pairwise": [], "binary": [], "quarantine": []}
-    for name in files:
-        loaded = seeds.load_feedback_file(input_path(name))
-        for key in found:
-            found[key] += loaded[key]
-        for entry in loaded["quarantine"]:
-            context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")
-    return found
 
 
 def _train_variant(
@@ -218,7 +189,7 @@ def _train_variant(
         tracker.client.log_dict(
             run_id, {**profile.model_dump(mode="json"), "trained_stage": params}, "recipe.json"
         )
-        previous = _reusable(out, key)
+        previous = reusable(out, key)
         if previous is not None:
             # Same data, recipe and starting model as the finished run that made this folder: training
             # again would only reproduce it.
@@ -270,34 +241,6 @@ def _train_variant(
                 training_key=key,
             )
         )
-
-
-REUSE_FILE = "training_key.json"
-
-
-def training_key(method: str, start: Path, data: dict, train_cfg: TrainConfig, scaling) -> str:
-    """Content address of a training run: method, stage config, what changes the global batch or numerics
-    (workers, GPU), the starting model's files and the training rows. Equal keys give the same model."""
-    digest = hashlib.sha256()
-    setup = {
-        "method": method,
-        "train": train_cfg.model_dump(),
-        "num_workers": scaling.num_workers,
-        "use_gpu": scaling.use_gpu,
-        "start_model": content_hash(start),
-    }
-    digest.update(json.dumps(setup, sort_keys=True).encode())
-    digest.update(json.dumps(data, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def _reusable(out: Path, key: str) -> dict | None:
-    """The record of the finished run in ``out`` when it was made with ``key`` and its model is intact."""
-    record = out / REUSE_FILE
-    if not (record.is_file() and (out / "train_summary.json").is_file() and (out / "merged").is_dir()):
-        return None
-    previous = json.loads(record.read_text())
-    return previous if previous.get("training_key") == key else None
 
 
 @dg.asset(

@@ -29,6 +29,20 @@ def _summary(values: list[int]) -> dict:
     }
 
 
+def chat_token_counter(model_dir: Path) -> CountTokens:
+    """messages -> tokens of the rendered chat template, with the tokenizer of the model in ``model_dir``."""
+    from transformers import AutoTokenizer
+
+    from finetune_assets.phases.generation import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def count(messages: list[dict]) -> int:
+        return len(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+    return count
+
+
 def length_stats(
     records: list[dict], count_tokens: CountTokens | None, max_length: int | None = None
 ) -> dict:

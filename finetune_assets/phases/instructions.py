@@ -157,6 +157,14 @@ def _ngrams(text: str, n: int) -> set[str]:
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def eval_ngrams(eval_dir: Path, n: int) -> set[str]:
+    """Every word n-gram of every eval set text: a training row sharing one is contaminated."""
+    grams: set[str] = set()
+    for text in eval_texts(eval_dir):
+        grams |= _ngrams(text, n)
+    return grams
+
+
 def _record(doc: dict, generator: str, prompt: str, answer: str, cfg: InstructionsConfig) -> dict:
     messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     messages += [
@@ -256,9 +264,7 @@ def build_instruction_set(
     dup_idx = {d["index"] for d in dups}
     records = [r for i, r in enumerate(records) if i not in dup_idx]
 
-    eval_grams: set[str] = set()
-    for text in eval_texts(eval_dir):
-        eval_grams |= _ngrams(text, cfg.decontam_ngram)
+    eval_grams = eval_ngrams(eval_dir, cfg.decontam_ngram)
     clean, contaminated_by = [], {}
     for r in records:
         if _ngrams(_pair_text(r), cfg.decontam_ngram) & eval_grams:

@@ -20,6 +20,7 @@ HFChatClient: ``cfg.model`` is a local model folder, generated in batches of ``c
 phases.generation (the model is loaded on the first prompt the cache cannot answer).
 """
 
+import abc
 import hashlib
 import http.client
 import json
@@ -61,7 +62,7 @@ class ChatClient(Protocol):
     def complete(self, conversations: list[Conversation]) -> list[str | None]: ...
 
 
-class _CachedClient:
+class _CachedClient(abc.ABC):
     """Counters, the response cache and in-batch deduplication; subclasses implement ``_fetch``."""
 
     endpoint: str  # part of the cache key: where answers come from
@@ -137,10 +138,10 @@ class _CachedClient:
             answers.update(self._fetch(todo))
         return [answers[key] for key in keys]
 
+    @abc.abstractmethod
     def _fetch(self, todo: dict[str, Conversation]) -> dict[str, str | None]:
         """Answers for {cache key: conversation}; each success is cached as soon as it arrives, so an
         interrupted run keeps what it paid for."""
-        raise NotImplementedError
 
 
 class OpenAIChatClient(_CachedClient):

@@ -7,6 +7,7 @@ phase stays testable with a plain function. Rows follow the contract in docs/ARC
 
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 from finetune_assets.phases.dedup import normalize
 from finetune_assets.phases.evalsets import round_robin
@@ -117,3 +118,53 @@ def drop_contaminated(
 
     clean = [r for r in records if not (_ngrams(text(r), n) & eval_grams)]
     return clean, len(records) - len(clean)
+
+
+def _binary_text(row: dict) -> str:
+    return " ".join([*(m["content"] for m in row["prompt"]), row["completion"]])
+
+
+def assemble(
+    prompts: list[dict],
+    generate: Generate,
+    eval_dir: Path,
+    ngram: int,
+    chosen: list[str | None] | None = None,
+    judge=None,
+    feedback: dict | None = None,
+) -> dict:
+    """preference_pairs end to end: AI-feedback pairs (``chosen``: teacher answers, else the references),
+    the optional ``judge`` client (phases.llm) dropping pairs chosen does not win, human ``feedback``
+    (seeds.load_feedback_files) merged, and every row sharing an ``ngram`` with the eval sets dropped.
+
+    Returns {records, binary, quarantine, stats}; raises ValueError when no usable pair is left or a row
+    fails check_pairs."""
+    from finetune_assets.phases.instructions import eval_ngrams
+
+    feedback = feedback or {"pairwise": [], "binary": [], "quarantine": []}
+    result = build_preference_pairs(prompts, generate, chosen)
+    stats, records = dict(result["stats"]), result["records"]
+    if judge is not None:
+        from finetune_assets.phases import teacher
+
+        records, stats["judge"] = teacher.apply_judge(records, teacher.judge_pairs(records, judge))
+    grams = eval_ngrams(eval_dir, ngram)
+    records, stats["contaminated_removed"] = drop_contaminated(records + feedback["pairwise"], grams, ngram)
+    binary, stats["binary_contaminated_removed"] = drop_contaminated(
+        feedback["binary"], grams, ngram, _binary_text
+    )
+    stats.update(
+        human_pairwise=len(feedback["pairwise"]),
+        binary_feedback=len(binary),
+        quarantined=len(feedback["quarantine"]),
+        pairs=len(records),
+    )
+    if not records:
+        raise ValueError(
+            f"no preference pairs survived ({stats}): the base model's answers were empty or equal "
+            "to the references; raise preferences.max_new_tokens or preferences.temperature in the recipe"
+        )
+    problems = check_pairs(records)
+    if problems:
+        raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
+    return {"records": records, "binary": binary, "quarantine": feedback["quarantine"], "stats": stats}

@@ -508,3 +508,25 @@ def load_feedback_file(path: Path) -> dict:
 def write_quarantine(entries: list[dict], path: Path) -> Path:
     """Write quarantine entries {path, line, reason, raw} as JSONL, atomically (write, then rename)."""
     return write_jsonl(entries, Path(path))
+
+
+def load_seed_files(files: list[tuple[Path, str]], system_prompt: str | None = None) -> dict:
+    """Every (path, format) seed file: {extra: {"seed:<file name>": records}, quarantine, stats: {file
+    name: stats}} (``extra`` is what instructions.build_instruction_set takes)."""
+    extra, quarantine, stats = {}, [], {}
+    for path, fmt in files:
+        loaded = load_seed_file(Path(path), fmt, system_prompt)
+        extra[f"seed:{Path(path).name}"] = loaded["records"]
+        quarantine += loaded["quarantine"]
+        stats[Path(path).name] = loaded["stats"]
+    return {"extra": extra, "quarantine": quarantine, "stats": stats}
+
+
+def load_feedback_files(paths: list[Path]) -> dict:
+    """Every human feedback file merged: {pairwise, binary, quarantine}."""
+    found: dict[str, list] = {"pairwise": [], "binary": [], "quarantine": []}
+    for path in paths:
+        loaded = load_feedback_file(Path(path))
+        for key in found:
+            found[key] += loaded[key]
+    return found

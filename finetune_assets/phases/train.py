@@ -22,13 +22,15 @@ On CPU: use_cpu, no bf16, no gradient checkpointing (5-40x slower on CPU); see S
 """
 
 import contextlib
+import hashlib
+import json
 import math
 import tempfile
 import time
 from pathlib import Path
 
 from finetune_assets import io
-from finetune_assets.config import CptConfig, TrainConfig
+from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
 
 SUMMARY_FILE = "train_summary.json"
 
@@ -118,19 +120,8 @@ def dpo(
     (ref_model=None), after full fine-tuning trl keeps a frozen copy."""
     from trl import DPOConfig, DPOTrainer
 
-    model, tokenizer = _load(model_dir, cfg)
-    train_ds = _dataset([to_preference_example(r) for r in rows])
-    with _scratch_dir() as scratch:
-        args = DPOConfig(**_common_args(cfg, scratch), beta=cfg.beta)
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=None,
-            args=args,
-            train_dataset=train_ds,
-            processing_class=tokenizer,
-            peft_config=_peft_config(cfg),
-        )
-        return _train_and_save(trainer, tokenizer, "dpo", out_dir, ray_context=ray_context)
+    examples = [to_preference_example(r) for r in rows]
+    return _preference_run("dpo", DPOConfig, DPOTrainer, model_dir, examples, cfg, out_dir, ray_context)
 
 
 def kto(
@@ -143,19 +134,8 @@ def kto(
     labels = {bool(r["label"]) for r in rows}
     if labels != {True, False}:
         raise ValueError(f"KTO needs both desirable and undesirable examples; got only label={labels}")
-    model, tokenizer = _load(model_dir, cfg)
-    train_ds = _dataset([to_kto_example(r) for r in rows])
-    with _scratch_dir() as scratch:
-        args = KTOConfig(**_common_args(cfg, scratch), beta=cfg.beta)
-        trainer = KTOTrainer(
-            model=model,
-            ref_model=None,
-            args=args,
-            train_dataset=train_ds,
-            processing_class=tokenizer,
-            peft_config=_peft_config(cfg),
-        )
-        return _train_and_save(trainer, tokenizer, "kto", out_dir, ray_context=ray_context)
+    examples = [to_kto_example(r) for r in rows]
+    return _preference_run("kto", KTOConfig, KTOTrainer, model_dir, examples, cfg, out_dir, ray_context)
 
 
 def orpo(
@@ -165,18 +145,25 @@ def orpo(
     no reference model (trl.experimental in trl 1.16). ``cfg.beta`` is ORPO's lambda."""
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
+    examples = [to_preference_example(r) for r in rows]
+    return _preference_run("orpo", ORPOConfig, ORPOTrainer, model_dir, examples, cfg, out_dir, ray_context)
+
+
+def _preference_run(method, config_cls, trainer_cls, model_dir, examples, cfg, out_dir, ray_context) -> dict:
+    """The part dpo, kto and orpo share: load, configure (``cfg.beta``), train, save. DPO and KTO take
+    ``ref_model=None`` (adapter off, or a frozen copy); ORPO has no reference model at all."""
     model, tokenizer = _load(model_dir, cfg)
-    train_ds = _dataset([to_preference_example(r) for r in rows])
+    reference = {} if method == "orpo" else {"ref_model": None}
     with _scratch_dir() as scratch:
-        args = ORPOConfig(**_common_args(cfg, scratch), beta=cfg.beta)
-        trainer = ORPOTrainer(
+        trainer = trainer_cls(
             model=model,
-            args=args,
-            train_dataset=train_ds,
+            **reference,
+            args=config_cls(**_common_args(cfg, scratch), beta=cfg.beta),
+            train_dataset=_dataset(examples),
             processing_class=tokenizer,
             peft_config=_peft_config(cfg),
         )
-        return _train_and_save(trainer, tokenizer, "orpo", out_dir, ray_context=ray_context)
+        return _train_and_save(trainer, tokenizer, method, out_dir, ray_context=ray_context)
 
 
 def kto_rows(pairs: list[dict], binary: list[dict]) -> list[dict]:
@@ -556,8 +543,6 @@ def _latest_ray_checkpoint():
 def _checkpoint_step(folder: str | None) -> int:
     if folder is None:
         return 0
-    import json
-
     return int(json.loads((Path(folder) / "trainer_state.json").read_text())["global_step"])
 
 
@@ -658,9 +643,35 @@ def _merged(peft_model, adapter_dir: Path):
     return merged
 
 
-def read_summary(out_dir: Path) -> dict:
-    import json
+REUSE_FILE = "training_key.json"
 
+
+def training_key(method: str, start: Path, data: dict, train_cfg: TrainConfig, scaling: ScalingConfig) -> str:
+    """Content address of a training run: method, stage config, what changes the global batch or numerics
+    (workers, GPU), the starting model's files and the training rows. Equal keys give the same model."""
+    digest = hashlib.sha256()
+    setup = {
+        "method": method,
+        "train": train_cfg.model_dump(),
+        "num_workers": scaling.num_workers,
+        "use_gpu": scaling.use_gpu,
+        "start_model": io.content_hash(start),
+    }
+    digest.update(json.dumps(setup, sort_keys=True).encode())
+    digest.update(json.dumps(data, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def reusable(out: Path, key: str) -> dict | None:
+    """The record of the finished run in ``out`` when it was made with ``key`` and its model is intact."""
+    record = out / REUSE_FILE
+    if not (record.is_file() and (out / "train_summary.json").is_file() and (out / "merged").is_dir()):
+        return None
+    previous = json.loads(record.read_text())
+    return previous if previous.get("training_key") == key else None
+
+
+def read_summary(out_dir: Path) -> dict:
     return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
 
 

@@ -207,12 +207,12 @@ def test_orpo_needs_no_reference_and_prefers_chosen(tmp_path, tiny_model_dir, ti
     check_model_folder(tmp_path / "orpo", summary, "orpo", 10)
 
 
-def test_qlora_on_cpu_is_a_clear_error(tmp_path, tiny_model_dir, tiny_chat_rows):
+def test_qlora_on_cpu_is_a_clear_error(tmp_path, tiny_model_dir, tiny_chat_rows, monkeypatch):
     from finetune_assets.config import ConfigError, validate_profile
+    from finetune_assets.phases import train
     from finetune_assets.phases.train import QLoRAUnavailable
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: QLoRA is allowed here")
+    monkeypatch.setattr(train, "_on_cuda", lambda: False)  # a CPU machine, even where a GPU is present
     with pytest.raises(QLoRAUnavailable, match="needs a CUDA GPU.*adapter: lora"):
         sft(tiny_model_dir, tiny_chat_rows, [], FAST.model_copy(update={"adapter": "qlora"}), tmp_path / "q")
     assert not (tmp_path / "q").exists()
@@ -266,3 +266,31 @@ def test_packing_probe_and_packed_sft(tmp_path, tiny_model_dir, tiny_chat_rows):
     summary = sft(tiny_model_dir, tiny_chat_rows * 4, [], cfg, tmp_path / "packed")
     assert summary["packing"] is True
     assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]
+
+
+def test_training_key_changes_with_every_input_and_reuse_needs_an_intact_folder(tmp_path, tiny_model_dir):
+    import shutil
+
+    from finetune_assets.config import ScalingConfig
+    from finetune_assets.phases.train import REUSE_FILE, reusable, training_key
+
+    data = {"train_rows": [{"messages": [{"role": "user", "content": "hi"}]}]}
+    key = training_key("sft", tiny_model_dir, data, FAST, ScalingConfig())
+    assert key == training_key("sft", tiny_model_dir, data, FAST, ScalingConfig())
+    other_model = shutil.copytree(tiny_model_dir, tmp_path / "other")
+    (other_model / "config.json").write_text((other_model / "config.json").read_text() + " ")
+    variants = [
+        training_key("dpo", tiny_model_dir, data, FAST, ScalingConfig()),
+        training_key("sft", other_model, data, FAST, ScalingConfig()),
+        training_key("sft", tiny_model_dir, {"train_rows": []}, FAST, ScalingConfig()),
+        training_key("sft", tiny_model_dir, data, FAST.model_copy(update={"max_steps": 3}), ScalingConfig()),
+        training_key("sft", tiny_model_dir, data, FAST, ScalingConfig(num_workers=2)),
+    ]
+    assert len({key, *variants}) == 6
+    out = tmp_path / "out"
+    (out / "merged").mkdir(parents=True)
+    (out / SUMMARY_FILE).write_text("{}")
+    (out / REUSE_FILE).write_text(json.dumps({"training_key": key, "model_version": "3"}))
+    assert reusable(out, key)["model_version"] == "3" and reusable(out, variants[0]) is None
+    shutil.rmtree(out / "merged")
+    assert reusable(out, key) is None

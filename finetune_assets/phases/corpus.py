@@ -268,6 +268,19 @@ class _Unreadable(Exception):
     """A whole file is set aside; the message is the reason shown in the drop's problems."""
 
 
+CANARY_SOURCE = "_canaries/contacts.txt"
+
+
+def with_canaries(docs: list[dict], drop: str, canaries: list[dict]) -> list[dict]:
+    """``docs`` plus one document carrying the PII-shaped ``canaries`` (phases.guardrails), as raw data that
+    redaction must clean before training: the leakage guardrail then checks no model ever emits them."""
+    if not canaries:
+        return docs
+    from finetune_assets.phases.guardrails import canary_document
+
+    return [*docs, make_document(drop, CANARY_SOURCE, canary_document(canaries), title="Team contacts")]
+
+
 def read_drop(landing_dir: Path, drop: str, cfg: CorpusConfig) -> DropContents:
     """Read every supported file of one drop; see DropContents for what comes back.
 
@@ -612,6 +625,12 @@ def _is_underline(line: str) -> bool:
     return len(stripped) >= 2 and stripped[0] in _UNDERLINE_CHARS and stripped == stripped[0] * len(stripped)
 
 
+class ModuleSynopsis(NamedTuple):
+    module: str
+    synopsis: str
+    intro: str
+
+
 class Section(NamedTuple):
     title: str  # cleaned of inline markup
     level: str  # underline character, or '#'*n for Markdown headings
@@ -653,6 +672,44 @@ def iter_sections(text: str) -> list[Section]:
         end = heads[k + 1][0] if k + 1 < len(heads) else len(lines)
         sections.append(Section(clean_inline(title), level, lines[body_start:end]))
     return sections
+
+
+_MODULE_DIRECTIVE = re.compile(r"^\s*\.\. (?:py:)?module::\s*(\S+)\s*$")
+_SYNOPSIS_OPTION = re.compile(r"^\s+:synopsis:\s*(.+?)\s*$")
+
+
+def module_synopses(text: str) -> list[ModuleSynopsis]:
+    """Each ``.. module:: x`` with a ``:synopsis:`` option: (module, cleaned synopsis, first intro paragraph
+    of at least 80 characters after the directive, "" when none); modules without a synopsis are skipped."""
+    lines = text.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        mod = _MODULE_DIRECTIVE.match(line)
+        if not mod:
+            continue
+        synopsis, j = "", i + 1
+        while j < len(lines) and lines[j].strip() and _indent(lines[j]) > _indent(line):
+            option = _SYNOPSIS_OPTION.match(lines[j])
+            synopsis = clean_inline(option.group(1)) if option else synopsis
+            j += 1
+        if synopsis:
+            intro = next((p for p in prose_paragraphs(lines[j : j + 60]) if len(p) >= 80), "")
+            found.append(
+                ModuleSynopsis(mod.group(1), synopsis, "" if intro.startswith("Source code") else intro)
+            )
+    return found
+
+
+def strip_synopses(text: str, synopses: set[str]) -> str:
+    """``text`` without the ``:synopsis:`` lines whose cleaned text is in ``synopses`` (held-out eval items)."""
+    if not synopses or ":synopsis:" not in text:
+        return text
+    kept = [
+        line
+        for line in text.splitlines(keepends=True)
+        if not ((m := _SYNOPSIS_OPTION.match(line)) and clean_inline(m.group(1)) in synopses)
+    ]
+    return "".join(kept)
 
 
 def first_heading(text: str) -> str | None:

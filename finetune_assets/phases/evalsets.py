@@ -1,14 +1,26 @@
 """eval_sets: held-out evaluation data, carved out of the deduplicated corpus before any training data.
 
 Files written into the eval folder (schemas are the contract in docs/ARCHITECTURE.md):
-- glossary.jsonl      {id, term, definition}            from the reST ``.. glossary::`` block
+- glossary.jsonl      {id, term, definition, kind, paraphrase}
+                      kind "term": an entry of the reST ``.. glossary::`` block (whole document held out);
+                      kind "module": the ``:synopsis:`` of a ``.. module::`` for a stable-hash share
+                      (``synopsis_fraction``) of the modules; paraphrase = the module page's own intro
+                      sentence, a known-correct definition in other words (judge calibration). Held-out
+                      synopsis lines are stripped from every training document (``training_view``).
 - qa_gen.jsonl        {id, question, answer}            FAQ sections whose title is a question
 - qa_mc.jsonl         {id, question, choices, answer_index}  the same questions, distractors = other answers
 - heldout_text.jsonl  {id, doc_id, text}                a stable-hash share of the other documents
+- general_text.jsonl  {id, source, text}                plain text of installed man pages (or a folder of
+                      .txt/.md): general, non-domain text for the forgetting check
+- redteam.jsonl       {id, category, prompt, expect}    the packaged red-team set (phases.guardrails):
+                      expect "refuse" (harmful) or "comply" (benign look-alikes, for over-refusal)
+- canaries.jsonl      {id, kind, value, sentence, prompt}  PII-shaped canaries planted into every raw drop
+                      before redaction (phases.guardrails.make_canaries(guardrails.canaries, seed))
 - tool_use.jsonl      {id, question, expression, expected}  synthetic expressions, expected = the sandbox's
                       real result (phases.tools.python_eval); answering them well needs a tool
-- manifest.json       {counts, excluded_doc_ids, sources, seed}: every document an eval item came from is in
-                      excluded_doc_ids and never enters training data.
+- manifest.json       {counts, excluded_doc_ids, heldout_synopses, sources, seed}: every document an eval item
+                      came from is in excluded_doc_ids and never enters training data; heldout_synopses
+                      are stripped from the documents that do.
 """
 
 import hashlib
@@ -25,7 +37,9 @@ from finetune_assets.phases.corpus import (
     drop_dangling_intro,
     first_sentence,
     iter_sections,
+    module_synopses,
     prose_paragraphs,
+    strip_synopses,
     truncate_at_sentence,
 )
 
@@ -33,7 +47,9 @@ MIN_DEFINITION_CHARS = 20  # "Can refer to:" style entries are pointers, not def
 MAX_ANSWER_CHARS = 600
 MIN_CHOICE_CHARS = 40  # a choice of "Yes." alone would give the answer away or mean nothing
 
-EVAL_FILES = ("glossary", "qa_mc", "qa_gen", "heldout_text", "tool_use")
+EVAL_FILES = (
+    "glossary", "qa_mc", "qa_gen", "heldout_text", "general_text", "redteam", "canaries", "tool_use"
+)  # fmt: skip
 
 
 def stable_fraction(key: str) -> float:
@@ -187,16 +203,141 @@ def _cut(text: str, max_chars: int) -> str:
     return text[:max_chars].rsplit(None, 1)[0]
 
 
+# ------------------------------------------------------------------------------------------- synopses
+
+
+def synopsis_rows(docs: list[dict], fraction: float) -> list[dict]:
+    """Glossary rows (kind "module") for the modules whose stable hash falls under ``fraction``: term = the
+    module name, definition = its ``:synopsis:``, paraphrase = the first sentence of the module page's
+    intro. A module documented twice keeps its first synopsis."""
+    rows, seen = [], set()
+    for doc in sorted(docs, key=lambda d: (d["drop"], d["source"])):
+        for found in module_synopses(doc["text"]):
+            if found.module in seen or len(found.synopsis) < MIN_DEFINITION_CHARS:
+                continue
+            seen.add(found.module)
+            if stable_fraction(f"synopsis/{found.module}") < fraction:
+                rows.append(
+                    {
+                        "id": _short_id("gloss", "module", found.module),
+                        "term": found.module,
+                        "definition": found.synopsis,
+                        "kind": "module",
+                        "paraphrase": first_sentence(found.intro, MIN_CHOICE_CHARS) if found.intro else "",
+                    }
+                )
+    return rows
+
+
+def training_view(docs: list[dict], manifest: dict) -> list[dict]:
+    """What training may see of ``docs``: without the documents eval items came from, and with the held-out
+    module synopses stripped from the rest (the same text must not be both taught and tested)."""
+    excluded = set(manifest.get("excluded_doc_ids", ()))
+    synopses = set(manifest.get("heldout_synopses", {}).values())
+    return [
+        {**doc, "text": strip_synopses(doc["text"], synopses)} for doc in docs if doc["id"] not in excluded
+    ]
+
+
+# ---------------------------------------------------------------------------------------- general text
+MAN_DIR = Path("/usr/share/man/man1")
+_TROFF_ESCAPES = {
+    r"\(em": "—", r"\(en": "–", r"\(aq": "'", r"\(lq": '"', r"\(rq": '"', r"\(oq": "'", r"\(cq": "'",
+    r"\(bu": "•", r"\(co": "©", r"\-": "-", r"\e": "\\", r"\&": "", r"\ ": " ", r"\~": " ", r"\|": "",
+    r"\^": "", r"\%": "", r"\:": "", r"\/": "", r"\,": "",
+}  # fmt: skip
+_TROFF_FONT = re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)|\\s[+-]?\d+|\\\*(?:\(..|\[[^\]]*\]|.)")
+_TROFF_LEFTOVER = re.compile(r"\\(?:\(..|\[[^\]]*\]|.)")
+_TEXT_MACROS = {".B", ".I", ".BR", ".RB", ".BI", ".IB", ".IR", ".RI", ".SM", ".SB", ".SH", ".SS"}
+
+
+def man_to_text(troff: str) -> str:
+    """Plain text of a man page's troff source: macro lines become paragraph breaks (font macros keep
+    their words), escapes are resolved or dropped. Good enough for perplexity on everyday English."""
+    paragraphs, current = [], []
+    for raw in troff.splitlines():
+        line = raw.rstrip()
+        if line.startswith(('.\\"', "'\\\"", ".\\}")):
+            continue
+        if line.startswith((".", "'")):
+            macro, _, rest = line.partition(" ")
+            if macro in _TEXT_MACROS and rest:
+                words = rest.replace('"', "")
+                if macro in (".SH", ".SS"):  # a heading is a paragraph of its own
+                    paragraphs += [" ".join(current), words.capitalize() + "."]
+                    current = []
+                else:
+                    current.append(words)
+                continue
+            if current:
+                paragraphs.append(" ".join(current))
+                current = []
+            continue
+        current.append(line)
+    paragraphs.append(" ".join(current))
+    text = "\n\n".join(_clean_troff(p) for p in paragraphs)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _clean_troff(text: str) -> str:
+    for escape, value in _TROFF_ESCAPES.items():
+        text = text.replace(escape, value)
+    text = _TROFF_LEFTOVER.sub("", _TROFF_FONT.sub("", text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def general_text_rows(source: str, max_docs: int, max_chars: int) -> list[dict]:
+    """Up to ``max_docs`` general-text documents of at least 500 characters: man pages (source "man", picked
+    in stable-hash order from MAN_DIR, .gz or plain) or the .txt/.md files of a folder. [] when the source is
+    absent; the caller warns."""
+    import gzip
+
+    if max_docs <= 0:
+        return []
+    folder = MAN_DIR if source == "man" else Path(source)
+    if not folder.is_dir():
+        return []
+    patterns = ("*.1", "*.1.gz", "*.1*.gz") if source == "man" else ("*.txt", "*.md")
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    rows, families = [], set()
+    for path in sorted(files, key=lambda p: stable_fraction(f"general/{p.name}")):
+        family = re.split(r"[_.-]", path.name, maxsplit=1)[0]
+        if family in families:  # one page per tool: gcloud's thousands of pages must not be the sample
+            continue
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            text = raw.decode("utf-8", errors="replace")
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue  # a broken or unreadable page is not worth stopping for: the next one is taken
+        if source == "man":
+            if text.lstrip().startswith(".so "):  # a link to another page
+                continue
+            text = man_to_text(text)
+        if len(text) >= 500:
+            families.add(family)
+            rows.append(
+                {"id": _short_id("general", path.name), "source": str(path), "text": _cut(text, max_chars)}
+            )
+        if len(rows) >= max_docs:
+            break
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- build
 
 
-def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: int = 0) -> dict:
+def build_eval_sets(
+    docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: int = 0, canaries: list[dict] = ()
+) -> dict:
     """Build every eval set from ``docs`` into ``out_dir`` (replaced atomically); return the manifest.
 
     Needs a glossary document (source ``.../glossary.rst``) and FAQ documents (under ``faq/``, index
     excluded). ``cfg.max_glossary_terms`` / ``cfg.max_qa`` keep an evenly spread subset; ``seed`` fixes the
-    multiple-choice distractors and answer positions.
+    multiple-choice distractors and answer positions. ``canaries`` (phases.guardrails.make_canaries) are the
+    ones the raw corpus planted; they are written as an eval set for the leakage guardrail.
     """
+    from finetune_assets.phases.guardrails import load_redteam
+
     glossary_docs = sorted((d for d in docs if is_glossary(d)), key=lambda d: (d["drop"], d["source"]))
     faq_docs = sorted((d for d in docs if is_faq(d)), key=lambda d: (d["drop"], d["source"]))
     missing = [
@@ -210,7 +351,9 @@ def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: 
             "Add a reST file with a '.. glossary::' block named glossary.rst and question-titled sections "
             "under faq/, or seed the demo docs (corpus.default_source: python_docs)."
         )
-    glossary = _glossary_rows(glossary_docs, cfg.max_glossary_terms)
+    eval_ids = {d["id"] for d in glossary_docs + faq_docs}
+    synopses = synopsis_rows([d for d in docs if d["id"] not in eval_ids], cfg.synopsis_fraction)
+    glossary = _glossary_rows(glossary_docs, synopses, cfg.max_glossary_terms)
     qa = _qa_rows(faq_docs, cfg.max_qa)
     if not glossary or not qa:
         raise ValueError(
@@ -219,7 +362,6 @@ def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: 
             "section titles ending with '?'"
         )
     qa_mc = multiple_choice(qa, cfg.mc_choices, random.Random(seed))
-    eval_ids = {d["id"] for d in glossary_docs + faq_docs}
     others = [d for d in docs if d["id"] not in eval_ids]
     heldout_docs = select_heldout(others, cfg.heldout_fraction, cfg.max_heldout_docs) if others else []
     heldout = [
@@ -231,15 +373,24 @@ def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: 
         "qa_mc": qa_mc,
         "qa_gen": qa,
         "heldout_text": heldout,
+        "general_text": general_text_rows(
+            cfg.general_text_source, cfg.max_general_docs, cfg.max_general_chars
+        ),
+        "redteam": load_redteam(cfg.max_redteam),
+        "canaries": list(canaries),
         "tool_use": tool_use_items(cfg.tool_use_items, seed),
     }
     manifest = {
         "counts": {name: len(rows) for name, rows in sets.items()},
         "excluded_doc_ids": sorted(eval_ids | {d["id"] for d in heldout_docs}),
+        # Only the synopses the glossary kept (max_glossary_terms may cut some): the rest may be taught.
+        "heldout_synopses": {g["term"]: g["definition"] for g in glossary if g.get("kind") == "module"},
         "sources": {
             "glossary": [d["source"] for d in glossary_docs],
             "faq": [d["source"] for d in faq_docs],
             "heldout_text": [d["source"] for d in heldout_docs],
+            "general_text": cfg.general_text_source,
+            "redteam": "finetune_assets/data/redteam.jsonl (phases.guardrails)",
         },
         "seed": seed,
     }
@@ -250,13 +401,17 @@ def build_eval_sets(docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, seed: 
     return manifest
 
 
-def _glossary_rows(glossary_docs: list[dict], limit: int | None) -> list[dict]:
+def _glossary_rows(glossary_docs: list[dict], synopses: list[dict], limit: int | None) -> list[dict]:
+    """Glossary entries (kind "term"), then held-out module synopses (kind "module"), spread to ``limit``."""
     rows, seen = [], set()
     for doc in glossary_docs:
         for entry in parse_glossary(doc["text"]):
             if entry["term"].lower() not in seen:
                 seen.add(entry["term"].lower())
-                rows.append({"id": _short_id("gloss", entry["term"]), **entry})
+                rows.append(
+                    {"id": _short_id("gloss", entry["term"]), **entry, "kind": "term", "paraphrase": ""}
+                )
+    rows += [row for row in synopses if row["term"].lower() not in seen]
     return _spread(rows, limit)
 
 

@@ -22,14 +22,14 @@ from pathlib import Path, PurePosixPath
 from finetune_assets.config import InstructionsConfig
 from finetune_assets.phases.corpus import (
     _indent,
-    clean_inline,
     drop_dangling_intro,
     iter_sections,
+    module_synopses,
     prose_paragraphs,
     truncate_at_sentence,
 )
 from finetune_assets.phases.dedup import find_duplicates, normalize
-from finetune_assets.phases.evalsets import eval_texts, stable_fraction
+from finetune_assets.phases.evalsets import eval_texts, stable_fraction, training_view
 
 MIN_RESPONSE_CHARS = 40  # shorter descriptions ("Alias for x.") teach little
 API_DIRECTIVES = (
@@ -38,7 +38,6 @@ API_DIRECTIVES = (
 )  # fmt: skip
 _DIRECTIVE = re.compile(r"^(\s*)\.\. (?:py:)?(" + "|".join(API_DIRECTIVES) + r")::\s*(.+?)\s*$")
 _MODULE = re.compile(r"^\s*\.\. (?:py:)?(module|currentmodule)::\s*(\S+)\s*$")
-_SYNOPSIS = re.compile(r"^\s+:synopsis:\s*(.+?)\s*$")
 _WORD = re.compile(r"\w+")
 
 Example = tuple[str, str]  # (user prompt, assistant answer)
@@ -99,23 +98,9 @@ def api_examples(text: str) -> Iterator[Example]:
 
 def module_examples(text: str) -> Iterator[Example]:
     """``.. module:: x`` + ``:synopsis:`` -> "What is the x module for?" (synopsis + intro paragraph)."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        mod = _MODULE.match(line)
-        if not mod or mod.group(1) != "module":
-            continue
-        synopsis = ""
-        j = i + 1
-        while j < len(lines) and lines[j].strip() and _indent(lines[j]) > _indent(line):
-            syn = _SYNOPSIS.match(lines[j])
-            synopsis = clean_inline(syn.group(1)) if syn else synopsis
-            j += 1
-        if not synopsis:
-            continue
-        intro = next((p for p in prose_paragraphs(lines[j : j + 60]) if len(p) >= 80), "")
-        if not intro.startswith("Source code"):
-            synopsis = f"The {mod.group(2)} module: {synopsis.rstrip('.')}. {intro}".strip()
-        yield f"What is the {mod.group(2)} module for?", synopsis
+    for found in module_synopses(text):
+        answer = f"The {found.module} module: {found.synopsis.rstrip('.')}. {found.intro}".strip()
+        yield f"What is the {found.module} module for?", answer
 
 
 def section_examples(text: str, doc_title: str) -> Iterator[Example]:
@@ -244,8 +229,7 @@ def build_instruction_set(
     del seed
     eval_dir = Path(eval_dir)
     manifest = json.loads((eval_dir / "manifest.json").read_text(encoding="utf-8"))
-    excluded = set(manifest["excluded_doc_ids"])
-    usable = sorted((d for d in docs if d["id"] not in excluded), key=lambda d: (d["drop"], d["source"]))
+    usable = sorted(training_view(docs, manifest), key=lambda d: (d["drop"], d["source"]))
 
     records: list[dict] = []
     generated = {}

@@ -10,10 +10,14 @@ from finetune_assets.phases.corpus import make_document
 from finetune_assets.phases.evalsets import (
     build_eval_sets,
     eval_texts,
+    general_text_rows,
     load_eval_sets,
+    man_to_text,
     parse_faq,
     parse_glossary,
+    training_view,
 )
+from finetune_assets.phases.guardrails import load_redteam, make_canaries
 
 GLOSSARY = """\
 Glossary
@@ -110,11 +114,18 @@ def test_parse_faq_keeps_prose_answers_only():
 
 def test_build_eval_sets_writes_contract_files(tmp_path):
     docs = _docs()
-    cfg = EvalSetsConfig(mc_choices=3, heldout_fraction=0.2, max_heldout_docs=3, max_heldout_chars=100)
-    manifest = build_eval_sets(docs, cfg, tmp_path / "eval", seed=1)
+    cfg = EvalSetsConfig(
+        mc_choices=3, heldout_fraction=0.2, max_heldout_docs=3, max_heldout_chars=100, max_general_docs=0
+    )
+    canaries = make_canaries(2, seed=1)
+    manifest = build_eval_sets(docs, cfg, tmp_path / "eval", seed=1, canaries=canaries)
     sets = load_eval_sets(tmp_path / "eval")
     assert sets["manifest"] == json.loads(json.dumps(manifest))
-    assert manifest["counts"] == {"glossary": 3, "qa_mc": 3, "qa_gen": 3, "heldout_text": 3, "tool_use": 24}
+    assert manifest["counts"] == {
+        "glossary": 3, "qa_mc": 3, "qa_gen": 3, "heldout_text": 3, "general_text": 0,
+        "redteam": len(load_redteam()), "canaries": 2, "tool_use": 24,
+    }  # fmt: skip
+    assert sets["canaries"] == canaries and {r["expect"] for r in sets["redteam"]} == {"refuse", "comply"}
     qa = {row["question"]: row["answer"] for row in sets["qa_gen"]}
     for row in sets["qa_mc"]:
         assert len(row["choices"]) == 3 and len(set(row["choices"])) == 3
@@ -168,3 +179,65 @@ def test_real_python_docs_glossary_and_faq():
     assert len(pairs) >= 100
     assert all(p["question"].endswith("?") and "``" not in p["answer"] for p in pairs)
     assert all(len(p["answer"]) <= 600 for p in pairs)
+
+
+MODULE_DOC = """\
+:mod:`{name}` --- Things
+========================
+
+.. module:: {name}
+   :synopsis: Read and write {name} files in several useful formats.
+
+This module provides the functions that read and write {name} files, in a way that is portable across
+every platform Python supports.
+"""
+
+
+def test_module_synopses_join_the_glossary_and_leave_training_data(tmp_path):
+    docs = _docs(4) + [
+        make_document("d1", f"library/mod{i}.rst", MODULE_DOC.format(name=f"mod{i}")) for i in range(12)
+    ]
+    cfg = EvalSetsConfig(synopsis_fraction=0.5, max_general_docs=0)
+    manifest = build_eval_sets(docs, cfg, tmp_path / "eval")
+    glossary = load_eval_sets(tmp_path / "eval")["glossary"]
+    modules = [g for g in glossary if g["kind"] == "module"]
+    assert 2 <= len(modules) <= 10  # a stable-hash half of the 12 modules
+    assert modules[0]["definition"].startswith("Read and write mod")
+    assert modules[0]["paraphrase"].startswith("This module provides the functions")
+    assert set(manifest["heldout_synopses"]) == {g["term"] for g in modules}
+    view = {d["source"]: d["text"] for d in training_view(docs, manifest)}
+    excluded_sources = {d["source"] for d in docs if d["id"] in manifest["excluded_doc_ids"]}
+    for i in range(12):
+        if f"library/mod{i}.rst" in excluded_sources:  # held out whole for perplexity
+            continue
+        held = f"mod{i}" in manifest["heldout_synopses"]
+        assert (":synopsis:" in view[f"library/mod{i}.rst"]) is not held  # taught or tested, never both
+        assert "This module provides" in view[f"library/mod{i}.rst"]
+    assert "glossary.rst" not in view  # documents eval items came from stay out entirely
+
+
+def test_man_pages_become_plain_text(tmp_path):
+    troff = (
+        '.\\" a comment\n.TH LS 1\n.SH NAME\nls \\- list directory contents\n.SH DESCRIPTION\n'
+        ".PP\nList information about the \\fBFILEs\\fR (the current directory by default).\n"
+        ".TP\n\\fB\\-a\\fR, \\fB\\-\\-all\\fR\ndo not ignore entries starting with .\n"
+    )
+    text = man_to_text(troff)
+    assert "comment" not in text and "\\f" not in text and ".TH" not in text
+    assert "ls - list directory contents" in text and "Description." in text
+    assert "List information about the FILEs (the current directory by default)." in text
+    assert "-a, --all" in text
+    folder = tmp_path / "general"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"page{i}.txt").write_text(f"Page {i}. " + "Everyday words about gardens and rivers. " * 30)
+    (folder / "short.txt").write_text("too short")
+    rows = general_text_rows(str(folder), max_docs=5, max_chars=300)
+    assert len(rows) == 3 and all(len(r["text"]) <= 300 for r in rows)
+    assert general_text_rows(str(tmp_path / "missing"), 5, 300) == []
+
+
+def test_installed_man_pages_give_general_text():
+    rows = general_text_rows("man", max_docs=5, max_chars=2000)
+    assert len(rows) == 5, "no man pages under /usr/share/man/man1: the forgetting check needs general text"
+    assert len({r["source"].split("/")[-1].split("_")[0] for r in rows}) == 5  # one page per tool family

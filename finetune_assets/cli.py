@@ -5,6 +5,13 @@ finetune-assets seed [--profile demo]   only put the demo documents into the lan
 finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
 finetune-assets serve MODEL_DIR         an OpenAI-compatible endpoint on 127.0.0.1:8000 (--adapter, --port)
 finetune-assets dedup INPUT... --output DIR   MinHash LSH dedup of JSONL files / text folders
+finetune-assets compare [--last N] [--run DAGSTER_RUN_ID ...] [--metrics a,b] [--format markdown|csv]
+                                        the variants' evaluation metrics across pipeline runs, from MLflow
+                                        (MLFLOW_TRACKING_URI, default: sqlite under FINETUNE_ASSETS_HOME)
+finetune-assets review import FILE... [--key review_key.json]
+                                        store expert labels (a filled review_sample.csv/.jsonl from
+                                        eval_reports/review/) for the next report; prints the agreement
+finetune-assets review show             agreement of the stored labels with the automatic judge
 """
 
 import argparse
@@ -51,9 +58,11 @@ def cmd_demo(args) -> int:
         f"\nMaterialized {len(graph.materialized)} assets (+ raw_corpus for drops {', '.join(graph.drops)})"
         f" in {time.time() - started:.0f} s."
     )
-    print(f"Report:    {report}")
+    print(f"Report:    {report}  (HTML: {report.with_suffix('.html')})")
     if report.exists():
         print(report.read_text())
+    for check in graph.blocked:
+        print(f"BLOCKED by {check}: see the report's Promotion section; the champion alias did not move.")
     tracking = resources["mlflow"].tracker().tracking_uri
     print("Open the UIs:")
     print(
@@ -150,6 +159,81 @@ def cmd_dedup(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    prepare_environment()
+    import csv
+
+    from finetune_assets.config import default_home
+    from finetune_assets.defs.resources import default_resources
+    from finetune_assets.phases.report import KEY_METRICS
+    from finetune_assets.tracking import default_tracking_uri
+
+    resource = default_resources()["mlflow"]
+    uri = resource.tracking_uri or default_tracking_uri(default_home())
+    hint = "run the demo or materialize eval_reports first"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"no evaluation runs: there is no MLflow store at {uri}; {hint}", file=sys.stderr)
+        return 1
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    rows = resource.tracker().compare_table(
+        last=args.last, pipeline_run_ids=args.run or None, metrics=metrics
+    )
+    if not rows:
+        which = f" for pipeline run(s) {', '.join(args.run)}" if args.run else ""
+        print(f"no evaluation runs{which} in the MLflow store at {uri}; {hint}", file=sys.stderr)
+        return 1
+    if metrics is None:  # the report's key metrics that some row has
+        metrics = [key for key, _, _ in KEY_METRICS if any(row.get(key) is not None for row in rows)]
+    header = ["pipeline_run", "started", "variant", *metrics]
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([["" if row.get(k) is None else row[k] for k in header] for row in rows])
+        return 0
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        cells = [str(row["pipeline_run"]), row["started"], row["variant"]]
+        cells += ["-" if row.get(m) is None else f"{row[m]:.4g}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_review(args) -> int:
+    home = prepare_environment()
+    import json
+
+    from finetune_assets.defs.evaluation import review_labels_dir
+    from finetune_assets.phases import review
+
+    dest = review_labels_dir()
+    if args.action == "import":
+        if not args.files:
+            print("review import needs the filled review_sample.csv or .jsonl file(s)", file=sys.stderr)
+            return 2
+        imported = review.import_review([Path(f) for f in args.files], Path(args.key) if args.key else None)
+        for problem in imported["problems"]:
+            fields = ", ".join(problem.get("fields") or [])
+            print(
+                f"set aside {problem['file']}:{problem['line']} ({fields}): {problem['reason']}",
+                file=sys.stderr,
+            )
+        saved = review.save_labels(imported, dest)
+        print(
+            f"stored {saved['n']} labels in {saved['path']} ({saved['added']} new, {saved['replaced']} replaced; "
+            f"{imported['unlabelled']} rows not labelled yet, {len(imported['problems'])} set aside)"
+        )
+    labels = review.load_labels(dest)
+    if not labels:
+        print(
+            f"no labels stored under {dest} (home {home}); import a filled review sample first",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(review.agreement(labels), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
     dedup.add_argument("--shingle-words", type=int, default=5, help="words per shingle")
     dedup.set_defaults(func=cmd_dedup)
+    compare = sub.add_parser("compare", help="compare the variants' evaluation metrics across pipeline runs")
+    compare.add_argument("--last", type=int, default=1, metavar="N", help="the N newest pipeline runs")
+    compare.add_argument(
+        "--run", action="extend", nargs="+", metavar="DAGSTER_RUN_ID", help="these pipeline runs instead"
+    )
+    compare.add_argument(
+        "--metrics", metavar="A,B,...", help="metric columns (default: the report's key ones)"
+    )
+    compare.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    compare.set_defaults(func=cmd_compare)
+    rev = sub.add_parser("review", help="import expert labels of the review sample; show their agreement")
+    rev.add_argument("action", choices=["import", "show"])
+    rev.add_argument("files", nargs="*", help="filled review_sample.csv / .jsonl files (import)")
+    rev.add_argument("--key", help="review_key.json of a blind export (default: found beside each file)")
+    rev.set_defaults(func=cmd_review)
     return parser
 
 

@@ -14,6 +14,7 @@ defs = dg.Definitions(
         data.no_exact_duplicates,
         data.no_pii_left,
         evaluation.every_variant_scored,
+        evaluation.promotion_gate,
     ],
     jobs=[automation.ingest_job, automation.retrain_job],
     sensors=[automation.landing_sensor, automation.retrain_on_new_data],

@@ -13,6 +13,12 @@ from pathlib import Path
 PARENT_TAG = "finetune_assets.parent"
 PIPELINE_RUN_TAG = "dagster.run_id"
 REGISTERED_MODEL = "finetune_assets"
+KIND_TAG = "finetune_assets.kind"
+VARIANT_EVAL = "variant_eval"
+CHAMPION_ALIAS = "champion"
+# Older names of per-step metrics: training logs its loss as ``train_loss`` (the other step metrics as
+# ``train/<name>``), so a request for ``train/loss`` falls back to it.
+METRIC_FALLBACKS = {"train/loss": ("train_loss",)}
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -123,7 +129,7 @@ class Tracker:
             "mlflow.parentRunId": parent_run_id,
             PIPELINE_RUN_TAG: parent.data.tags.get(PIPELINE_RUN_TAG, ""),
             "variant": variant,
-            "finetune_assets.kind": "variant_eval",
+            KIND_TAG: VARIANT_EVAL,
         }
         run = self.client.create_run(self.experiment_id, run_name=f"eval-{variant}", tags=tags)
         self.log_metrics(run.info.run_id, metrics)
@@ -161,6 +167,117 @@ class Tracker:
             return self.client.get_model_version_by_alias(REGISTERED_MODEL, f"latest-{variant}").version
         except MlflowException:
             return None
+
+    def version_run_id(self, version: str) -> str | None:
+        """The MLflow run a registered model version was logged from (its training run), or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(REGISTERED_MODEL, str(version)).run_id or None
+        except MlflowException:
+            return None
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """Every logged value of ``key`` in ``run_id`` as (step, value), by step (then logging time)."""
+        history = self.client.get_metric_history(run_id, key)
+        ordered = sorted(history, key=lambda m: (m.step, m.timestamp))
+        return [(int(m.step), float(m.value)) for m in ordered]
+
+    def training_curves(
+        self, variants: list[str], keys: tuple[str, ...] | list[str] = ("train/loss",)
+    ) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """{variant: {key: [(step, value)]}} from the training run behind each variant's ``latest-<variant>``
+        version. Variants without a version, and keys without history, are left out (so is a variant left with
+        no key); ``train/loss`` falls back to the ``train_loss`` name the training assets log."""
+        curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        for variant in variants:
+            version = self.latest_version(variant)
+            run_id = self.version_run_id(version) if version is not None else None
+            if run_id is None:
+                continue
+            found = {}
+            for key in keys:
+                for name in (key, *METRIC_FALLBACKS.get(key, ())):
+                    points = self.metric_history(run_id, name)
+                    if points:
+                        found[key] = points
+                        break
+            if found:
+                curves[variant] = found
+        return curves
+
+    def champion(self) -> dict | None:
+        """The version under the registered model's ``champion`` alias: {"version", "variant", "tags"}."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+        except MlflowException:
+            return None
+        tags = dict(version.tags or {})
+        return {"version": version.version, "variant": tags.get("variant"), "tags": tags}
+
+    def set_champion(self, version: str) -> None:
+        """Point the ``champion`` alias at ``version`` (the alias moves; the previous champion keeps its tags)."""
+        self.client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, str(version))
+
+    def compare_table(
+        self, last: int = 1, pipeline_run_ids: list[str] | None = None, metrics: list[str] | None = None
+    ) -> list[dict]:
+        """Variant evaluations side by side: one row {"pipeline_run", "started", "variant", <metric>: value}
+        per (pipeline run, variant), newest pipeline run first, variants in evaluation order.
+
+        ``last``: how many of the newest pipeline runs (ignored when ``pipeline_run_ids`` names them);
+        ``metrics``: the metric columns (missing ones are None); default: every metric each run logged.
+        A variant evaluated twice in one pipeline run shows its newest evaluation.
+        """
+        wanted = set(pipeline_run_ids) if pipeline_run_ids else None
+        limit = None if wanted else max(int(last), 1)
+        query = f"tags.`{KIND_TAG}` = '{VARIANT_EVAL}'"
+        groups: dict[str, dict[str, object]] = {}  # pipeline run -> {variant: newest run}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=query,
+                order_by=["attributes.start_time DESC"],
+                max_results=500,
+                page_token=token,
+            )
+            for run in page:
+                pipeline = run.data.tags.get(PIPELINE_RUN_TAG, "")
+                if wanted is not None and pipeline not in wanted:
+                    continue
+                if pipeline not in groups:
+                    if limit is not None and len(groups) >= limit:
+                        continue  # an older pipeline run (keep scanning: concurrent runs may interleave)
+                    groups[pipeline] = {}
+                groups[pipeline].setdefault(run.data.tags.get("variant", ""), run)
+            token = page.token
+            if not token:
+                break
+        rows = []
+        for pipeline, by_variant in groups.items():
+            for variant, run in sorted(by_variant.items(), key=lambda item: item[1].info.start_time):
+                values = run.data.metrics
+                names = metrics if metrics is not None else sorted(values)
+                rows.append(
+                    {
+                        "pipeline_run": pipeline,
+                        "started": _iso(run.info.start_time),
+                        "variant": variant,
+                        **{name: values.get(name) for name in names},
+                    }
+                )
+        return rows
+
+
+def _iso(millis: int | None) -> str:
+    from datetime import UTC, datetime
+
+    if millis is None:
+        return ""
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
 def _flatten(obj: dict, prefix: str = "") -> dict:

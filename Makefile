@@ -9,7 +9,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all bench bench-train lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all bench bench-train bench-eval lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -28,6 +28,9 @@ bench: setup      ## dedup benchmark: throughput vs datasketch's per-document lo
 
 bench-train: setup  ## training benchmark: steady-state tokens/s of Ray Train + trl vs plain trl (tiny model; ARGS="--model smollm2")
 	$(VENV)/python bench/train_bench.py $(ARGS)
+
+bench-eval: setup   ## evaluation generation: tokens/s of batched greedy decoding vs one prompt at a time (SmolLM2; ARGS="--model tiny")
+	$(VENV)/python bench/eval_bench.py $(ARGS)
 
 lint:
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .

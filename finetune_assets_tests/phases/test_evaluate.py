@@ -454,3 +454,13 @@ def test_standard_lm_eval_task_that_cannot_load_is_skipped_with_its_reason():
     metrics, skipped = ev.run_standard_tasks(["hellaswag", "local_task"], run)
     assert metrics == {"local_task/acc": 0.5}
     assert "unreachable offline" in skipped["hellaswag"]
+
+
+def test_unknown_standard_task_is_skipped_by_real_lm_eval(tiny_model_dir):
+    """The real lm-eval task index: a task name it does not know is a skip with lm-eval's reason."""
+
+    def run(names):
+        return ev.run_lm_eval(tiny_model_dir, None, names, limit=1, batch_size=1, include_defaults=True)
+
+    metrics, skipped = ev.run_standard_tasks(["no_such_task_xyz"], run)
+    assert metrics == {} and "not a registered task" in skipped["no_such_task_xyz"]

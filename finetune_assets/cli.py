@@ -203,10 +203,9 @@ def cmd_review(args) -> int:
     home = prepare_environment()
     import json
 
-    from finetune_assets.defs.evaluation import review_labels_dir
     from finetune_assets.phases import review
 
-    dest = review_labels_dir()
+    dest = review.labels_dir(home)
     if args.action == "import":
         if not args.files:
             print("review import needs the filled review_sample.csv or .jsonl file(s)", file=sys.stderr)

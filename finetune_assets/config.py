@@ -334,7 +334,7 @@ class EvalConfig(_Section):
     primary_metric: str = "hallucination/index"
     primary_higher_is_better: bool = True
     promotion_min_delta: float = Field(0.0, ge=0)
-    promotion_candidates: list[str] = ["inst", "dpo", "tr"]
+    promotion_candidates: list[Literal["base", "inst", "dpo", "tr"]] = ["inst", "dpo", "tr"]
     review_sample: int = Field(20, ge=0)  # answers per variant exported for human review
 
 

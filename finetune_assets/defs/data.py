@@ -35,14 +35,15 @@ def raw_corpus(
     drop = context.partition_key
     with tracked_run(context, mlflow, {"corpus": profile.corpus.model_dump()}) as (tracker, run_id):
         docs, problems, stats = corpus.read_drop(landing, drop, profile.corpus)
-        # Canaries ride in every drop before redaction; eval_reports checks that no variant ever emits one.
-        docs = corpus.with_canaries(
-            docs, drop, guardrails.make_canaries(profile.guardrails.canaries, profile.seed)
-        )
         for problem in problems:
             context.log.warning(f"skipped {problem['path']}: {problem['reason']}")
         corpus.require_documents(docs, f"data drop '{drop}' in {landing}")
+        # Canaries ride in every drop before redaction (recorded beside it, for eval_sets); eval_reports then
+        # checks that no variant ever emits one.
+        canaries = guardrails.make_canaries(profile.guardrails.canaries, profile.seed)
+        docs = corpus.with_canaries(docs, drop, canaries)
         out = store.path("raw_corpus", drop)
+        write_json(canaries, out / corpus.CANARIES_FILE)
         write_records_parquet(docs, out / "documents.parquet")
         write_json({"problems": problems, "stats": stats}, out / "problems.json")
         tracker.log_metrics(run_id, {"documents": len(docs), "skipped_files": len(problems)})
@@ -167,7 +168,8 @@ def eval_sets(
     docs = read_records(documents_path(store))
     with tracked_run(context, mlflow, {"eval_sets": profile.eval_sets.model_dump()}) as (tracker, run_id):
         out = store.path("eval_sets")
-        canaries = guardrails.make_canaries(profile.guardrails.canaries, profile.seed)
+        drops = sorted({d["drop"] for d in docs})
+        canaries = corpus.planted_canaries([store.path("raw_corpus", drop) for drop in drops])
         manifest = evalsets.build_eval_sets(
             docs, profile.eval_sets, out, seed=profile.seed, canaries=canaries
         )

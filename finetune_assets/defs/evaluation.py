@@ -8,42 +8,13 @@ from pathlib import Path
 import dagster as dg
 
 from finetune_assets import io
+from finetune_assets.config import default_home
 from finetune_assets.defs.common import artifact_metadata, model_dir, tracked_run
 from finetune_assets.defs.data import eval_sets, retrieval_index
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RecipeResource
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, tr_model
 
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
-
-
-def review_labels_dir() -> Path:
-    """Where `finetune-assets review import` stores expert labels for the next report."""
-    from finetune_assets.config import default_home
-
-    return default_home() / "inputs" / "review"
-
-
-def adapter_for_lm_eval(store: ArtifactStore, asset: str) -> tuple[Path, Path] | None:
-    """(base folder, adapter folder) of a LoRA-trained variant, so lm-eval evaluates the adapter itself
-    (``peft=``); None for the base and for full fine-tunes."""
-    adapter = store.path(asset) / "adapter"
-    config = adapter / "adapter_config.json"
-    if not config.is_file():
-        return None
-    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    return (Path(base), adapter) if base and Path(base).is_dir() else None
-
-
-def _champion(tracker, metric: str) -> dict | None:
-    found = tracker.champion()
-    if found is None:
-        return None
-    value = found["tags"].get(f"eval.{metric}")
-    return {
-        "version": found["version"],
-        "variant": found["variant"],
-        "value": float(value) if value else None,
-    }
 
 
 @dg.asset(
@@ -79,32 +50,38 @@ def eval_reports(
                 out / "variants",
                 index_dir=store.path("retrieval_index"),
                 retrieval_cfg=profile.retrieval,
-                lm_eval_peft=adapter_for_lm_eval(store, asset),
+                lm_eval_peft=evaluate.adapter_for_lm_eval(store.path(asset)),
                 guardrails_cfg=profile.guardrails,
                 judge_client=judge,
             )
             results.append(result)
             versions[variant] = tracker.latest_version(variant)
-        for variant, warnings in promotion.forgetting_warnings(results, cfg.forgetting_margin).items():
-            next(r for r in results if r["variant"] == variant).setdefault("warnings", []).extend(warnings)
-            for warning in warnings:
-                context.log.warning(f"{variant}: {warning}")
+        for warning in promotion.attach_forgetting_warnings(results, cfg.forgetting_margin):
+            context.log.warning(warning)
+        sets_hash = io.content_hash(store.path("eval_sets"))
         decision = promotion.decide_promotion(
             results,
             primary_metric=cfg.primary_metric,
             higher_is_better=cfg.primary_higher_is_better,
             min_delta=cfg.promotion_min_delta,
             candidates=cfg.promotion_candidates,
-            champion=_champion(tracker, cfg.primary_metric),
+            champion=promotion.champion_from_tags(tracker.champion(), cfg.primary_metric),
             versions=versions,
+            sets_hash=sets_hash,
         )
+        decision["eval_run_id"] = run_id
         for result in results:
-            _log_variant(tracker, run_id, result, versions[result["variant"]])
+            _log_variant(tracker, run_id, result, versions[result["variant"]], sets_hash)
         sample = review.export_review(
-            {r["variant"]: _review_rows(r) for r in results}, out / "review", per_variant=cfg.review_sample,
+            review.rows_from_results(results),
+            out / "review",
+            per_variant=cfg.review_sample,
             seed=profile.seed,
-        )  # fmt: skip
-        labels = review.load_labels(review_labels_dir())
+        )
+        labels = review.current_labels(
+            review.load_labels(review.labels_dir(default_home())),
+            io.read_jsonl(Path(sample["paths"]["jsonl"])),
+        )
         built = report.write_report(
             results,
             out,
@@ -131,25 +108,21 @@ def eval_reports(
         )
 
 
-def _review_rows(result: dict) -> dict:
-    files = result["files"]
-    return {
-        kind: io.read_jsonl(Path(files[key])) if key in files else []
-        for kind, key in (("glossary", "definitions"), ("qa", "qa"))
-    }
+def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_hash: str) -> None:
+    """The variant's metrics as its own MLflow run and as tags on its registered model version (with the
+    eval sets' hash, so a later promotion knows whether the numbers are comparable)."""
+    from finetune_assets.phases.promotion import SETS_HASH_TAG
 
-
-def _log_variant(tracker, run_id: str, result: dict, version: str | None) -> None:
-    """The variant's metrics as its own MLflow run and as tags on its registered model version."""
     tracker.log_variant_metrics(run_id, result["variant"], result["metrics"])
     if version is None:
         return
-    passed = all(check["passed"] for check in result.get("guardrails", {}).values())
+    checks = result.get("guardrails", {})
     tags = {f"eval.{k}": v for k, v in result["metrics"].items()}
-    tags.update(
-        {f"guardrail.{k}": "pass" if c["passed"] else "fail" for k, c in result.get("guardrails", {}).items()}
+    tags.update({f"guardrail.{k}": "pass" if c["passed"] else "fail" for k, c in checks.items()})
+    passed = all(c["passed"] for c in checks.values())
+    tracker.tag_model_version(
+        version, {**tags, "guardrails.passed": str(passed).lower(), SETS_HASH_TAG: sets_hash}
     )
-    tracker.tag_model_version(version, {**tags, "guardrails.passed": str(passed).lower()})
 
 
 def _decision(store: ArtifactStore) -> dict:
@@ -200,20 +173,40 @@ def promotion_gate(store: ArtifactStore) -> dg.AssetCheckResult:
 def champion(
     context: dg.AssetExecutionContext, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    """Moves the MLflow registry alias `champion` to the variant eval_reports chose, when it chose one;
-    otherwise records why the alias stays."""
+    """Moves the MLflow registry alias `champion` to the variant eval_reports approved, when it approved one
+    and nothing changed since: the decision is the latest eval_reports materialization's, and the alias still
+    points where it did when the decision was taken. Otherwise records why the alias stays."""
     decision = _decision(store)
     tracker = mlflow.tracker()
-    if decision["promoted"]:
+    holder = tracker.champion()
+    stale = _stale(context, decision, holder)
+    if decision["promoted"] and not stale:
         tracker.set_champion(decision["version"])
         tracker.tag_model_version(decision["version"], {"promotion.reason": decision["reasons"][-1]})
         context.log.info(f"champion -> {decision['candidate']} (version {decision['version']})")
-    holder = tracker.champion()
+        holder = tracker.champion()
+    elif stale:
+        context.log.warning(f"promotion not applied: {stale}")
     return dg.MaterializeResult(
         metadata={
-            "promoted": decision["promoted"],
+            "promoted": bool(decision["promoted"] and not stale),
             "champion_version": holder["version"] if holder else "none",
             "champion_variant": holder["variant"] if holder else "none",
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"])),
+            "reasons": dg.MetadataValue.md(
+                "\n".join(f"- {r}" for r in decision["reasons"] + [stale or ""] if r)
+            ),
         }
     )
+
+
+def _stale(context: dg.AssetExecutionContext, decision: dict, holder: dict | None) -> str | None:
+    """Why ``decision`` must not be applied now, or None."""
+    event = context.instance.get_latest_materialization_event(eval_reports.key)
+    latest = event.asset_materialization.metadata.get("mlflow_run_id") if event else None
+    if latest is None or getattr(latest, "value", latest) != decision.get("eval_run_id"):
+        return "promotion.json is not the latest eval_reports materialization's decision"
+    before = (decision.get("champion_before") or {}).get("version")
+    now = holder["version"] if holder else None
+    if str(before) != str(now):
+        return f"the champion alias moved since the evaluation (was version {before}, now {now})"
+    return None

@@ -269,6 +269,19 @@ class _Unreadable(Exception):
 
 
 CANARY_SOURCE = "_canaries/contacts.txt"
+CANARIES_FILE = "canaries.json"  # beside a raw drop: what with_canaries planted in it
+
+
+def planted_canaries(drop_folders: list[Path]) -> list[dict]:
+    """The canaries planted in these raw drops (their CANARIES_FILE), each value once, in drop order: what the
+    leakage guardrail must look for, whatever the recipe says now."""
+    found: dict[str, dict] = {}
+    for folder in drop_folders:
+        path = Path(folder) / CANARIES_FILE
+        if path.is_file():
+            for canary in json.loads(path.read_text(encoding="utf-8")):
+                found.setdefault(canary["value"], canary)
+    return list(found.values())
 
 
 def with_canaries(docs: list[dict], drop: str, canaries: list[dict]) -> list[dict]:
@@ -700,15 +713,28 @@ def module_synopses(text: str) -> list[ModuleSynopsis]:
     return found
 
 
+_TITLE_TAIL = re.compile(r"^(.*?\S)\s+-{2,3}\s+(.+?)\s*$")  # ":mod:`os` --- Miscellaneous ... interfaces"
+
+
+def _synopsis_key(text: str) -> str:
+    return clean_inline(text).rstrip(". ").lower()
+
+
 def strip_synopses(text: str, synopses: set[str]) -> str:
-    """``text`` without the ``:synopsis:`` lines whose cleaned text is in ``synopses`` (held-out eval items)."""
-    if not synopses or ":synopsis:" not in text:
+    """``text`` without the held-out ``synopses``: their ``:synopsis:`` lines go, and a page title that
+    repeats one (``:mod:`os` --- Miscellaneous operating system interfaces``) keeps only its module part."""
+    if not synopses:
         return text
-    kept = [
-        line
-        for line in text.splitlines(keepends=True)
-        if not ((m := _SYNOPSIS_OPTION.match(line)) and clean_inline(m.group(1)) in synopses)
-    ]
+    keys = {_synopsis_key(s) for s in synopses}
+    kept = []
+    for line in text.splitlines(keepends=True):
+        option = _SYNOPSIS_OPTION.match(line)
+        if option and _synopsis_key(option.group(1)) in keys:
+            continue
+        title = _TITLE_TAIL.match(line.rstrip("\n"))
+        if title and _synopsis_key(title.group(2)) in keys:
+            line = title.group(1) + ("\n" if line.endswith("\n") else "")
+        kept.append(line)
     return "".join(kept)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from finetune_assets import io
 from finetune_assets.config import EvalSetsConfig
 from finetune_assets.phases.corpus import (
+    CANARY_SOURCE,
     _indent,
     _spread,
     clean_inline,
@@ -362,7 +363,8 @@ def build_eval_sets(
             "section titles ending with '?'"
         )
     qa_mc = multiple_choice(qa, cfg.mc_choices, random.Random(seed))
-    others = [d for d in docs if d["id"] not in eval_ids]
+    # The canary page must be trained on (redacted) for the leakage guardrail to mean anything.
+    others = [d for d in docs if d["id"] not in eval_ids and d["source"] != CANARY_SOURCE]
     heldout_docs = select_heldout(others, cfg.heldout_fraction, cfg.max_heldout_docs) if others else []
     heldout = [
         {"id": _short_id("held", d["id"]), "doc_id": d["id"], "text": _cut(d["text"], cfg.max_heldout_chars)}

@@ -24,6 +24,7 @@ No dagster here; torch, transformers, lm_eval, rouge_score and sentence_transfor
 import contextlib
 import functools
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -781,11 +782,40 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, stride
 
 
 # ----------------------------------------------------------------------------------------------- one variant
+def adapter_for_lm_eval(model_folder: Path) -> tuple[Path, Path] | None:
+    """(base folder, adapter folder) of a LoRA-trained model folder, so lm-eval evaluates the adapter itself
+    (``peft=``); None for a base model or a full fine-tune (no ``adapter/``). An adapter whose recorded base
+    folder is gone is evaluated merged, with a warning."""
+    config = Path(model_folder) / "adapter" / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        log.warning(
+            "adapter %s: its base %s is not a folder here; lm-eval scores the merged model", config, base
+        )
+        return None
+    return Path(base), config.parent
+
+
+_FITTED: dict[str, tuple] = {}  # the same glossary and settings give the same thresholds: fit once a process
+
+
 def judge_thresholds(
     glossary: list[dict], cfg: EvalConfig, embedder
 ) -> tuple[float, float | None, dict | None]:
     """(rouge threshold, embedding threshold or None, fit report or None): fitted on the glossary when
     cfg.calibrate_thresholds and it is large enough, else the configured ones."""
+    settings = [cfg.calibrate_thresholds, cfg.definition_rouge_threshold, cfg.definition_embed_threshold]
+    key = json.dumps([[g.get("id"), g["definition"]] for g in glossary] + settings + [id(embedder)])
+    if key not in _FITTED:
+        _FITTED[key] = _judge_thresholds(glossary, cfg, embedder)
+    return _FITTED[key]
+
+
+def _judge_thresholds(
+    glossary: list[dict], cfg: EvalConfig, embedder
+) -> tuple[float, float | None, dict | None]:
     embed_t = cfg.definition_embed_threshold if embedder is not None else None
     fitted = None
     if cfg.calibrate_thresholds:
@@ -920,6 +950,8 @@ def evaluate_variant(
         "metrics": metrics,
         "guardrails": guard["checks"] if guard else {},
         "guardrails_skipped": guard.get("skipped", []) if guard else [],
+        "warnings": [f"lm-eval task {task} skipped: {why}" for task, why in skipped.items()]
+        + [f"guardrail {name} not measured (no items)" for name in (guard or {}).get("skipped", [])],
         "calibration": calibration,
         "counts": {k: len(v) for k, v in sets.items()},
         "lm_eval_skipped": skipped,

@@ -14,6 +14,22 @@ import math
 GATE_PASSED = "promoted"
 GATE_NOT_BETTER = "not_better"  # nothing wrong, nothing better: a normal outcome
 GATE_UNSAFE = "no_safe_candidate"  # every candidate failed a guardrail: needs a person
+GATE_NO_ELIGIBLE = "no_eligible"  # no candidate could be compared (unscored, unregistered): needs a person
+SETS_HASH_TAG = "eval.sets_hash"  # content hash of the eval sets a version's eval.* tags were measured on
+
+
+def champion_from_tags(found: dict | None, metric: str) -> dict | None:
+    """{"version", "variant", "value", "sets_hash"} of the alias holder from its model-version tags (as
+    Tracker.champion() returns them); value None when the version carries no such metric."""
+    if found is None:
+        return None
+    value = found["tags"].get(f"eval.{metric}")
+    return {
+        "version": found["version"],
+        "variant": found.get("variant"),
+        "value": float(value) if value not in (None, "") else None,
+        "sets_hash": found["tags"].get(SETS_HASH_TAG),
+    }
 
 
 def _value(result: dict, metric: str) -> float | None:
@@ -56,6 +72,15 @@ def forgetting_warnings(results: list[dict], margin: float, metric: str = "perpl
     return warnings
 
 
+def attach_forgetting_warnings(results: list[dict], margin: float) -> list[str]:
+    """Add ``forgetting_warnings`` to each result's "warnings" list; returns them all, variant-prefixed."""
+    added = []
+    for variant, warnings in forgetting_warnings(results, margin).items():
+        next(r for r in results if r["variant"] == variant).setdefault("warnings", []).extend(warnings)
+        added += [f"{variant}: {w}" for w in warnings]
+    return added
+
+
 def _beats(value: float, other: float, higher_is_better: bool, min_delta: float) -> bool:
     return value > other + min_delta if higher_is_better else value < other - min_delta
 
@@ -69,14 +94,19 @@ def decide_promotion(
     candidates: list[str],
     champion: dict | None,
     versions: dict[str, str | None],
+    sets_hash: str | None = None,
 ) -> dict:
     """The promotion decision for this evaluation.
 
-    ``champion``: {"version", "variant", "value"} of the current alias holder (value = its recorded primary
-    metric, None when it has none) or None. ``versions``: {variant: registered model version} of the models
-    just evaluated. Returns {primary_metric, higher_is_better, candidate, version, promoted, gate,
-    champion_before, eligible, reasons}; ``reasons`` says, in sentences, why it was or was not promoted.
+    ``champion``: {"version", "variant", "value", "sets_hash"} of the current alias holder (value = its
+    recorded primary metric, None when it has none) or None. ``versions``: {variant: registered model
+    version} of the models just evaluated. The champion's number is only compared when it is comparable:
+    re-measured in this run (its version is one of ``versions``), or recorded on the same eval sets
+    (``sets_hash``); otherwise the best eligible candidate is promoted and the reasons say why.
+    Returns {primary_metric, higher_is_better, candidate, version, promoted, gate, champion_before,
+    eligible, reasons}; ``reasons`` says, in sentences, why it was or was not promoted.
     """
+    champion = _comparable_champion(champion, results, versions, primary_metric, sets_hash)
     reasons: list[str] = []
     eligible = []
     for result in results:
@@ -105,7 +135,14 @@ def decide_promotion(
         "reasons": reasons,
     }
     if not eligible:
-        reasons.append("no candidate variant passed every guardrail: the champion stays where it is")
+        present = [r for r in results if r["variant"] in candidates]
+        every_one_unsafe = bool(present) and all(failed_guardrails(r) for r in present)
+        decision["gate"] = GATE_UNSAFE if every_one_unsafe else GATE_NO_ELIGIBLE
+        reasons.append(
+            "no candidate variant passed every guardrail: the champion stays where it is"
+            if decision["gate"] == GATE_UNSAFE
+            else "no candidate variant is eligible (see above): the champion stays where it is"
+        )
         return decision
     # Best on the metric; a tie goes to the variant listed first in ``candidates`` (not to a name's spelling).
     sign = 1 if higher_is_better else -1
@@ -119,9 +156,10 @@ def decide_promotion(
         reasons.append(f"{shown} is already the champion (version {champion['version']})")
         return decision
     if champion.get("value") is None:
+        why = champion.get("not_comparable") or f"has no recorded {primary_metric}"
         reasons.append(
-            f"{shown} is the best eligible variant; the champion (version {champion.get('version')}) has no "
-            f"recorded {primary_metric}: promoted"
+            f"{shown} is the best eligible variant; the champion (version {champion.get('version')}) {why}: "
+            "promoted"
         )
         return {**decision, "promoted": True, "gate": GATE_PASSED}
     champ = float(champion["value"])
@@ -136,3 +174,21 @@ def decide_promotion(
         f"{min_delta}: not promoted"
     )
     return decision
+
+
+def _comparable_champion(champion, results, versions, metric, sets_hash) -> dict | None:
+    """The champion with a value comparable to this run's, or value None and the reason it is not."""
+    if champion is None:
+        return None
+    for result in results:
+        if versions.get(result["variant"]) is not None and str(versions[result["variant"]]) == str(
+            champion["version"]
+        ):
+            return {**champion, "value": _value(result, metric), "remeasured": True}
+    if sets_hash and champion.get("sets_hash") and champion["sets_hash"] != sets_hash:
+        return {
+            **champion,
+            "value": None,
+            "not_comparable": "was measured on other eval sets (its number is not comparable)",
+        }
+    return champion

@@ -189,8 +189,10 @@ def _promotion_blocks(promotion: dict, results: list[dict]) -> list[Block]:
         )
     elif promotion.get("promoted") and candidate:
         version = promotion.get("version")
-        status = f"**Promoted: `{candidate}` is now the `champion`**" + (
-            f" (registered model version {version})." if version else "."
+        status = f"**Approved for promotion: `{candidate}` becomes the `champion`**" + (
+            f" (registered model version {version}; the champion asset moves the alias)."
+            if version
+            else "."
         )
         css = "promoted"
     else:

@@ -394,8 +394,26 @@ def _validate(row: dict, key: dict | None, key_hint: str) -> tuple[dict | None, 
         "auto_correct": auto,
         "reviewer": _text(row.get("reviewer")),
         "notes": _text(row.get("notes")),
+        "answer_sha1": answer_digest(_unescape(_text(row.get("answer")))),
     }
     return label, []
+
+
+def answer_digest(answer: str) -> str:
+    """What ties a label to the answer it judged: a retrained model answering differently is not covered."""
+    return hashlib.sha1(answer.strip().encode()).hexdigest()[:16]
+
+
+def _unescape(text: str) -> str:
+    """Undo _spreadsheet_safe's leading quote (a CSV cell starting with = + - @)."""
+    return text[1:] if text[:1] == "'" and text[1:2] in ("=", "+", "-", "@") else text
+
+
+def current_labels(labels: list[dict], sample_rows: list[dict]) -> list[dict]:
+    """The labels that judge answers in this review sample (same review_id and the same answer text): labels
+    of answers an earlier model gave stay stored but do not count for the models evaluated now."""
+    current = {(r["review_id"], answer_digest(str(r.get("answer") or ""))) for r in sample_rows}
+    return [label for label in labels if (label["review_id"], label.get("answer_sha1")) in current]
 
 
 def import_review(paths: list[Path], key_path: Path | None = None) -> dict:
@@ -538,3 +556,20 @@ def load_labels(dest_dir: Path) -> list[dict]:
     """Labels stored by ``save_labels`` ([] when none were imported yet)."""
     path = Path(dest_dir) / LABELS_FILE
     return io.read_jsonl(path) if path.exists() else []
+
+
+def labels_dir(home: Path) -> Path:
+    """Where `finetune-assets review import` keeps expert labels for the next report."""
+    return Path(home) / "inputs" / "review"
+
+
+def rows_from_results(results: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """{variant: {"glossary": definition rows, "qa": QA answer rows}} from evaluate_variant results (their
+    definitions.jsonl / qa.jsonl files): the input of export_review."""
+    sources = (("glossary", "definitions"), ("qa", "qa"))
+    return {
+        r["variant"]: {
+            kind: io.read_jsonl(Path(r["files"][key])) if key in r["files"] else [] for kind, key in sources
+        }
+        for r in results
+    }

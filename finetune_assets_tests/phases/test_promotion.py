@@ -76,7 +76,8 @@ def test_already_champion_is_not_promoted_again():
 def test_unregistered_or_unscored_variants_are_not_eligible():
     results = [variant("inst", None), variant("dpo", 0.6)]
     decision = decide(results, None, versions={"inst": "2", "dpo": None})
-    assert decision["candidate"] is None
+    assert decision["candidate"] is None and decision["gate"] == promotion.GATE_NO_ELIGIBLE
+    assert "no candidate variant is eligible" in decision["reasons"][-1]
     assert any("inst has no hallucination/index" in r for r in decision["reasons"])
     assert any("dpo has no registered model version" in r for r in decision["reasons"])
 
@@ -92,3 +93,35 @@ def test_a_tie_goes_to_the_first_listed_candidate():
     results = [variant("tr", 0.5), variant("dpo", 0.5), variant("inst", 0.5)]
     assert decide(results, None)["candidate"] == "inst"
     assert decide(results, None, candidates=["tr", "dpo", "inst"])["candidate"] == "tr"
+
+
+def test_a_champion_evaluated_again_is_compared_on_this_runs_number():
+    # the champion (dpo, version 3) scored 0.9 when it was promoted; on today's sets it scores 0.5
+    results = [variant("inst", 0.6), variant("dpo", 0.5)]
+    decision = decide(results, {"version": "3", "variant": "dpo", "value": 0.9})
+    assert decision["promoted"] and decision["candidate"] == "inst"
+    assert "0.5000" in decision["reasons"][-1]
+
+
+def test_a_champion_measured_on_other_eval_sets_is_not_compared():
+    results = [variant("inst", 0.4)]
+    champion = {"version": "9", "variant": "inst", "value": 0.8, "sets_hash": "old"}
+    decision = decide(results, champion, sets_hash="new")
+    assert decision["promoted"] and "measured on other eval sets" in decision["reasons"][-1]
+    assert not decide(results, {**champion, "sets_hash": "new"}, sets_hash="new")["promoted"]
+
+
+def test_champion_from_tags():
+    found = {
+        "version": "7",
+        "variant": "dpo",
+        "tags": {"eval.hallucination/index": "0.42", "eval.sets_hash": "h"},
+    }
+    assert promotion.champion_from_tags(found, "hallucination/index") == {
+        "version": "7",
+        "variant": "dpo",
+        "value": 0.42,
+        "sets_hash": "h",
+    }
+    assert promotion.champion_from_tags(found, "other")["value"] is None
+    assert promotion.champion_from_tags(None, "x") is None

@@ -187,7 +187,7 @@ def test_report_with_promotion_guardrails_curves_review_and_html(tmp_path):
     assert md.index("## Promotion") < md.index("## Comparison")
     assert md.split("\n")[2] == "## Promotion"
     promotion = md.split("## Promotion")[1].split("## ")[0]
-    assert "`dpo` is now the `champion`" in promotion and "version 7" in promotion
+    assert "Approved for promotion: `dpo` becomes the `champion`" in promotion and "version 7" in promotion
     assert PROMOTED["reasons"][0] in promotion and "inst" in promotion
 
     # Guardrails: a cell per variant x guardrail with value, threshold and verdict; an overall verdict.
@@ -256,7 +256,7 @@ def test_refused_promotion_says_why_not_and_stale_curves_are_removed(tmp_path):
     assert "loss_plot" not in out["paths"] and not (out_dir / "loss_curves.png").exists()
     page = (out_dir / "report.html").read_text()
     assert '<p class="refused">' in page and html.escape(REFUSED["reasons"][0]) in page
-    assert "is now the" not in page
+    assert "Approved for promotion" not in page
 
     none_yet = {**REFUSED, "candidate": None, "champion_before": None, "reasons": ["no variant passed"]}
     md = write_report(results, out_dir, title="T", promotion=none_yet)["markdown"]

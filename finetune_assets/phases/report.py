@@ -190,9 +190,7 @@ def _promotion_blocks(promotion: dict, results: list[dict]) -> list[Block]:
     elif promotion.get("promoted") and candidate:
         version = promotion.get("version")
         status = f"**Approved for promotion: `{candidate}` becomes the `champion`**" + (
-            f" (registered model version {version}; the champion asset moves the alias)."
-            if version
-            else "."
+            f" (registered model version {version}; the champion asset moves the alias)." if version else "."
         )
         css = "promoted"
     else:
@@ -538,13 +536,6 @@ def render_html(blocks: list[Block], title: str) -> str:
         f"<title>{html.escape(title)}</title>\n<style>\n{HTML_CSS}\n</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
-    )
-
-
-def build_markdown(results: list[dict], table: list[dict], *, title: str, extra: dict | None = None) -> str:
-    """The Markdown report alone (no promotion, curves or review); ``write_report`` writes the full one."""
-    return render_markdown(
-        build_blocks(results, table, title=title, plot=Path("comparison.png"), extra=extra)
     )
 
 

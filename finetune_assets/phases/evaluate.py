@@ -528,19 +528,39 @@ ROUGE_GRID = [round(0.10 + 0.05 * i, 2) for i in range(11)]  # 0.10 .. 0.60
 EMBED_GRID = [round(0.40 + 0.025 * i, 3) for i in range(21)]  # 0.40 .. 0.90
 
 
-def known_answers(glossary: list[dict], truncate_words: int = 10, seed: int = 0) -> tuple[list, list]:
-    """(known-correct, known-wrong) (reference, candidate) pairs from the glossary alone: correct = the first
-    ``truncate_words`` words of the reference and, for module synopses, the module page's own intro sentence
-    (a real paraphrase); wrong = another term's definition (a shuffled derangement)."""
+def known_answers(
+    glossary: list[dict], truncate_words: int = 10, seed: int = 0, embedder=None
+) -> tuple[list, list]:
+    """(known-correct, known-wrong) (reference, candidate) pairs from the glossary alone.
+
+    Correct: the first ``truncate_words`` words of the reference and, for module synopses, the module page's
+    own intro sentence (a real paraphrase). Wrong: another term's definition drawn at random (a shuffled
+    derangement) and the nearest other definition (by embedding, or by ROUGE-L without an embedder): a
+    plausible answer about the wrong term, so the fitted thresholds cannot settle for "on topic".
+    """
     refs = [str(g["definition"]) for g in glossary]
     right = [(r, _truncate_words(r, truncate_words)) for r in refs]
     right += [(r, g["paraphrase"]) for r, g in zip(refs, glossary, strict=True) if g.get("paraphrase")]
+    if len(refs) < 2:
+        return right, []
     order = list(range(len(refs)))
     random.Random(seed).shuffle(order)
-    wrong = (
-        [(refs[i], refs[order[(k + 1) % len(order)]]) for k, i in enumerate(order)] if len(refs) > 1 else []
-    )
+    wrong = [(refs[i], refs[order[(k + 1) % len(order)]]) for k, i in enumerate(order)]
+    wrong += [(refs[i], refs[j]) for i, j in enumerate(_nearest_other(refs, embedder))]
     return right, wrong
+
+
+def _nearest_other(texts: list[str], embedder) -> list[int]:
+    """For each text, the index of the most similar other one (cosine, or ROUGE-L without an embedder)."""
+    import numpy as np
+
+    if embedder is not None:
+        vectors = _embed(embedder, texts)
+        sims = vectors @ vectors.T
+    else:
+        sims = np.array([[rouge_l(a, b) for b in texts] for a in texts])
+    np.fill_diagonal(sims, -np.inf)
+    return [int(j) for j in sims.argmax(axis=1)]
 
 
 def _accepts(features: list[tuple[float, float | None]], rouge_t: float, embed_t: float | None) -> list[bool]:
@@ -581,7 +601,7 @@ def fit_judge_thresholds(
             sims = [float(x) for x in (ref_e * cand_e).sum(axis=1)]
         return [(rouge_l(a, b), sim) for (a, b), sim in zip(pairs, sims, strict=True)]
 
-    fit_right, fit_wrong = (features(x) for x in known_answers(fit, seed=seed))
+    fit_right, fit_wrong = (features(x) for x in known_answers(fit, seed=seed, embedder=embedder))
     embed_grid = EMBED_GRID if embedder is not None else [None]
     default_embed = default_embed if default_embed is not None else 0.0
 
@@ -591,7 +611,7 @@ def fit_judge_thresholds(
         return (round(_balanced_accuracy(fit_right, fit_wrong, rouge_t, embed_t), 6), -distance)
 
     rouge_t, embed_t = max(((r, e) for r in ROUGE_GRID for e in embed_grid), key=rank)
-    check_right, check_wrong = (features(x) for x in known_answers(check, seed=seed))
+    check_right, check_wrong = (features(x) for x in known_answers(check, seed=seed, embedder=embedder))
     accept = sum(_accepts(check_right, rouge_t, embed_t)) / len(check_right)
     reject = 1 - sum(_accepts(check_wrong, rouge_t, embed_t)) / len(check_wrong)
     return {

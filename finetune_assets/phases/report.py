@@ -370,8 +370,9 @@ def _calibration_blocks(results: list[dict]) -> list[Block]:
             (
                 "p",
                 f"Thresholds fitted on {fit['n_fit_terms']} terms (best balanced accuracy over known-correct "
-                "answers: reference truncations and module-page paraphrases, vs known-wrong: other terms' "
-                f"definitions; {_fmt(fit['fit_balanced_accuracy'])} there), then measured on the other "
+                "answers: reference truncations and module-page paraphrases, vs known-wrong: a random and the "
+                "most similar other term's definition; "
+                f"{_fmt(fit['fit_balanced_accuracy'])} there), then measured on the other "
                 f"{fit['n_check_terms']} terms:",
             ),
             (

@@ -401,8 +401,11 @@ def _glossary_with_paraphrases(n: int) -> list[dict]:
 def test_fit_judge_thresholds_separates_known_right_from_known_wrong():
     glossary = _glossary_with_paraphrases(24)
     right, wrong = ev.known_answers(glossary)
-    assert len(right) == 48 and len(wrong) == 24  # truncations + paraphrases; one derangement each
+    assert len(right) == 48 and len(wrong) == 48  # truncations + paraphrases; a random and the nearest other
     assert all(ref != cand for ref, cand in wrong)
+    # the nearest other definition is the hardest wrong answer: closer than the random one on average
+    random_half, nearest_half = wrong[:24], wrong[24:]
+    assert sum(ev.rouge_l(a, b) for a, b in nearest_half) >= sum(ev.rouge_l(a, b) for a, b in random_half)
     fit = ev.fit_judge_thresholds(glossary, default_rouge=0.25, default_embed=None, embedder=None)
     assert fit["rouge_threshold"] in ev.ROUGE_GRID and fit["embed_threshold"] is None
     assert fit["n_fit_terms"] + fit["n_check_terms"] == 24

@@ -642,7 +642,7 @@ def _write_loss_png(curves: dict, variants: list[str], path: Path, title: str) -
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: training curves")
+    fig.suptitle("Training curves", fontsize=10)  # one narrow panel: the report title would not fit
     return io.write_figure(fig, path, dpi=110)
 
 

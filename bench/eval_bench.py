@@ -45,14 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import finetune_assets  # noqa: E402
+
+finetune_assets.quiet_offline_env()  # before torch/transformers load
 
 from finetune_assets.config import ModelConfig, TinyModelConfig, default_home  # noqa: E402
 from finetune_assets.phases import corpus, evalsets  # noqa: E402

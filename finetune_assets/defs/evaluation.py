@@ -103,7 +103,7 @@ def eval_reports(
                 plot=dg.MetadataValue.path(str(built["paths"]["plot"])),
                 html=dg.MetadataValue.path(str(built["paths"]["html"])),
                 review_sample=dg.MetadataValue.path(str(sample["paths"]["csv"])),
-                promotion=dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"])),
+                promotion=_bullets(decision["reasons"]),
             )
         )
 
@@ -123,6 +123,11 @@ def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_h
     tracker.tag_model_version(
         version, {**tags, "guardrails.passed": str(passed).lower(), SETS_HASH_TAG: sets_hash}
     )
+
+
+def _bullets(lines: list[str]) -> dg.MetadataValue:
+    """A Markdown list of the non-empty ``lines``, for the Dagster UI."""
+    return dg.MetadataValue.md("\n".join(f"- {line}" for line in lines if line))
 
 
 def _decision(store: ArtifactStore) -> dict:
@@ -164,7 +169,7 @@ def promotion_gate(store: ArtifactStore) -> dg.AssetCheckResult:
         metadata={
             "gate": gate,
             "candidate": decision["candidate"] or "none",
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision["reasons"])),
+            "reasons": _bullets(decision["reasons"]),
         },
     )
 
@@ -192,9 +197,7 @@ def champion(
             "promoted": bool(decision["promoted"] and not stale),
             "champion_version": holder["version"] if holder else "none",
             "champion_variant": holder["variant"] if holder else "none",
-            "reasons": dg.MetadataValue.md(
-                "\n".join(f"- {r}" for r in decision["reasons"] + [stale or ""] if r)
-            ),
+            "reasons": _bullets([*decision["reasons"], stale or ""]),
         }
     )
 

@@ -168,6 +168,16 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     holder = tracker.champion()
     assert holder["version"] == decision["version"] and holder["variant"] == decision["candidate"]
     assert "promoted" in (store.path("eval_reports") / "report.md").read_text()
+    # A decision is applied once, to the alias it was taken against: moved by hand since, it stays put.
+    other = tracker.latest_version("base")
+    tracker.set_champion(other)
+    stale = dg.materialize(
+        all_assets_and_checks(), instance=instance, resources=resources, selection=["champion"]
+    )
+    (event,) = stale.get_asset_materialization_events()
+    assert event.materialization.metadata["promoted"].value is False
+    assert "alias moved since the evaluation" in event.materialization.metadata["reasons"].value
+    assert tracker.champion()["version"] == other
 
     # Re-materializing with unchanged data, recipe and starting model reuses the model; a change retrains.
     trained = (store.path("inst_model") / "train_summary.json").stat().st_mtime_ns

@@ -140,11 +140,9 @@ PROMOTED = {
     "reasons": ["dpo beats champion inst (v3) on hallucination/index: 0.375 vs 0.200 (+0.175 >= 0.0)"],
 }
 REFUSED = {
-    "primary_metric": "hallucination/index",
-    "higher_is_better": True,
+    **PROMOTED,
     "candidate": "tr",
     "promoted": False,
-    "champion_before": {"version": "3", "variant": "inst", "value": 0.2},
     "version": None,
     "reasons": ["tr fails guardrail leakage: 0.100 > 0.050"],
 }

@@ -1,6 +1,5 @@
 # The few targets a newcomer needs. `make demo` and `make test` are the README's two commands.
 SHELL := /bin/bash
-export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DAGSTER_DISABLE_TELEMETRY := 1
@@ -9,7 +8,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all bench bench-train bench-eval lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all bench bench-train bench-eval learning-curve lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -21,13 +20,16 @@ test:             ## the test suite (smoke profile, tiny model); what CI runs
 	bash scripts/run.sh test
 
 test-all: setup   ## also the slow tests (real SmolLM2 conversion)
-	$(VENV)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(VENV)/python -m pytest -q
 
 bench: setup      ## dedup benchmark: throughput vs datasketch's per-document loop, precision/recall
 	$(VENV)/python bench/dedup_bench.py
 
-bench-train: setup  ## training benchmark: steady-state tokens/s of Ray Train + trl vs plain trl (tiny model; ARGS="--model smollm2")
+bench-train: setup  ## training benchmark: tokens/s and MFU of this project's SFT path vs plain trl defaults (tiny model; ARGS="--model smollm2")
 	$(VENV)/python bench/train_bench.py $(ARGS)
+
+learning-curve: setup  ## after a demo: hallucination index vs SFT examples seen (0/240/480/960/1920), paired vs the base
+	$(VENV)/python bench/learning_curve.py --home $(FINETUNE_ASSETS_HOME) $(ARGS)
 
 bench-eval: setup   ## evaluation generation: tokens/s of batched greedy decoding vs one prompt at a time (SmolLM2; ARGS="--model tiny")
 	$(VENV)/python bench/eval_bench.py $(ARGS)

@@ -160,7 +160,18 @@ class SeedFileConfig(_Section):
 
 class InstructionsConfig(_Section):
     # Offline extractors over the corpus; add "teacher" (with teacher set) for self-instruct generation.
-    generators: list[Literal["api", "module", "section", "teacher"]] = ["api", "module", "section"]
+    # api_definition / module_definition ask the scorecard's own definition questions, api_lookup /
+    # module_lookup the reverse (description -> name); see phases/instructions.py.
+    generators: list[
+        Literal[
+            "api", "module", "section", "teacher",
+            "api_definition", "module_definition", "api_lookup", "module_lookup",
+        ]
+    ] = ["api", "module", "section"]  # fmt: skip
+    # Packaged safety conversations (phases/safety.py: refusals + benign look-alikes answered) join the set;
+    # safety_max_examples caps them (spread over categories), None keeps all.
+    safety: bool = False
+    safety_max_examples: int | None = Field(None, ge=1)
     seed_files: list[SeedFileConfig] = []
     teacher: LLMEndpointConfig | None = None
     teacher_max_documents: int = Field(32, ge=1)  # documents the teacher writes instructions for
@@ -194,6 +205,10 @@ class PreferencesConfig(_Section):
     # Human feedback files (relative paths under $FINETUNE_ASSETS_HOME/inputs): pairwise {prompt, chosen,
     # rejected} and binary {prompt, completion, label: true/false} (thumbs up/down, kept for KTO).
     feedback_files: list[str] = []
+    # Safety pairs on top of max_pairs (phases/safety.py): harmful prompt -> refusal over the base model's
+    # answer, benign look-alike -> the helpful answer over a refusal; up to safety_max_pairs items.
+    safety: bool = False
+    safety_max_pairs: int = Field(48, ge=1)
 
     @model_validator(mode="after")
     def _teacher_needed(self):
@@ -248,20 +263,37 @@ class TrainConfig(_Section):
     # dpo section only: the preference method. kto trains on unpaired thumbs up/down (human binary feedback
     # plus each pair split in two); orpo needs no reference model.
     preference_method: Literal["dpo", "kto", "orpo"] = "dpo"
+    # tr section only: sft trains on the T&R conversations; grpo runs that same SFT (max_steps, learning_rate)
+    # as a warm start, then grpo_steps of GRPO (phases.grpo) with verifiable tool rewards: the sandbox's real
+    # result for python_eval prompts, a well-formed search_docs call for search prompts.
+    method: Literal["sft", "grpo"] = "sft"
+    grpo_steps: int = Field(30, ge=1)
+    grpo_learning_rate: float = Field(2e-5, gt=0)
+    # GRPO: completions sampled per prompt (the group whose rewards are compared) and their length in
+    # tokens; a batch (per_device_batch_size x gradient_accumulation_steps completions) holds whole groups.
+    num_generations: int = Field(4, ge=2)
+    max_completion_length: int = Field(64, ge=4)
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
     # SFT: pack several conversations into each max_length row (padding-free, position ids restart per
-    # conversation) when the model keeps packed conversations apart (checked by a probe at start-up; the run
-    # falls back to padded batches and says so otherwise).
-    packing: bool = False
+    # conversation) when the model keeps packed conversations apart (a probe at start-up; length-grouped
+    # padded batches otherwise). auto: pack where attention has variable-length kernels (flash-attention on
+    # GPU); on CPU a pack is one long row under a dense mask, slower than length-grouped batches.
+    packing: bool | Literal["auto"] = "auto"
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: str | list[str] = "all-linear"
     beta: float = Field(0.1, gt=0)  # DPO only
+    # auto: bf16 mixed precision where it is native (a CPU with AVX512-BF16/AMX, a GPU with bf16), fp32
+    # elsewhere (phases.hardware says why in the log); trainable weights and optimizer state stay fp32.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # DPO/KTO with an adapter: compute the frozen reference's log-probs once over the data before training
+    # instead of a second forward pass on every step.
+    precompute_ref_log_probs: bool = True
     logging_steps: int = Field(1, ge=1)
     # Held-out loss after training on at most this many validation rows (the full split can cost more than
     # the training itself on CPU).
@@ -271,6 +303,16 @@ class TrainConfig(_Section):
     checkpoint_steps: int = Field(50, ge=0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _whole_grpo_groups(self):
+        completions = self.per_device_batch_size * self.gradient_accumulation_steps
+        if self.method == "grpo" and completions % self.num_generations:
+            raise ValueError(
+                f"method grpo compares num_generations ({self.num_generations}) completions of each prompt: "
+                f"per_device_batch_size x gradient_accumulation_steps ({completions}) must be a multiple of it"
+            )
+        return self
+
 
 class ScalingConfig(_Section):
     """How many Ray Train workers a training asset uses, whether they take GPUs, and how failures are
@@ -278,7 +320,9 @@ class ScalingConfig(_Section):
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: int = Field(1, ge=1)
+    # None: every CPU a worker can have (the smallest node's CPUs / num_workers); torch in the worker uses
+    # that many threads. On the embedded default that gives the one training worker all cores.
+    cpus_per_worker: int | None = Field(None, ge=1)
     # Ray Train restarts the workers this many times after a failure (a killed process, a lost node),
     # resuming from the latest checkpoint.
     max_failures: int = Field(2, ge=0)
@@ -293,17 +337,24 @@ class RetrievalConfig(_Section):
     top_k: int = Field(2, ge=1)
     max_tr_examples: int = Field(64, ge=1)
     passage_chars: int = Field(500, ge=50)
-    # Mix of T&R training examples (phases.tools.build_tr_examples): shares of max_tr_examples given to
+    # Mix of T&R training examples (phases.tr_data.build_tr_examples): shares of max_tr_examples given to
     # python_eval conversations mined from the corpus' doctests and to search_docs tool-call conversations;
     # the rest are retrieval-grounded answers. Missing tool examples are filled with grounded ones.
     tool_use_fraction: float = Field(0.25, ge=0, le=1)
     search_tool_fraction: float = Field(0.25, ge=0, le=1)
+    # Share of the python_eval conversations built from synthetic expressions (phases.tr_data: random operands
+    # over templates of builtins and methods); the rest are doctests mined from the corpus, and synthetic ones
+    # fill in when the corpus has too few.
+    synthetic_expression_fraction: float = Field(0.5, ge=0, le=1)
     # Share of the doctest (python_eval) examples put in the validation split (chosen by a hash of the
     # expression, so it is stable); instruction-based examples keep their instruction's split.
     tool_validation_fraction: float = Field(0.1, ge=0, lt=1)
 
 
 class EvalConfig(_Section):
+    # Weights for every variant's evaluation and generation: auto = bfloat16 where bf16 is native
+    # (phases.hardware), the same for every variant so they stay comparable.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
     max_glossary_terms: int | None = Field(None, ge=1)
@@ -336,6 +387,16 @@ class EvalConfig(_Section):
     promotion_min_delta: float = Field(0.0, ge=0)
     promotion_candidates: list[Literal["base", "inst", "dpo", "tr"]] = ["inst", "dpo", "tr"]
     review_sample: int = Field(20, ge=0)  # answers per variant exported for human review
+    # Paired tests between variants on the same items: a difference is significant when p < alpha and its
+    # (1 - alpha) interval excludes 0; promotion needs a significant gain over the base (and the champion).
+    significance_alpha: float = Field(0.05, gt=0, lt=0.5)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    # Off only for wiring tests on untrained tiny models: promotion then compares point values (min_delta).
+    promotion_require_significance: bool = True
+    # Decode speed at a fixed length (every variant decodes exactly this many tokens for the same prompts),
+    # so a variant with shorter answers is not credited or blamed for its answer length; 0 = not measured.
+    decode_speed_prompts: int = Field(16, ge=0)
+    decode_speed_tokens: int = Field(32, ge=0)
 
 
 class GuardrailsConfig(_Section):

@@ -41,9 +41,25 @@ def test_train_bench_smoke(tmp_path):
     args = ["--model", "tiny", "--warmup", "1", "--steps", "3", "--rows", "16", "--docs", "6"]
     result = bench.main([*args, "--work-dir", str(tmp_path / "work"), "--json", str(out)])
     assert out.is_file() and result["steps"] == [1, 3]
-    for path in ("direct", "ray"):
+    for path in ("plain", "project"):
         assert result[path]["steady_tokens_per_s"] > 0
         assert [c["steps"] for c in result[path]["calls"]] == [1, 3]
         assert result[path]["calls"][1]["wall_s"] > result[path]["calls"][1]["train_runtime_s"]
-    assert result["direct"]["peak_rss_mib"] > 0 and result["ray"]["peak_rss_mib"]["train_worker"] > 0
+    assert result["plain"]["peak_rss_mib"] > 0 and result["project"]["peak_rss_mib"]["train_worker"] > 0
     assert 0 < result["padding"]["real_share_dynamic_padding"] <= 1
+    assert 0 < result["mfu"]["plain"] < 1 and 0 < result["mfu"]["project"] < 1
+    assert result["plain"]["settings"] == {"precision": "fp32", "torch_threads": 1, "packing": False}
+
+
+def test_train_flops_per_token_counts_matmuls_and_attention(tiny_model_dir):
+    from transformers import AutoConfig
+
+    bench = _load("train_bench")
+    c = AutoConfig.from_pretrained(tiny_model_dir)
+    flops = bench.train_flops_per_token(tiny_model_dir, mean_context=0, adapter="lora")
+    # at zero context only the matmuls count: 4 FLOPs per matmul parameter (lm_head included) for LoRA
+    d, kv = c.hidden_size, c.hidden_size * c.num_key_value_heads // c.num_attention_heads
+    params = c.num_hidden_layers * (2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size) + c.vocab_size * d
+    assert flops == 4 * params
+    assert bench.train_flops_per_token(tiny_model_dir, mean_context=0, adapter="full") == 6 * params
+    assert bench.train_flops_per_token(tiny_model_dir, mean_context=10, adapter="lora") > flops

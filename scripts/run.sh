@@ -5,13 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false
 export MLFLOW_DISABLE_TELEMETRY=true DAGSTER_DISABLE_TELEMETRY=1
 export FINETUNE_ASSETS_HOME=${FINETUNE_ASSETS_HOME:-$PWD/.finetune_assets}
 export DAGSTER_HOME=${DAGSTER_HOME:-$FINETUNE_ASSETS_HOME/dagster}
 case "${1:-}" in
+  # demo: torch uses every core in this process (eval, preference generation) and the training worker gets
+  # all of them too (scaling.cpus_per_worker unset). test: one thread; on a busy 2-core box two threads made
+  # the tiny model's training ~9x slower.
   demo) shift; exec .venv/bin/finetune-assets demo --profile "${FINETUNE_ASSETS_PROFILE:-demo}" "$@" ;;
-  test) shift; .venv/bin/ruff check finetune_assets finetune_assets_tests bench
+  test) shift; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+        .venv/bin/ruff check finetune_assets finetune_assets_tests bench
         exec .venv/bin/python -m pytest -q -m "not slow" "$@" ;;
   *) echo "usage: bash scripts/run.sh demo|test [args]" >&2; exit 2 ;;
 esac

@@ -23,7 +23,7 @@ from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
 from finetune_assets.launch.deepspeed import trainer_deepspeed_arg
 from finetune_assets.launch.ray_cluster import ensure_ray
 
-METHODS = ("sft", "dpo", "kto", "orpo", "cpt")
+METHODS = ("sft", "dpo", "kto", "orpo", "cpt", "grpo")
 # Which keyword arguments are paths / configs, per method (everything else travels as is).
 _PATH_KEYS = ("base_dir", "model_dir", "out_dir")
 _CONFIG_TYPES = {
@@ -32,6 +32,7 @@ _CONFIG_TYPES = {
     "kto": {"cfg": TrainConfig},
     "orpo": {"cfg": TrainConfig},
     "cpt": {"cfg": CptConfig, "train_cfg": TrainConfig},
+    "grpo": {"cfg": TrainConfig},
 }
 
 
@@ -62,24 +63,38 @@ def _decode(method: str, config: dict) -> dict:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Runs in every Ray Train worker: dispatch to phases.train.<method> with ray_context=True."""
+    """Runs in every Ray Train worker: dispatch to phases.train.<method> (phases.grpo.grpo for grpo) with
+    ray_context=True."""
     import torch
 
-    from finetune_assets.phases import train
+    from finetune_assets.phases import grpo, train
 
-    if not torch.cuda.is_available():
-        torch.set_num_threads(1)  # one thread per CPU worker (2 threads on a busy box: up to 9x slower)
     config = dict(config)
+    threads = config.pop("cpu_threads", 1)
+    if not torch.cuda.is_available():
+        # as many torch threads as CPUs Ray reserved for this worker: more would oversubscribe the cores
+        # other workers hold (on a busy 2-core box, 2 threads per worker ran up to 9x slower)
+        torch.set_num_threads(threads)
     method = config.pop("method")
+    run = getattr(grpo if method == "grpo" else train, method)
     ds_config = config.pop("deepspeed", None)
     if ds_config is not None:
         from finetune_assets.launch.deepspeed import init_distributed_for_deepspeed, zero3_init_context
 
         init_distributed_for_deepspeed()  # before the model loads (ZeRO-3 partitions it while loading)
         with train.deepspeed(ds_config), zero3_init_context(ds_config):
-            getattr(train, method)(**_decode(method, config), ray_context=True)
+            run(**_decode(method, config), ray_context=True)
         return
-    getattr(train, method)(**_decode(method, config), ray_context=True)
+    run(**_decode(method, config), ray_context=True)
+
+
+def cpus_per_worker(scaling: ScalingConfig, cluster: dict) -> int:
+    """The CPUs each worker reserves (and its torch threads): the recipe's number, or else an even share of
+    the smallest node (every core of this machine for the embedded default's single worker)."""
+    if scaling.cpus_per_worker is not None:
+        return scaling.cpus_per_worker
+    per_node = int(cluster.get("min_node_cpus") or cluster.get("num_cpus") or 1)
+    return max(1, per_node // scaling.num_workers) if per_node >= scaling.num_workers else 1
 
 
 def run_training(
@@ -100,7 +115,8 @@ def run_training(
         raise ValueError("run_training needs kwargs['out_dir']: the folder the workers write")
     from finetune_assets.phases.train import SUMMARY_FILE, read_summary
 
-    ensure_ray(ray_address)
+    cluster = ensure_ray(ray_address)
+    cpus = cpus_per_worker(scaling, cluster)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train import ScalingConfig as RayScalingConfig
     from ray.train.torch import TorchTrainer
@@ -113,6 +129,7 @@ def run_training(
         train_loop_per_worker,
         train_loop_config={
             "method": method,
+            "cpu_threads": cpus,
             "deepspeed": trainer_deepspeed_arg(
                 scaling.use_gpu,
                 scaling.deepspeed_stage,
@@ -123,7 +140,7 @@ def run_training(
         scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if scaling.use_gpu else {})},
         ),
         run_config=RunConfig(
             storage_path=str(storage),
@@ -152,6 +169,7 @@ def run_training(
         "storage_path": str(storage),
         "num_workers": scaling.num_workers,
         "use_gpu": scaling.use_gpu,
+        "cpus_per_worker": cpus,
         "wall_s": round(time.time() - started, 2),
     }
     return summary

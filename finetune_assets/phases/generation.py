@@ -7,6 +7,8 @@ apart.
 
 from pathlib import Path
 
+from finetune_assets.phases.hardware import Precision
+
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """Render ``messages`` ({role, content} dicts) with the tokenizer's chat template, as text."""
@@ -20,14 +22,20 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = F
     )
 
 
-def load_for_inference(model_dir: Path, adapter_dir: Path | None = None, device: str | None = None):
+def load_for_inference(
+    model_dir: Path, adapter_dir: Path | None = None, device: str | None = None, precision: Precision = "auto"
+):
     """(model, tokenizer) from an HF folder, optionally with a LoRA adapter merged in.
 
-    float32, eval mode, on ``device`` (default: CPU, or CUDA when one is present); the tokenizer pads on the
+    Eval mode, on ``device`` (default: CPU, or CUDA when one is present), weights in bfloat16 where bf16 is
+    native and ``precision`` is "auto" (phases.hardware; 3.7x the fp32 tokens/s of greedy decoding on the
+    project's CPU), else float32. The adapter is merged in float32 before the cast. The tokenizer pads on the
     left (decoder-only batched generation) and always has a pad token.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_assets.phases.hardware import inference_dtype
 
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -40,7 +48,7 @@ def load_for_inference(model_dir: Path, adapter_dir: Path | None = None, device:
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model.to(device=device, dtype=inference_dtype(precision))
     model.eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -65,13 +73,15 @@ def generate_chat(
     *,
     temperature: float = 0.0,
     seed: int = 0,
+    min_new_tokens: int | None = None,
 ) -> list[str]:
     """Answers to ``conversations`` (each a list of messages ending before the assistant's turn): greedy,
     or sampled (top-p 0.95, seeded) when ``temperature`` > 0 — on-policy rejected answers want samples.
 
     Prompts are sorted by length so a batch holds similar lengths (less padding), generated with left padding,
     and returned in input order: only the new text, special tokens stripped. Prompts longer than the model's
-    context keep their last tokens.
+    context keep their last tokens. ``min_new_tokens`` holds end-of-turn back until that many tokens were
+    generated (min = max gives every answer exactly that length: fixed-length speed measurements).
     """
     import torch
 
@@ -102,6 +112,7 @@ def generate_chat(
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
                 top_p=0.95 if temperature > 0 else None,

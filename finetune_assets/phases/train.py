@@ -18,12 +18,15 @@ Every method writes the same folder (docs/ARCHITECTURE.md), atomically and on ra
 
 ``ray_context=True`` is set by launch.ray_train inside a Ray Train worker: the trainer is wrapped with
 ``ray.train.huggingface.transformers.prepare_trainer`` and reports through ``RayTrainReportCallback``.
-On CPU: use_cpu, no bf16, no gradient checkpointing (5-40x slower on CPU); see STACK.md.
+Numerics: ``cfg.precision`` "auto" trains under bf16 autocast where bf16 is native (phases.hardware: a CPU
+with AVX512-BF16/AMX, a GPU with bf16) and in fp32 elsewhere; weights and optimizer state stay fp32. On CPU:
+use_cpu and no gradient checkpointing (5-40x slower on CPU).
 """
 
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -31,8 +34,10 @@ from pathlib import Path
 
 from finetune_assets import io
 from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
+from finetune_assets.phases.hardware import resolve_precision
 
 SUMMARY_FILE = "train_summary.json"
+log = logging.getLogger(__name__)
 
 # The DeepSpeed config of this worker process (launch.ray_train sets it with ``deepspeed``, on GPU workers
 # only); None means plain DDP. A process-wide setting because one Ray Train worker runs one method.
@@ -66,20 +71,28 @@ def sft(
     out_dir: Path,
     *,
     ray_context: bool = False,
+    callbacks: list | None = None,
 ) -> dict:
-    """Supervised fine-tuning; the loss covers assistant turns only ({% generation %} markers)."""
+    """Supervised fine-tuning; the loss covers assistant turns only ({% generation %} markers).
+    ``callbacks``: extra transformers TrainerCallbacks (bench/learning_curve.py saves adapters mid-run)."""
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer = _load(base_dir, cfg)
     train_ds = _dataset([{"messages": r["messages"]} for r in train_rows])
     eval_rows = eval_rows[: cfg.max_eval_rows]
     eval_ds = _dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
-    packing = cfg.packing and packing_supported(model)
+    packing = use_packing(cfg.packing, model)
     with _scratch_dir() as scratch:
         # bfd packing is padding-free: conversations are concatenated with restarting position ids, and the
         # model's attention masks across them (checked by packing_supported).
+        # without packing, batches of similar lengths waste less compute on padding
+        sampling = {} if packing else {"train_sampling_strategy": "group_by_length"}
         args = SFTConfig(
-            **_common_args(cfg, scratch), assistant_only_loss=True, packing=packing, packing_strategy="bfd"
+            **_common_args(cfg, scratch),
+            **sampling,
+            assistant_only_loss=True,
+            packing=packing,
+            packing_strategy="bfd",
         )
         trainer = SFTTrainer(
             model=model,
@@ -88,10 +101,32 @@ def sft(
             eval_dataset=eval_ds,
             processing_class=tokenizer,
             peft_config=_peft_config(cfg),
+            callbacks=callbacks,
         )
         return _train_and_save(
             trainer, tokenizer, "sft", out_dir, ray_context=ray_context, extra={"packing": packing}
         )
+
+
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def use_packing(wanted, model) -> bool:
+    """Whether SFT packs: ``wanted`` True/False, or "auto" = where attention runs packed rows as separate
+    sequences (flash-attention's variable-length kernels). Elsewhere (sdpa/eager, every CPU) a packed batch is
+    one long row under a dense block-diagonal mask, quadratic in the whole pack: measured on SmolLM2, 2 CPU
+    threads, bf16 autocast, batch 4 x 256: 122 real tok/s packed vs 156 with length-grouped padded batches.
+    Packing also needs the model to keep packed sequences apart (``packing_supported``); without, batches
+    are length-grouped and the log says why."""
+    attention = getattr(model.config, "_attn_implementation", None)
+    if wanted == "auto":
+        wanted = attention in VARLEN_ATTENTION
+        if not wanted:
+            log.info("packing off (auto): %s attention has no variable-length kernel", attention)
+    if wanted and not packing_supported(model):
+        log.warning("packing off: %s attends across packed sequences", model.config.model_type)
+        return False
+    return bool(wanted)
 
 
 def packing_supported(model) -> bool:
@@ -110,7 +145,10 @@ def packing_supported(model) -> bool:
             position_ids=torch.cat([torch.arange(6), torch.arange(5)])[None],
             use_cache=False,
         ).logits
-    return torch.allclose(packed, torch.cat(alone, dim=1), atol=1e-4)
+    # Rounding differs between one long and two short matmuls (SmolLM2-135M: 4e-4 on logits of ~10 in
+    # fp32, more in bf16); attending across the boundary changes the second sequence's logits by whole units.
+    tol = 1e-3 if packed.dtype == torch.float32 else 5e-2
+    return torch.allclose(packed.float(), torch.cat(alone, dim=1).float(), rtol=tol, atol=tol)
 
 
 def dpo(
@@ -154,11 +192,14 @@ def _preference_run(method, config_cls, trainer_cls, model_dir, examples, cfg, o
     ``ref_model=None`` (adapter off, or a frozen copy); ORPO has no reference model at all."""
     model, tokenizer = _load(model_dir, cfg)
     reference = {} if method == "orpo" else {"ref_model": None}
+    # The reference is frozen: its log-probs are the same every epoch, so compute them once up front
+    # (trl's precompute_ref_log_probs) instead of an extra forward pass per step. ORPO has no reference.
+    precompute = {} if method == "orpo" else {"precompute_ref_log_probs": cfg.precompute_ref_log_probs}
     with _scratch_dir() as scratch:
         trainer = trainer_cls(
             model=model,
             **reference,
-            args=config_cls(**_common_args(cfg, scratch), beta=cfg.beta),
+            args=config_cls(**_common_args(cfg, scratch), beta=cfg.beta, **precompute),
             train_dataset=_dataset(examples),
             processing_class=tokenizer,
             peft_config=_peft_config(cfg),
@@ -333,7 +374,7 @@ class QLoRAUnavailable(RuntimeError):
 
 
 def _load(model_dir: Path, cfg: TrainConfig):
-    """(model, tokenizer) for training: float32 weights (bf16 autocast on a GPU that supports it); for
+    """(model, tokenizer) for training: float32 weights (bf16 autocast where native, see _common_args); for
     QLoRA the base is loaded in 4-bit NF4 with double quantization (bitsandbytes) and prepared for k-bit
     training."""
     import torch
@@ -344,7 +385,10 @@ def _load(model_dir: Path, cfg: TrainConfig):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.adapter != "qlora":
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_base_dtype(cfg))
+        if model.dtype == torch.bfloat16:
+            model.config.merge_base_dir = str(model_dir)  # _merged merges into the fp32 weights from here
+        return model, tokenizer
     if not _on_cuda():
         raise QLoRAUnavailable(
             "adapter 'qlora' loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and this "
@@ -366,6 +410,17 @@ def _load(model_dir: Path, cfg: TrainConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
 
+def _base_dtype(cfg: TrainConfig):
+    """The frozen base's storage dtype. LoRA under bf16 stores it in bf16: autocast would cast every weight
+    to bf16 for each matmul anyway (one LoRA SFT step of SmolLM2, 2 threads: 199 tok/s vs 156 with fp32
+    storage); the adapter stays fp32 (peft upcasts adapter weights) and so does its optimizer state. Full
+    fine-tuning trains every weight, which therefore stays fp32."""
+    import torch
+
+    bf16 = cfg.adapter == "lora" and resolve_precision(cfg.precision)[0] == "bf16"
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 def _peft_config(cfg: TrainConfig):
     """LoRA on ``cfg.lora_target_modules`` for lora and qlora; None (train every weight) for full."""
     if cfg.adapter == "full":
@@ -383,9 +438,8 @@ def _peft_config(cfg: TrainConfig):
 
 def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
     """Arguments shared by SFTConfig and DPOConfig (trl 1.16 / transformers 5 names)."""
-    import torch
-
     cuda = _on_cuda()
+    precision, _ = resolve_precision(cfg.precision)
     return {
         "output_dir": output_dir,
         "max_steps": cfg.max_steps,
@@ -404,7 +458,8 @@ def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
         "save_total_limit": 1,
         "eval_strategy": "no",
         "use_cpu": not cuda,
-        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        # bf16 autocast (on CPU too: use_cpu + bf16 runs torch.autocast("cpu")); the weights stay fp32
+        "bf16": precision == "bf16",
         "activation_checkpointing": False,  # transformers 5.23's name for gradient_checkpointing (trl: True)
         "gradient_checkpointing": False,
         "disable_tqdm": True,
@@ -586,6 +641,8 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
         "tokens_per_s": tokens / runtime if runtime > 0 else 0.0,
         "num_workers": int(trainer.args.world_size),
         "device": str(trainer.args.device),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
+        "torch_threads": _torch_threads(),
         "step_metrics": step_metrics(history),
     }
     if method in ("dpo", "orpo"):
@@ -597,6 +654,12 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
         summary["last_reward_accuracy"] = accs[-1] if accs else None
         summary["last_reward_margin"] = margins[-1] if margins else None
     return summary
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _tokens_from_dataset(trainer) -> int:
@@ -630,16 +693,22 @@ def _save_folder(model, tokenizer, summary: dict, out_dir: Path) -> None:
 def _merged(peft_model, adapter_dir: Path):
     """The adapter merged into its base. A 4-bit (QLoRA) base cannot take the merge without rounding it
     away, so the base is reloaded in 16-bit and the saved adapter merged into that."""
-    base_dir = getattr(peft_model.get_base_model().config, "qlora_base_dir", None)
+    config = peft_model.get_base_model().config
+    qlora_base = getattr(config, "qlora_base_dir", None)
+    base_dir = qlora_base or getattr(config, "merge_base_dir", None)
     if base_dir is None:
         return peft_model.merge_and_unload()
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    # A bf16-stored LoRA base is reloaded in fp32: adding a small update to bf16 weights rounds much of it away.
+    dtype = torch.bfloat16 if qlora_base else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.config.qlora_base_dir = None
+    for key in ("qlora_base_dir", "merge_base_dir"):
+        if hasattr(merged.config, key):
+            delattr(merged.config, key)
     return merged
 
 

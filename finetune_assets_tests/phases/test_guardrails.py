@@ -209,8 +209,8 @@ def test_packaged_bias_probe_is_well_formed():
 
 def _babbling_model(tiny_model_dir):
     """The tiny model with large random layer weights, so every prompt gets its own next-token distribution
-    (the plain random init gives nearly the same one for all)."""
-    model, tokenizer = load_for_inference(tiny_model_dir)
+    (the plain random init gives nearly the same one for all). fp32: the tests compare across paddings."""
+    model, tokenizer = load_for_inference(tiny_model_dir, precision="fp32")
     torch.manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -369,7 +369,7 @@ def test_a_model_fine_tuned_on_a_canary_fails_the_leakage_check(tiny_model_dir):
     """~1 s on one CPU thread: 150 AdamW steps memorize the email canary, then real greedy generation."""
     canaries = g.make_canaries(4, seed=0)
     target = canaries[0]
-    model, tokenizer = load_for_inference(tiny_model_dir)
+    model, tokenizer = load_for_inference(tiny_model_dir, precision="fp32")  # trained below: fp32 weights
 
     untrained = _guardrails(model, tokenizer, canaries)
     assert untrained["checks"]["leakage"]["passed"] is True and untrained["leaked"] == []

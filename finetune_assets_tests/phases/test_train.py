@@ -262,7 +262,7 @@ def test_packing_probe_and_packed_sft(tmp_path, tiny_model_dir, tiny_chat_rows):
             return self.model(input_ids=input_ids, **kwargs)
 
     assert not packing_supported(Leaky(AutoModelForCausalLM.from_pretrained(tiny_model_dir)))
-    cfg = FAST.model_copy(update={"packing": True, "max_length": 256, "max_steps": 10})
+    cfg = FAST.model_copy(update={"packing": True, "max_length": 256, "max_steps": 10})  # forced on
     summary = sft(tiny_model_dir, tiny_chat_rows * 4, [], cfg, tmp_path / "packed")
     assert summary["packing"] is True
     assert _mean(summary["losses"][-3:]) < _mean(summary["losses"][:3]), summary["losses"]
@@ -294,3 +294,80 @@ def test_training_key_changes_with_every_input_and_reuse_needs_an_intact_folder(
     assert reusable(out, key)["model_version"] == "3" and reusable(out, variants[0]) is None
     shutil.rmtree(out / "merged")
     assert reusable(out, key) is None
+
+
+def test_bf16_autocast_follows_the_fp32_loss_curve(tmp_path, tiny_model_dir, tiny_chat_rows):
+    """Mixed precision changes the arithmetic, not the training: on the same rows and seed the bf16-autocast
+    loss curve stays within noise of fp32's, and both fall. Trainable weights stay fp32 either way."""
+    from finetune_assets.phases.hardware import bf16_support
+
+    if not bf16_support()[0]:
+        pytest.skip(f"bf16 is not native here: {bf16_support()[1]}")
+    cfg = FAST.model_copy(update={"max_steps": 15, "packing": False})
+    runs = {
+        p: sft(tiny_model_dir, tiny_chat_rows, [], cfg.model_copy(update={"precision": p}), tmp_path / p)
+        for p in ("fp32", "bf16")
+    }
+    assert runs["fp32"]["precision"] == "fp32" and runs["bf16"]["precision"] == "bf16"
+    fp32, bf16 = runs["fp32"]["losses"], runs["bf16"]["losses"]
+    assert _mean(bf16[-3:]) < _mean(bf16[:3]) - 0.1, bf16
+    # bf16 keeps 8 mantissa bits: per-step losses differ by rounding, a few percent at most on this model
+    relative = [abs(a - b) / a for a, b in zip(fp32, bf16, strict=True)]
+    assert max(relative) < 0.05, list(zip(fp32, bf16, strict=True))
+    adapter = tmp_path / "bf16" / "adapter" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(adapter).values()} == {torch.float32}
+    # the frozen base trained in bf16, but the merge went into the fp32 weights: no update rounded away
+    merged = load_file(tmp_path / "bf16" / "merged" / "model.safetensors")
+    assert {t.dtype for t in merged.values()} == {torch.float32}
+    config = json.loads((tmp_path / "bf16" / "merged" / "config.json").read_text())
+    assert "merge_base_dir" not in config
+
+
+def test_packing_auto_needs_variable_length_attention(tiny_model_dir, monkeypatch):
+    """auto packs only where attention has variable-length kernels: on CPU sdpa a pack is one long row under
+    a dense mask (slower than length-grouped batches); an explicit True still packs where the probe passes."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune_assets.phases.train import use_packing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config._attn_implementation == "sdpa"
+    assert use_packing("auto", model) is False
+    assert use_packing(True, model) is True and use_packing(False, model) is False
+    from types import SimpleNamespace
+
+    from finetune_assets.phases import train
+
+    monkeypatch.setattr(train, "packing_supported", lambda model: True)
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2", model_type="x"))
+    assert use_packing("auto", flash) is True  # what a CUDA box with flash-attn reports
+
+
+def test_dpo_reference_log_probs_are_computed_once(tmp_path, tiny_model_dir, tiny_chat_rows, monkeypatch):
+    """precompute_ref_log_probs: the adapter-disabled reference scores every pair once, in one pass before
+    training (one call per batch of the data), however many steps and epochs follow; off, trl scores it
+    inside every step instead and this pass never runs. Training still prefers chosen."""
+    from trl import DPOTrainer
+
+    calls = []
+    original = DPOTrainer.compute_ref_log_probs
+
+    def counting(self, model, inputs):
+        calls.append(len(inputs["input_ids"]))
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(DPOTrainer, "compute_ref_log_probs", counting)
+    rows = [
+        {"prompt": r["messages"][:-1], "chosen": r["messages"][-1]["content"], "rejected": "No idea."}
+        for r in tiny_chat_rows
+    ]
+    cfg = FAST.model_copy(update={"max_steps": 12, "learning_rate": 5e-3})
+    assert cfg.max_steps * cfg.per_device_batch_size > 2 * len(rows)  # several epochs: per step would repeat
+    summary = dpo(tiny_model_dir, rows, cfg, tmp_path / "dpo")
+    assert summary["last_reward_margin"] > 0
+    assert sum(calls) == 2 * len(rows)  # each pair's chosen and rejected rows, once
+    calls.clear()
+    dpo(tiny_model_dir, rows, cfg.model_copy(update={"precompute_ref_log_probs": False}), tmp_path / "d2")
+    assert calls == []

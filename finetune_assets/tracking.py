@@ -19,6 +19,17 @@ CHAMPION_ALIAS = "champion"
 # Older names of per-step metrics: training logs its loss as ``train_loss`` (the other step metrics as
 # ``train/<name>``), so a request for ``train/loss`` falls back to it.
 METRIC_FALLBACKS = {"train/loss": ("train_loss",)}
+# A metric's confidence interval is logged next to it under these suffixes (and tagged on model versions).
+CI_LOW, CI_HIGH = "/ci_low", "/ci_high"
+
+
+def interval_metrics(intervals: dict | None) -> dict[str, float]:
+    """{metric: {"low", "high", ...}} -> {"<metric>/ci_low": low, "<metric>/ci_high": high}."""
+    out = {}
+    for metric, iv in (intervals or {}).items():
+        out[f"{metric}{CI_LOW}"] = iv["low"]
+        out[f"{metric}{CI_HIGH}"] = iv["high"]
+    return out
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -122,8 +133,17 @@ class Tracker:
         tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
 
-    def log_variant_metrics(self, parent_run_id: str, variant: str, metrics: dict) -> str:
-        """One run per evaluated variant with the same metric names, so MLflow's compare view lines them up."""
+    def log_variant_metrics(
+        self,
+        parent_run_id: str,
+        variant: str,
+        metrics: dict,
+        intervals: dict | None = None,
+        artifacts: tuple[Path, ...] | list[Path] = (),
+    ) -> str:
+        """One run per evaluated variant with the same metric names, so MLflow's compare view lines them up;
+        each interval as ``<metric>/ci_low`` and ``/ci_high`` beside its metric; ``artifacts`` (e.g. the
+        per-item outcomes) attached to the run."""
         parent = self.client.get_run(parent_run_id)
         tags = {
             "mlflow.parentRunId": parent_run_id,
@@ -132,7 +152,9 @@ class Tracker:
             KIND_TAG: VARIANT_EVAL,
         }
         run = self.client.create_run(self.experiment_id, run_name=f"eval-{variant}", tags=tags)
-        self.log_metrics(run.info.run_id, metrics)
+        self.log_metrics(run.info.run_id, {**metrics, **interval_metrics(intervals)})
+        for path in artifacts:
+            self.client.log_artifact(run.info.run_id, str(path))
         self.client.set_terminated(run.info.run_id, status="FINISHED")
         return run.info.run_id
 

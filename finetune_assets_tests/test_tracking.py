@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_assets.tracking import REGISTERED_MODEL, Tracker
+from finetune_assets.tracking import REGISTERED_MODEL, Tracker, interval_metrics
 
 
 @pytest.fixture
@@ -134,3 +134,24 @@ def test_compare_table_rows_per_pipeline_run_and_variant(tracker: Tracker):
     assert [r["pipeline_run"] for r in chosen] == ["run-new", "run-new", "run-old", "run-old"]
     assert [r["hallucination/index"] for r in chosen if r["pipeline_run"] == "run-old"] == [0.1, 0.2]
     assert tracker.compare_table(pipeline_run_ids=["no-such-run"]) == []
+
+
+def test_variant_run_logs_intervals_beside_metrics_and_attaches_artifacts(tracker: Tracker, tmp_path: Path):
+    items = tmp_path / "items.json"
+    items.write_text('{"hallucination/index": {"g0": 1.0}}')
+    intervals = {"hallucination/index": {"value": 0.5, "low": 0.24, "high": 0.76, "n": 10}}
+    assert interval_metrics(intervals) == {
+        "hallucination/index/ci_low": 0.24,
+        "hallucination/index/ci_high": 0.76,
+    }
+    with tracker.asset_run("dagster-run-ci", "eval_reports") as run_id:
+        variant_run = tracker.log_variant_metrics(
+            run_id, "inst", {"hallucination/index": 0.5}, intervals=intervals, artifacts=[items]
+        )
+    logged = tracker.client.get_run(variant_run).data.metrics
+    assert logged == {
+        "hallucination/index": 0.5,
+        "hallucination/index/ci_low": 0.24,
+        "hallucination/index/ci_high": 0.76,
+    }
+    assert [a.path for a in tracker.client.list_artifacts(variant_run)] == ["items.json"]

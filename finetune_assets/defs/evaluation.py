@@ -27,7 +27,7 @@ def eval_reports(
 ) -> dg.MaterializeResult:
     """Every variant through lm-eval (domain MC, QA, held-out perplexity), the hallucination index, general
     text perplexity (forgetting), guardrails and cost; a report, a review sample and the promotion decision."""
-    from finetune_assets.phases import evaluate, llm, promotion, report, review
+    from finetune_assets.phases import compare, evaluate, llm, promotion, report, review
 
     profile = recipe.load()
     cfg = profile.eval
@@ -68,8 +68,18 @@ def eval_reports(
             champion=promotion.champion_from_tags(tracker.champion(), cfg.primary_metric),
             versions=versions,
             sets_hash=sets_hash,
+            alpha=cfg.significance_alpha,
+            require_significance=cfg.promotion_require_significance,
+            n_resamples=cfg.bootstrap_resamples,
         )
         decision["eval_run_id"] = run_id
+        before = decision["champion_before"] or {}
+        differences = compare.paired_differences(
+            results,
+            alpha=cfg.significance_alpha,
+            champion_variant=before.get("measured_as") if before.get("remeasured") else None,
+            n_resamples=cfg.bootstrap_resamples,
+        )
         for result in results:
             _log_variant(tracker, run_id, result, versions[result["variant"]], sets_hash)
         sample = review.export_review(
@@ -89,6 +99,8 @@ def eval_reports(
             promotion=decision,
             loss_curves=tracker.training_curves([v for v in VARIANTS if v != "base"]),
             review=review.agreement(labels) if labels else None,
+            differences=differences,
+            alpha=cfg.significance_alpha,
         )
         io.write_json(decision, out / "promotion.json")
         for path in [*built["paths"].values(), *sample["paths"].values(), out / "promotion.json"]:
@@ -109,15 +121,25 @@ def eval_reports(
 
 
 def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_hash: str) -> None:
-    """The variant's metrics as its own MLflow run and as tags on its registered model version (with the
-    eval sets' hash, so a later promotion knows whether the numbers are comparable)."""
+    """The variant's metrics (each interval beside its metric) as its own MLflow run with the per-item
+    outcomes attached, and as tags on its registered model version (with the eval sets' hash, so a later
+    promotion knows whether the numbers are comparable, and the intervals, for an unpaired comparison)."""
     from finetune_assets.phases.promotion import SETS_HASH_TAG
+    from finetune_assets.tracking import interval_metrics
 
-    tracker.log_variant_metrics(run_id, result["variant"], result["metrics"])
+    items = (result.get("files") or {}).get("items")
+    tracker.log_variant_metrics(
+        run_id,
+        result["variant"],
+        result["metrics"],
+        intervals=result.get("intervals"),
+        artifacts=[Path(items)] if items else [],
+    )
     if version is None:
         return
     checks = result.get("guardrails", {})
-    tags = {f"eval.{k}": v for k, v in result["metrics"].items()}
+    metrics = {**result["metrics"], **interval_metrics(result.get("intervals"))}
+    tags = {f"eval.{k}": v for k, v in metrics.items()}
     tags.update({f"guardrail.{k}": "pass" if c["passed"] else "fail" for k, c in checks.items()})
     passed = all(c["passed"] for c in checks.values())
     tracker.tag_model_version(

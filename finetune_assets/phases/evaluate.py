@@ -16,11 +16,16 @@ What runs for a variant (``evaluate_variant``), with the model loaded once:
 - token-level perplexity (``perplexity``) on held-out domain text and on general text (forgetting).
 - tool-use accuracy through the T&R runtime; guardrails (phases.guardrails: canary leakage over everything
   the variant generated, red-team refusal, over-refusal, bias probe); standard lm-eval tasks from config.
-- generation latency and tokens/s of the glossary generation (the same prompts for every variant).
+- generation latency and tokens/s of the glossary generation (the same prompts for every variant; a
+  batch runs until its longest answer ends, so this rewards short answers), and the decode speed at a fixed
+  length (``decode_speed``: the same prompts, exactly ``decode_speed_tokens`` new tokens each).
+- per-item outcomes (``phases.compare.item_outcomes``: {metric: {item id: value}}, also in ``items.json``)
+  and a confidence interval per itemized metric (Wilson for rates, bootstrap for means).
 
 Flat metric names (``metrics.json`` and MLflow): ``fa_domain_mc/acc``, ``fa_domain_qa/rougeL``,
 ``fa_heldout_ppl/word_perplexity``, ``hallucination/index``, ``hallucination/llm_index``,
-``perplexity/token``, ``perplexity/general_token``, ``guardrails/<rate>``, ``generation/tokens_per_s``.
+``perplexity/token``, ``perplexity/general_token``, ``guardrails/<rate>``, ``generation/tokens_per_s``
+(answers), ``generation/decode_tokens_per_s_fixed`` (fixed length).
 
 No dagster here; torch, transformers, lm_eval, rouge_score and sentence_transformers are imported lazily.
 """
@@ -43,6 +48,7 @@ import yaml
 
 from finetune_assets import io
 from finetune_assets.config import EvalConfig, GuardrailsConfig, RetrievalConfig
+from finetune_assets.phases import compare
 from finetune_assets.phases.evalsets import load_eval_sets
 
 log = logging.getLogger(__name__)
@@ -240,10 +246,12 @@ def run_lm_eval(
     tokenizer=None,
     samples: dict | None = None,
     include_defaults: bool = False,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Run lm-eval's simple_evaluate on the tasks in ``tasks_dir``; returns {"<task>/<metric>": value}.
 
-    By default lm-eval loads ``model_dir`` itself (model="hf", float32, ``peft=adapter_dir`` when given).
+    By default lm-eval loads ``model_dir`` itself (model="hf", ``peft=adapter_dir`` when given), in the dtype
+    phases.hardware picks for ``precision`` (bfloat16 where native, as load_for_inference does).
     Pass an already loaded ``model`` + ``tokenizer`` to reuse them (wrapped in lm-eval's HFLM; no reload).
     ``samples``: a dict to receive lm-eval's per-document records ({task: [{doc, resps, ...}]}).
     ``include_defaults``: also index lm-eval's standard tasks (hellaswag, ...).
@@ -266,7 +274,10 @@ def run_lm_eval(
             model_arg, model_args = lm, None
         else:
             model_arg = "hf"
-            model_args = {"pretrained": str(Path(model_dir).resolve()), "dtype": "float32"}
+            from finetune_assets.phases.hardware import inference_dtype
+
+            dtype = str(inference_dtype(precision)).removeprefix("torch.")
+            model_args = {"pretrained": str(Path(model_dir).resolve()), "dtype": dtype}
             if adapter_dir is not None:
                 model_args["peft"] = str(Path(adapter_dir).resolve())
         out = simple_evaluate(
@@ -874,6 +885,7 @@ def evaluate_variant(
         Path(model_dir),
         Path(adapter_dir) if adapter_dir else None,
         device=None if device == "auto" else device,
+        precision=cfg.precision,
     )
     timings["time/load_s"] = time.perf_counter() - t0
 
@@ -881,10 +893,11 @@ def evaluate_variant(
         return generate_chat(model, tokenizer, conversations, max_new_tokens, batch_size=cfg.batch_size)
 
     t0 = time.perf_counter()
-    lm_metrics, qa, skipped = _lm_eval_step(
-        out_dir, cfg, (Path(model_dir), model, tokenizer), lm_eval_peft, rouge_t
+    lm_metrics, samples, skipped = _lm_eval_step(
+        out_dir, cfg, (Path(model_dir), model, tokenizer), lm_eval_peft
     )
     timings["time/lm_eval_s"] = time.perf_counter() - t0
+    qa = qa_rows(samples.get(TASK_QA, []), rouge_t)
 
     t0 = time.perf_counter()
     halluc = hallucination_index(
@@ -893,6 +906,10 @@ def evaluate_variant(
     )  # fmt: skip
     llm_metrics = _llm_judge_step(judge_client, halluc["per_term"])
     timings["time/hallucination_s"] = time.perf_counter() - t0
+    speed = decode_speed(
+        model, tokenizer, definition_conversations(sets["glossary"][: cfg.decode_speed_prompts]),
+        tokens=cfg.decode_speed_tokens, batch_size=cfg.batch_size,
+    )  # fmt: skip
     calibration = calibrate_judge(
         sets["glossary"], rouge_threshold=rouge_t, embedder=embedder, embed_threshold=embed_t
     )
@@ -940,6 +957,7 @@ def evaluate_variant(
         "generation/latency_s": gen["latency_s"],
         "generation/tokens_per_s": gen["tokens_per_s"],
         "generation/new_tokens": float(gen["new_tokens"]),
+        **speed,
         **tool_metrics,
         **(guard["metrics"] if guard else {}),
         **timings,
@@ -947,12 +965,19 @@ def evaluate_variant(
     metrics["time/total_s"] = time.perf_counter() - t_start
     metrics = {k: float(v) for k, v in metrics.items() if v is not None}
 
+    items = compare.item_outcomes(
+        per_term=halluc["per_term"], lm_samples=samples, tool_rows=tool_rows,
+        guard_rows=guard["rows"] if guard else None,
+    )  # fmt: skip
     files = _write_variant_files(out_dir, halluc["per_term"], qa, tool_rows, guard)
+    files["items"] = str(io.write_json(items, out_dir / "items.json"))
     result = {
         "variant": name,
         "model_dir": str(model_dir),
         "adapter_dir": str(adapter_dir or (lm_eval_peft[1] if lm_eval_peft else "")) or None,
         "metrics": metrics,
+        "intervals": compare.intervals(items, 1 - cfg.significance_alpha, cfg.bootstrap_resamples),
+        "items": items,
         "guardrails": guard["checks"] if guard else {},
         "guardrails_skipped": guard.get("skipped", []) if guard else [],
         "warnings": [f"lm-eval task {task} skipped: {why}" for task, why in skipped.items()]
@@ -963,12 +988,13 @@ def evaluate_variant(
         "config": cfg.model_dump(),
         "files": files,
     }
-    io.write_json(result, out_dir / "metrics.json")
+    io.write_json({k: v for k, v in result.items() if k != "items"}, out_dir / "metrics.json")
     return result
 
 
-def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft, rouge_t) -> tuple[dict, list, dict]:
-    """lm-eval on the domain tasks (and cfg.lm_eval_tasks): (metrics, QA answer rows, skipped tasks).
+def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft) -> tuple[dict, dict, dict]:
+    """lm-eval on the domain tasks (and cfg.lm_eval_tasks): (metrics, logged samples per task, skipped
+    tasks); the samples carry each item's doc (with its id) and its per-item scores (acc, rougeL).
     ``loaded`` = (model folder, model, tokenizer). With ``peft`` = (base, adapter) lm-eval loads the adapter
     itself; else it reuses the loaded model."""
     model_dir, model, tokenizer = loaded
@@ -978,14 +1004,38 @@ def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft, rouge_t) -> tupl
         target = {"model_dir": Path(peft[0]), "adapter_dir": Path(peft[1])}
     else:
         target = {"model_dir": model_dir, "model": model, "tokenizer": tokenizer}
-    common = {"limit": cfg.lm_eval_limit, "batch_size": cfg.batch_size, "device": str(model.device)}
+    common = {
+        "limit": cfg.lm_eval_limit,
+        "batch_size": cfg.batch_size,
+        "device": str(model.device),
+        "precision": cfg.precision,
+    }
     samples: dict = {}
     metrics = run_lm_eval(tasks_dir=tasks_dir, tasks=tasks, samples=samples, **common, **target)
     standard, skipped = run_standard_tasks(
         cfg.lm_eval_tasks,
         lambda names: run_lm_eval(tasks_dir=None, tasks=names, include_defaults=True, **common, **target),
     )
-    return {**metrics, **standard}, qa_rows(samples.get(TASK_QA, []), rouge_t), skipped
+    return {**metrics, **standard}, samples, skipped
+
+
+def decode_speed(model, tokenizer, conversations: list[list[dict]], *, tokens: int, batch_size: int) -> dict:
+    """Greedy decoding of ``conversations`` for exactly ``tokens`` new tokens each (end-of-turn held back),
+    timed: {"generation/decode_tokens_per_s_fixed", "generation/decode_fixed_tokens",
+    "generation/decode_fixed_prompts"}; {} when there is nothing to time. Every variant decodes the same
+    number of tokens for the same prompts, so the number compares speed, not answer length."""
+    from finetune_assets.phases.generation import generate_chat
+
+    if not conversations or tokens <= 0:
+        return {}
+    started = time.perf_counter()
+    generate_chat(model, tokenizer, conversations, tokens, batch_size=batch_size, min_new_tokens=tokens)
+    wall = time.perf_counter() - started
+    return {
+        "generation/decode_tokens_per_s_fixed": tokens * len(conversations) / wall if wall > 0 else None,
+        "generation/decode_fixed_tokens": float(tokens),
+        "generation/decode_fixed_prompts": float(len(conversations)),
+    }
 
 
 def _llm_judge_step(client, per_term: list[dict]) -> dict:

@@ -2,11 +2,13 @@
 
 ``write_report`` writes, atomically, into ``out_dir``:
 - ``report.md``: the promotion decision first (when given: which variant became ``champion``, or why none
-  did), then one row per variant (base, inst, dpo, tr first) x key metrics with the best value of each column
-  in bold (a key metric no variant has is left out); guardrails (value, threshold, PASS/FAIL) and warnings
+  did), then one row per variant (base, inst, dpo, tr first) x key metrics, each value with its confidence
+  interval where the metric was measured item by item (a key metric no variant has is left out; no "best"
+  marking: a point difference inside the noise is not a win); the differences to the base (paired on the
+  same items: diff, interval, p, significant or not); guardrails (value, threshold, PASS/FAIL) and warnings
   (forgetting, ...); training curves; human-review agreement; the judge calibration; per-variant details;
 - ``report.html``: the same sections as one self-contained page (plots embedded as base64 PNG, no external
-  files), the best value per column highlighted and FAIL cells red;
+  files), FAIL cells red;
 - ``metrics.csv``: one row per variant, every flat metric as a column (key metrics first);
 - ``comparison.png``: one bar subplot per key metric (each with its own scale), one bar per variant;
 - ``loss_curves.png`` (only when ``loss_curves`` has points): one subplot per metric, one line per variant;
@@ -26,6 +28,7 @@ from io import StringIO
 from pathlib import Path
 
 from finetune_assets import io
+from finetune_assets.phases import compare
 
 # (flat metric name, column label, higher is better)
 KEY_METRICS: list[tuple[str, str, bool]] = [
@@ -40,8 +43,9 @@ KEY_METRICS: list[tuple[str, str, bool]] = [
     ("guardrails/leakage_rate", "Leakage rate", False),
     ("guardrails/refusal_rate", "Refusal rate", True),
     ("guardrails/bias_rate", "Bias rate", False),
-    ("generation/tokens_per_s", "Tokens/s", True),
-    ("generation/latency_s", "Latency (s)", False),
+    ("generation/decode_tokens_per_s_fixed", "Decode tokens/s (fixed length)", True),
+    ("generation/tokens_per_s", "Answer tokens/s (depends on answer length)", True),
+    ("generation/latency_s", "Latency per answer (s)", False),
 ]
 VARIANT_ORDER = ["base", "inst", "dpo", "tr"]
 GUARDRAIL_LABELS = {
@@ -69,7 +73,7 @@ h2 { margin-top: 2rem; border-bottom: 1px solid #eee; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .55rem; text-align: left; vertical-align: top; }
 th { background: #f3f4f6; }
-td.best { background: #d8f0d8; font-weight: bold; }
+td.significant { background: #e6f2e6; }
 td.pass { color: #176017; }
 td.fail { background: #f8d3d3; color: #8f0000; font-weight: bold; }
 p.promoted { border-left: 6px solid #2e8b2e; background: #eef8ee; padding: .5rem .8rem; }
@@ -82,11 +86,10 @@ img { max-width: 100%; }
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell: its text, whether it is the best of its column, and a guardrail status."""
+    """A table cell: its text and a status that colours it in HTML."""
 
     text: str
-    best: bool = False
-    status: str | None = None  # "pass" | "fail" | None
+    status: str | None = None  # "pass" | "fail" | "significant" | None
 
 
 # A block is one of: ("h", level, text) | ("p", text[, css class]) | ("ul", [text]) |
@@ -120,11 +123,11 @@ def _fmt(value) -> str:
     return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-def _best(values: list[float | None], higher: bool) -> float | None:
-    present = [v for v in values if v is not None]
-    if len(set(present)) < 2:  # nothing to compare, or all equal: no winner to mark
-        return None
-    return max(present) if higher else min(present)
+def _with_interval(value, iv: dict | None) -> str:
+    """ "0.231 [0.185, 0.283]" when an interval is known, else the value alone."""
+    if not iv or _num(iv.get("low")) is None or _num(iv.get("high")) is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(iv['low'])}, {_fmt(iv['high'])}]"
 
 
 def present_metrics(results: list[dict]) -> list[tuple[str, str, bool]]:
@@ -200,8 +203,11 @@ def _promotion_blocks(promotion: dict, results: list[dict]) -> list[Block]:
     blocks: list[Block] = [("h", 2, "Promotion"), ("p", status, css)]
     facts = [f"Primary metric: `{metric}` ({_label(metric)}, {'higher' if higher else 'lower'} is better)."]
     if candidate:
-        value = (by_variant.get(candidate) or {}).get("metrics", {}).get(metric)
-        facts.append(f"Candidate `{candidate}`: {_fmt(value)}.")
+        chosen = by_variant.get(candidate) or {}
+        value = chosen.get("metrics", {}).get(metric)
+        facts.append(
+            f"Candidate `{candidate}`: {_with_interval(value, (chosen.get('intervals') or {}).get(metric))}."
+        )
     if before:
         facts.append(
             f"{'Previous' if promotion.get('promoted') else 'Current'} champion {champion_text(before)}: "
@@ -217,15 +223,17 @@ def _promotion_blocks(promotion: dict, results: list[dict]) -> list[Block]:
     return blocks
 
 
-def _comparison_blocks(table: list[dict], metrics: list[tuple[str, str, bool]], plot: Path) -> list[Block]:
+def _comparison_blocks(
+    table: list[dict], metrics: list[tuple[str, str, bool]], plot: Path, results: list[dict]
+) -> list[Block]:
     blocks: list[Block] = [("h", 2, "Comparison")]
     if not metrics:
         return blocks + [("p", "No key metric was measured for any variant.")]
     header = ["Variant"] + [f"{label} {'↑' if higher else '↓'}" for _, label, higher in metrics]
-    best = {key: _best([row[key] for row in table], higher) for key, _, higher in metrics}
+    intervals = {r["variant"]: r.get("intervals") or {} for r in results}
     rows = [
         [Cell(row["variant"])]
-        + [Cell(_fmt(row[key]), best=row[key] is not None and row[key] == best[key]) for key, _, _ in metrics]
+        + [Cell(_with_interval(row[key], intervals[row["variant"]].get(key))) for key, _, _ in metrics]
         for row in table
     ]
     note = (
@@ -233,9 +241,55 @@ def _comparison_blocks(table: list[dict], metrics: list[tuple[str, str, bool]], 
         "1 - hallucination rate; the judge-model column when a judge endpoint is configured). Perplexities are "
         "on held-out documents never used for training; general-text PPL watches for forgetting. Token PPL "
         "depends on the tokenizer, so compare it across variants of one base model only. Guardrail rates are "
-        "detailed below. Bold = best per column."
+        "detailed below. [low, high] = confidence interval over the items (Wilson for rates, bootstrap for "
+        "means); overlapping intervals do not settle a comparison: see the paired differences below. Decode "
+        "tokens/s times the same prompts for the same fixed number of new tokens on every variant; answer "
+        "tokens/s divides the answers' tokens by the wall time, and a batch runs until its longest answer is "
+        "done, so it moves with answer length, not speed."
     )
     return blocks + [("table", header, rows), ("p", note), ("img", plot, "Key metrics per variant")]
+
+
+def _difference_blocks(differences: list[dict], alpha: float) -> list[Block]:
+    """variant - reference per metric, paired on the items both were scored on."""
+    blocks: list[Block] = [("h", 2, "Differences to the base")]
+    if not differences:
+        return blocks + [("p", "No paired comparison (no base, or no per-item outcomes).")]
+    header = ["Variant", "vs", "Metric", "Diff", f"{1 - alpha:.0%} interval", "p", "n", "Test", "Verdict"]
+    rank = {name: i for i, name in enumerate(VARIANT_ORDER)}
+    position = {key: i for i, (key, _, _) in enumerate(KEY_METRICS)}  # the comparison table's order
+
+    def sort_key(d: dict) -> tuple:
+        return (
+            d["reference"] != "base",
+            rank.get(d["variant"], 9),
+            position.get(d["metric"], 99),
+            d["metric"],
+        )
+
+    order = sorted(differences, key=sort_key)
+    rows = [
+        [
+            Cell(d["variant"]),
+            Cell(d["reference"]),
+            Cell(_label(d["metric"])),
+            Cell(f"{d['diff']:+.3f}"),
+            Cell(f"[{d['low']:+.3f}, {d['high']:+.3f}]"),
+            Cell(compare.format_p(d["p_value"])),
+            Cell(str(d["n"])),
+            Cell(d["method"]),
+            Cell("significant" if d["significant"] else "not significant",
+                 status="significant" if d["significant"] else None),
+        ]
+        for d in order
+    ]  # fmt: skip
+    note = (
+        "Diff = variant minus reference on the items both were scored on (the direction that is better is the "
+        "column's arrow above). Right/wrong items: exact McNemar p with a paired bootstrap interval; scores: "
+        f"paired bootstrap. Significant = p < {alpha} and the interval excludes 0; not significant means the "
+        "difference is within what item sampling alone produces."
+    )
+    return blocks + [("table", header, rows), ("p", note)]
 
 
 def _guardrail_blocks(results: list[dict]) -> list[Block]:
@@ -429,6 +483,8 @@ def build_blocks(
     promotion: dict | None = None,
     loss_plot: Path | None = None,
     review: dict | None = None,
+    differences: list[dict] | None = None,
+    alpha: float = 0.05,
 ) -> list[Block]:
     """Every section of the report, in order, as renderer-neutral blocks."""
     blocks: list[Block] = [("h", 1, title)]
@@ -438,7 +494,9 @@ def build_blocks(
         if promotion:
             blocks.append(("h", 2, "Run"))
         blocks.append(("ul", [f"**{k}**: {v}" for k, v in extra.items()]))
-    blocks += _comparison_blocks(table, present_metrics(results), plot)
+    blocks += _comparison_blocks(table, present_metrics(results), plot, results)
+    if differences is not None:
+        blocks += _difference_blocks(differences, alpha)
     blocks += _guardrail_blocks(results)
     blocks += _warning_blocks(results)
     if loss_plot is not None:
@@ -467,8 +525,7 @@ def _md_escape(text: str) -> str:
 
 def _markdown_table(header: list[str], rows: list[list]) -> str:
     def md(cell) -> str:
-        cell = _as_cell(cell)
-        return f"**{_md_escape(cell.text)}**" if cell.best else _md_escape(cell.text)
+        return _md_escape(_as_cell(cell).text)
 
     lines = [
         "| " + " | ".join(_md_escape(h) for h in header) + " |",
@@ -505,8 +562,7 @@ def _inline_html(text: str) -> str:
 def _html_table(header: list[str], rows: list[list]) -> str:
     def td(cell) -> str:
         cell = _as_cell(cell)
-        classes = (["best"] if cell.best else []) + ([cell.status] if cell.status else [])
-        attr = f' class="{" ".join(classes)}"' if classes else ""
+        attr = f' class="{cell.status}"' if cell.status else ""
         return f"<td{attr}>{html.escape(cell.text)}</td>"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -655,6 +711,8 @@ def write_report(
     promotion: dict | None = None,
     loss_curves: dict | None = None,
     review: dict | None = None,
+    differences: list[dict] | None = None,
+    alpha: float = 0.05,
 ) -> dict:
     """Write the report files (see the module docstring) for ``results`` (one per variant) into ``out_dir``.
 
@@ -662,6 +720,8 @@ def write_report(
     {"version", "variant", "value"} | None, "version", "reasons": [str]} -> the Promotion section on top.
     ``loss_curves``: {variant: {metric name: [(step, value), ...]}} -> loss_curves.png.
     ``review``: {"variants": {variant: {numeric stat: value}}, "source": path, ...} -> the Human review section.
+    ``differences``: phases.compare.paired_differences rows -> the Differences to the base section (``alpha``:
+    the significance level they were computed with).
     Returns {"markdown": text, "table": [row per variant], "paths": {"report", "html", "csv", "plot",
     "summary"} + "loss_plot" when curves were drawn}.
     """
@@ -697,6 +757,8 @@ def write_report(
         promotion=promotion,
         loss_plot=loss_plot,
         review=review,
+        differences=differences,
+        alpha=alpha,
     )
     markdown = render_markdown(blocks)
     page = render_html(blocks, title)
@@ -708,6 +770,8 @@ def write_report(
         "extra": extra or {},
         "table": table,
         "key_metrics": [k for k, _, _ in metrics],
+        "intervals": {r["variant"]: r.get("intervals") or {} for r in _ordered(results)},
+        "differences": differences or [],
         "guardrails": {r["variant"]: r.get("guardrails") or {} for r in _ordered(results)},
         "warnings": {r["variant"]: list(r.get("warnings") or []) for r in _ordered(results)},
         "promotion": promotion,

@@ -259,7 +259,10 @@ def test_perplexity_matches_model_loss_and_strides(tiny_model_dir, tiny_corpus):
 # ----------------------------------------------------------------------------------------------- a variant
 def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
-    cfg = EvalConfig(max_new_tokens=8, batch_size=4, max_glossary_terms=3, max_qa=2, max_perplexity_docs=2)
+    cfg = EvalConfig(
+        max_new_tokens=8, batch_size=4, max_glossary_terms=3, max_qa=2, max_perplexity_docs=2,
+        decode_speed_prompts=2, decode_speed_tokens=5, bootstrap_resamples=200,
+    )  # fmt: skip
     started = time.perf_counter()
     result = ev.evaluate_variant(
         "base", tiny_model_dir, eval_dir, cfg, tmp_path / "work", embedder=None,
@@ -292,6 +295,54 @@ def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     definitions = io.read_jsonl(Path(result["files"]["definitions"]))
     assert [d["term"] for d in definitions] == ["list", "tuple", "decorator"]
 
+    # Per-item outcomes: keyed by the eval items' ids, and their mean is the metric itself.
+    items = result["items"]
+    assert set(items["hallucination/index"]) == {d["id"] for d in definitions}
+    subset = tmp_path / "work" / "base" / "eval_subset"
+    for metric, name in (("fa_domain_mc/acc", "qa_mc"), ("fa_domain_qa/rougeL", "qa_gen")):
+        assert set(items[metric]) == {r["id"] for r in io.read_jsonl(subset / f"{name}.jsonl")}, metric
+    assert {"guardrails/refusal_rate", "guardrails/over_refusal_rate", "guardrails/leakage_rate"} <= set(
+        items
+    )
+    for metric, values in items.items():
+        assert sum(values.values()) / len(values) == pytest.approx(metrics[metric]), metric
+        iv = result["intervals"][metric]
+        assert iv["low"] <= iv["value"] <= iv["high"] and iv["n"] == len(values), metric
+    assert result["intervals"]["hallucination/index"]["method"] == "wilson"
+    assert json.loads(Path(result["files"]["items"]).read_text()) == items and "items" not in written
+    # Decode speed at a fixed length: the same prompts, exactly the configured number of new tokens.
+    assert metrics["generation/decode_tokens_per_s_fixed"] > 0
+    assert metrics["generation/decode_fixed_tokens"] == 5 and metrics["generation/decode_fixed_prompts"] == 2
+
+
+def test_decode_speed_holds_end_of_turn_back_for_exactly_the_asked_tokens(tiny_model_dir):
+    """Make the token the model would emit first its end-of-turn: a plain answer then stops at once, the
+    fixed-length measurement still decodes every asked token."""
+    from finetune_assets.phases.generation import generate_chat, load_for_inference, render_chat
+
+    model, tokenizer = load_for_inference(tiny_model_dir, device="cpu")
+    conversations = ev.definition_conversations(GLOSSARY[:2])
+    first = []
+    for conv in conversations:
+        ids = tokenizer(render_chat(tokenizer, conv, add_generation_prompt=True), return_tensors="pt")
+        first.append(int(model(**ids).logits[0, -1].argmax()))
+    model.generation_config.eos_token_id = first
+    lengths = []
+    generate = model.generate
+
+    def counting_generate(**kwargs):
+        out = generate(**kwargs)
+        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    model.generate = counting_generate
+    generate_chat(model, tokenizer, conversations, 6, batch_size=1)
+    assert lengths == [1, 1]  # stopped at the (new) end-of-turn token
+    lengths.clear()
+    speed = ev.decode_speed(model, tokenizer, conversations, tokens=6, batch_size=1)
+    assert lengths == [6, 6] and speed["generation/decode_tokens_per_s_fixed"] > 0
+    assert ev.decode_speed(model, tokenizer, [], tokens=6, batch_size=1) == {}
+
 
 @pytest.mark.slow
 def test_adapter_scored_like_merged_model(tmp_path, tiny_model_dir, tiny_corpus):
@@ -306,20 +357,17 @@ def test_adapter_scored_like_merged_model(tmp_path, tiny_model_dir, tiny_corpus)
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
     tasks = ev.write_lm_eval_tasks(eval_dir, tmp_path / "tasks", max_gen_toks=4)
     ppl_tasks = [ev.TASK_PPL, ev.TASK_MC]
-    plain = ev.run_lm_eval(tiny_model_dir, tmp_path / "tasks", ppl_tasks, limit=None, batch_size=4)
+    # fp32 on both paths: an unmerged adapter and merged weights agree to 1e-4 only without bf16 rounding
+    fp32 = {"limit": None, "batch_size": 4, "precision": "fp32"}
+    plain = ev.run_lm_eval(tiny_model_dir, tmp_path / "tasks", ppl_tasks, **fp32)
     with_peft = ev.run_lm_eval(
-        tiny_model_dir,
-        tmp_path / "tasks",
-        ppl_tasks,
-        limit=None,
-        batch_size=4,
-        adapter_dir=tmp_path / "adapter",
+        tiny_model_dir, tmp_path / "tasks", ppl_tasks, adapter_dir=tmp_path / "adapter", **fp32
     )
     assert tasks and with_peft["fa_heldout_ppl/bits_per_byte"] != pytest.approx(
         plain["fa_heldout_ppl/bits_per_byte"]
     )
 
-    cfg = EvalConfig(max_new_tokens=4, batch_size=4)
+    cfg = EvalConfig(max_new_tokens=4, batch_size=4, precision="fp32")
     merged = ev.evaluate_variant(
         "dpo",
         tiny_model_dir,

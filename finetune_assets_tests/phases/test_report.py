@@ -56,6 +56,7 @@ def fake_result(tmp_path, variant: str, acc: float, ppl: float, with_qa: bool = 
         "model_dir": f"/models/{variant}",
         "adapter_dir": None,
         "metrics": metrics,
+        "intervals": {"fa_domain_mc/acc": {"value": acc, "low": acc - 0.1, "high": acc + 0.1, "n": 60}},
         "calibration": CALIBRATION,
         "counts": {"glossary": 4, "qa_mc": 4, "qa_gen": 3, "heldout_text": 3},
         "files": {"definitions": str(definitions)},
@@ -90,8 +91,9 @@ def test_write_report_one_row_per_variant(tmp_path):
     comparison = md.split("## Comparison")[1].split("## Guardrails")[0]
     table_rows = [line for line in comparison.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in table_rows] == ["base", "inst", "dpo", "tr"]
-    assert "**0.750**" in table_rows[3] and "**20.000**" in table_rows[3]  # best acc and lowest perplexity
-    assert "**" not in table_rows[3].split("|")[-2]  # tokens/s is the same everywhere: no winner
+    assert "| 0.750 [0.650, 0.850] |" in table_rows[3] and "| 20.000 |" in table_rows[3]  # value [interval]
+    assert "**" not in comparison  # no "best" in bold: a point difference may be noise
+    assert "## Differences to the base" not in md  # no paired comparison given
     assert "| - |" in table_rows[0]  # base has no QA score
     assert "reference judged correct against itself | 1.000" in md
     assert "profile" in md and "a list is mutable" in md and "\\|" in md  # pipes inside cells are escaped
@@ -228,7 +230,7 @@ def test_report_with_promotion_guardrails_curves_review_and_html(tmp_path):
     assert base64.b64decode(images[0]) == (tmp_path / "r" / "comparison.png").read_bytes()
     assert base64.b64decode(images[1]) == loss_png.read_bytes()
     comparison_rows = [r for r in html_rows(page, "dpo") if "0.750" in r]
-    assert '<td class="best">0.750</td>' in comparison_rows[0]  # dpo has the best MC accuracy
+    assert "<td>0.750 [0.650, 0.850]</td>" in comparison_rows[0] and 'class="best"' not in page
 
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["promotion"]["version"] == "7" and summary["warnings"]["tr"]
@@ -299,3 +301,25 @@ def test_nested_review_agreement_gets_one_row_per_variant_and_kind(tmp_path):
         "| tr | qa | 0 | - | - |",
         "| overall | all | 6 | 1.000 | 0.400 |",
     ]
+
+
+def test_differences_to_the_base_table_in_markdown_and_html(tmp_path):
+    results = [fake_result(tmp_path, "base", 0.25, 40.0), fake_result(tmp_path, "inst", 0.5, 30.0)]
+    differences = [
+        {"variant": "inst", "reference": "base", "metric": "fa_domain_mc/acc", "diff": 0.25, "low": 0.1,
+         "high": 0.4, "p_value": 0.001, "n": 60, "method": "mcnemar", "significant": True},
+        {"variant": "inst", "reference": "base", "metric": "hallucination/index", "diff": 0.02, "low": -0.03,
+         "high": 0.07, "p_value": 0.5, "n": 60, "method": "mcnemar", "significant": False},
+    ]  # fmt: skip
+    out = write_report(results, tmp_path / "d", title="Diffs", differences=differences, alpha=0.05)
+    section = out["markdown"].split("## Differences to the base")[1].split("## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Variant | vs | Metric | Diff | 95% interval | p |")
+    assert (
+        rows[1]
+        == "| inst | base | Domain MC acc | +0.250 | [+0.100, +0.400] | 0.0010 | 60 | mcnemar | significant |"
+    )
+    assert "| [-0.030, +0.070] | 0.5000 |" in rows[2] and rows[2].endswith("| not significant |")
+    page = (tmp_path / "d" / "report.html").read_text()
+    assert "<h2>Differences to the base</h2>" in page and '<td class="significant">significant</td>' in page
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["differences"] == differences

@@ -454,6 +454,7 @@ def eval_texts(eval_dir: Path) -> list[str]:
     texts += [text for row in sets["qa_mc"] for text in (row["question"], *row["choices"])]
     texts += [row["text"] for row in sets["heldout_text"]]
     texts += [row["question"] for row in sets["tool_use"]]
+    texts += [row["prompt"] for row in sets.get("redteam", [])]  # seed or teacher rows must not copy them
     return [re.sub(r"\s+", " ", t).strip() for t in texts if t and t.strip()]
 
 

@@ -6,6 +6,17 @@ Generators (each a small function over one document; no model involved):
 - ``module``:  ``.. module:: x`` with ``:synopsis:`` -> "What is the x module for?";
 - ``section``: a section title and its first prose paragraphs -> "Explain <title> (from <doc title>)."
                (works on any document with headings: reST, Markdown, and HTML read by the corpus phase).
+- ``api_definition`` / ``module_definition``: the scorecard's own question forms (phases.evaluate's
+               DEFINITION_PROMPT / MODULE_PROMPT; "In Python, what does `json.dumps` do? Answer in one or two
+               sentences.") answered by the first sentence(s) of the description, rewritten to name the
+               subject first ("`json.dumps` serializes ...", "The `json` module encodes ..."); descriptions
+               that cannot be rewritten that way are skipped (phases.definitions);
+- ``api_lookup`` / ``module_lookup``: the reverse direction, a description -> which object or module
+               ("Which Python module encodes and decodes the JSON format?" -> "The `json` module ...").
+
+The four definition generators never ask about a term the eval glossary holds out (its terms and module
+names, also as the last part of a dotted name): the scorecard asks exactly these questions about them.
+With ``cfg.safety`` the packaged safety conversations (phases.safety) join as generator "safety".
 
 Then: documents used by eval sets are dropped first; exact + near duplicates removed (phases.dedup);
 examples sharing any ``cfg.decontam_ngram``-word n-gram with an eval text removed; split by topic;
@@ -18,18 +29,21 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from finetune_assets.config import InstructionsConfig
+from finetune_assets.phases import definitions, safety
 from finetune_assets.phases.corpus import (
     _indent,
     drop_dangling_intro,
     iter_sections,
     module_synopses,
     prose_paragraphs,
+    split_sentences,
     truncate_at_sentence,
 )
 from finetune_assets.phases.dedup import find_duplicates, normalize
-from finetune_assets.phases.evalsets import eval_texts, stable_fraction, training_view
+from finetune_assets.phases.evalsets import eval_texts, load_eval_sets, stable_fraction, training_view
 
 MIN_RESPONSE_CHARS = 40  # shorter descriptions ("Alias for x.") teach little
 API_DIRECTIVES = (
@@ -60,8 +74,16 @@ def _description(lines: list[str], start: int, base_indent: int) -> tuple[str, i
     return text, end
 
 
-def api_examples(text: str) -> Iterator[Example]:
-    """API directives, qualified with the current module and enclosing class (``json.JSONDecoder.decode``)."""
+class ApiEntry(NamedTuple):
+    kind: str  # the directive: function, method, class, exception, ...
+    qualified: str  # json.JSONDecoder.decode
+    signature: str  # what follows the name in the directive: "(s)"
+    description: str
+
+
+def api_entries(text: str) -> Iterator[ApiEntry]:
+    """API directives, qualified with the current module and enclosing class (``json.JSONDecoder.decode``),
+    with the prose under each; objects described in fewer than MIN_RESPONSE_CHARS are skipped."""
     lines = text.splitlines()
     module = ""
     classes: list[tuple[int, str]] = []  # (indent, qualified class name) of enclosing class directives
@@ -90,10 +112,14 @@ def api_examples(text: str) -> Iterator[Example]:
             classes.append((indent, qualified))
         description, _ = _description(lines, i, indent)
         if len(description) >= MIN_RESPONSE_CHARS:
-            shown = qualified + signature[len(name) :].strip()
-            noun = "class" if kind in ("class", "exception") else "function"
-            prompt = f"What does the {noun} `{shown}` do in Python?"
-            yield prompt, description
+            yield ApiEntry(kind, qualified, signature[len(name) :].strip(), description)
+
+
+def api_examples(text: str) -> Iterator[Example]:
+    """ "What does the function `json.dumps(obj, ...)` do in Python?" -> the description under the directive."""
+    for entry in api_entries(text):
+        noun = "class" if entry.kind in ("class", "exception") else "function"
+        yield f"What does the {noun} `{entry.qualified}{entry.signature}` do in Python?", entry.description
 
 
 def module_examples(text: str) -> Iterator[Example]:
@@ -120,11 +146,82 @@ def section_examples(text: str, doc_title: str) -> Iterator[Example]:
             yield f"Explain {title}{where}.", answer
 
 
+# The scorecard's questions (phases.evaluate DEFINITION_PROMPT / MODULE_PROMPT; a test keeps them equal),
+# and the form for what a callable does.
+TERM_PROMPT = "In Python, what does the term '{term}' mean? Answer in one or two sentences."
+MODULE_PROMPT = "In Python, what is the {term} module for? Answer in one sentence."
+CALLABLE_PROMPT = "In Python, what does `{term}` do? Answer in one or two sentences."
+_TERM_KINDS = ("class", "exception", "decorator")  # asked as terms; functions and methods as "what does"
+_LOOKUP_NOUNS = {"class": "class", "exception": "exception", "decorator": "decorator", "function": "function"}
+
+
+def api_definition_examples(text: str) -> Iterator[Example]:
+    """Scorecard-form questions about documented objects, answered "`name` <first sentence(s)>"."""
+    for entry in api_entries(text):
+        answer = definitions.subject_first(f"`{entry.qualified}`", entry.description)
+        if answer:
+            form = TERM_PROMPT if entry.kind in _TERM_KINDS else CALLABLE_PROMPT
+            yield form.format(term=entry.qualified), answer
+
+
+def api_lookup_examples(text: str) -> Iterator[Example]:
+    """ "In Python, which function returns ...?" -> "`name` returns ..." (the description's first sentence)."""
+    for entry in api_entries(text):
+        sentence = definitions.leading_sentences(entry.description)
+        first = split_sentences(sentence)[0] if sentence else ""
+        found = definitions.predicate(first) if ". " not in first else None  # one sentence as a question
+        if found and not found.endswith(":"):
+            noun = _LOOKUP_NOUNS.get(entry.kind, "method" if "method" in entry.kind else "function")
+            yield f"In Python, which {noun} {found}?", f"`{entry.qualified}` {found}."
+
+
+def _module_answers(text: str) -> Iterator[tuple[str, str, str]]:
+    """(module, predicate, answer "The `x` module <predicate>.") for each module with a usable synopsis."""
+    for found in module_synopses(text):
+        rest = definitions.module_predicate(found.synopsis)
+        if rest:
+            yield found.module, rest, f"The `{found.module}` module {rest}."
+
+
+def module_definition_examples(text: str) -> Iterator[Example]:
+    """The scorecard's module question, answered in one sentence from the synopsis."""
+    for module, _, answer in _module_answers(text):
+        yield MODULE_PROMPT.format(term=module), answer
+
+
+def module_lookup_examples(text: str) -> Iterator[Example]:
+    """ "Which Python module encodes and decodes the JSON format?" -> "The `json` module ..."."""
+    for _, rest, answer in _module_answers(text):
+        yield f"Which Python module {rest}?", answer
+
+
 GENERATORS: dict[str, Callable[[dict], Iterator[Example]]] = {
     "api": lambda doc: api_examples(doc["text"]),
     "module": lambda doc: module_examples(doc["text"]),
     "section": lambda doc: section_examples(doc["text"], doc.get("title") or ""),
+    "api_definition": lambda doc: api_definition_examples(doc["text"]),
+    "module_definition": lambda doc: module_definition_examples(doc["text"]),
+    "api_lookup": lambda doc: api_lookup_examples(doc["text"]),
+    "module_lookup": lambda doc: module_lookup_examples(doc["text"]),
 }
+DEFINITION_GENERATORS = frozenset({"api_definition", "module_definition", "api_lookup", "module_lookup"})
+_SUBJECT = re.compile(r"^(?:The )?`([^`]+)`")
+
+
+def heldout_terms(eval_dir: Path) -> set[str]:
+    """The eval glossary's terms and module names, lower-cased: the definition generators never ask
+    about one (the scorecard asks that very question)."""
+    return {row["term"].strip().lower() for row in load_eval_sets(eval_dir)["glossary"]}
+
+
+def asks_about_heldout(answer: str, terms: set[str]) -> bool:
+    """True when the answer's subject ("`os.path.join` ...", "The `json` module ...") or the last part
+    of its dotted name is a held-out term (``object.__slots__`` for the glossary's ``__slots__``)."""
+    match = _SUBJECT.match(answer)
+    if not match:
+        return False
+    name = match.group(1).lower()
+    return name in terms or name.rsplit(".", 1)[-1] in terms
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -222,25 +319,34 @@ def build_instruction_set(
     ``extra`` holds ready-made records by source (imported seed files, teacher generations); they go
     first, so when an extracted example duplicates one of them the imported/teacher one is kept, and they
     pass the same dedup and decontamination. Only the offline extractors named in ``cfg.generators`` run.
-    stats: {excluded_docs, generated: {generator or source: n}, near_duplicates_removed (exact + near),
-    contaminated_removed, contaminated_by_source, capped_removed, train, validation, topics}. ``seed`` is
-    accepted for a uniform phase signature: every choice here is a stable hash.
+    With ``cfg.safety`` the packaged safety conversations (up to ``cfg.safety_max_examples``, spread over
+    categories with ``seed``) go first too; like imported seeds they are not capped by ``max_examples``
+    (they count towards it) and each is split on its own. stats: {excluded_docs, generated: {generator or
+    source: n}, heldout_subject_removed, near_duplicates_removed (exact + near), contaminated_removed,
+    contaminated_by_source, capped_removed, train, validation, topics}.
     """
-    del seed
     eval_dir = Path(eval_dir)
     manifest = json.loads((eval_dir / "manifest.json").read_text(encoding="utf-8"))
     usable = sorted(training_view(docs, manifest), key=lambda d: (d["drop"], d["source"]))
 
     records: list[dict] = []
     generated = {}
+    if cfg.safety:
+        picked = safety.select(safety.load_checked(), cfg.safety_max_examples, seed)
+        records += safety.sft_records(picked, cfg.system_prompt, cfg.validation_fraction)
+        generated["safety"] = len(picked)
     for source, rows in (extra or {}).items():
         records += rows
         generated[source] = len(rows)
     extractors = {name: fn for name, fn in GENERATORS.items() if name in cfg.generators}
     generated.update({name: 0 for name in extractors})
+    heldout, heldout_removed = heldout_terms(eval_dir), {}
     for doc in usable:
         for name, generator in extractors.items():
             for prompt, answer in generator(doc):
+                if name in DEFINITION_GENERATORS and asks_about_heldout(answer, heldout):
+                    heldout_removed[name] = heldout_removed.get(name, 0) + 1
+                    continue
                 records.append(_record(doc, name, prompt, answer, cfg))
                 generated[name] += 1
 
@@ -257,8 +363,9 @@ def build_instruction_set(
             clean.append(r)
     contaminated = len(records) - len(clean)
 
-    # Imported seed rows are a team's own curated data: max_examples caps what is generated around them.
-    imported = {r["id"] for r in clean if r["generator"].startswith("seed:")}
+    # Imported seed rows are a team's own curated data, and the safety rows a fixed curated set capped by
+    # their own key: max_examples caps what is generated around them.
+    imported = {r["id"] for r in clean if r["generator"].startswith("seed:") or r["generator"] == "safety"}
     room = None if cfg.max_examples is None else max(cfg.max_examples - len(imported), 0)
     generated_kept = _cap_across_topics([r for r in clean if r["id"] not in imported], room)
     kept_ids = imported | {r["id"] for r in generated_kept}
@@ -271,10 +378,11 @@ def build_instruction_set(
             "paragraphs: add such documents to the landing folder, or check that they are not all used by "
             "the eval sets (manifest excluded_doc_ids)."
         )
-    assign_splits(capped, cfg.validation_fraction)
+    assign_splits([r for r in capped if r["generator"] != "safety"], cfg.validation_fraction)
     stats = {
         "excluded_docs": len(docs) - len(usable),
         "generated": generated,
+        "heldout_subject_removed": heldout_removed,
         "near_duplicates_removed": len(dup_idx),
         "contaminated_removed": contaminated,
         "contaminated_by_source": contaminated_by,

@@ -1,5 +1,8 @@
 """preference_pairs: chosen = the reference answer, rejected = the base model's own answer.
 
+Plus, when the recipe asks (``preferences.safety``), the safety pairs of phases.safety: a harmful request's
+refusal over the base model's compliance, and a benign look-alike's helpful answer over a refusal.
+
 No model code here: the caller passes ``generate(conversations) -> answers`` (batched as it likes), so this
 phase stays testable with a plain function. Rows follow the contract in docs/ARCHITECTURE.md:
 {id, prompt (messages without the answer), chosen, rejected, chosen_source, rejected_source, judge_score}.
@@ -17,11 +20,18 @@ Generate = Callable[[list[list[dict]]], list[str]]
 
 def select_prompts(instructions: list[dict], max_pairs: int, seed: int = 0) -> list[dict]:
     """Up to ``max_pairs`` train-split instructions, sampled evenly over topics by a seeded stable hash.
+    Safety rows are left to phases.safety, whose pairs need their own rejected sides.
 
     Each result is {id, prompt: messages minus the final assistant turn, reference: that turn's content,
     topic}.
     """
-    train = [r for r in instructions if r["split"] == "train" and r["messages"][-1]["role"] == "assistant"]
+    train = [
+        r
+        for r in instructions
+        if r["split"] == "train"
+        and r["messages"][-1]["role"] == "assistant"
+        and r.get("generator") != "safety"
+    ]
     picked = round_robin(train, lambda r: r["topic"], max_pairs, seed)
     return [
         {
@@ -132,10 +142,14 @@ def assemble(
     chosen: list[str | None] | None = None,
     judge=None,
     feedback: dict | None = None,
+    safety_items: list[dict] | None = None,
+    system_prompt: str | None = None,
 ) -> dict:
     """preference_pairs end to end: AI-feedback pairs (``chosen``: teacher answers, else the references),
-    the optional ``judge`` client (phases.llm) dropping pairs chosen does not win, human ``feedback``
-    (seeds.load_feedback_files) merged, and every row sharing an ``ngram`` with the eval sets dropped.
+    the optional ``judge`` client (phases.llm) dropping pairs chosen does not win, safety pairs from
+    ``safety_items`` (phases.safety.preference_rows; not judged: a helpfulness judge would prefer the
+    compliant answer), human ``feedback`` (seeds.load_feedback_files) merged, and every row sharing an
+    ``ngram`` with the eval sets dropped.
 
     Returns {records, binary, quarantine, stats}; raises ValueError when no usable pair is left or a row
     fails check_pairs."""
@@ -148,6 +162,11 @@ def assemble(
         from finetune_assets.phases import teacher
 
         records, stats["judge"] = teacher.apply_judge(records, teacher.judge_pairs(records, judge))
+    if safety_items:
+        from finetune_assets.phases import safety
+
+        made = safety.preference_rows(safety_items, generate, system_prompt)
+        records, stats["safety"] = records + made["records"], made["stats"]
     grams = eval_ngrams(eval_dir, ngram)
     records, stats["contaminated_removed"] = drop_contaminated(records + feedback["pairwise"], grams, ngram)
     binary, stats["binary_contaminated_removed"] = drop_contaminated(

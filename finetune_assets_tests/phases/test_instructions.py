@@ -1,5 +1,7 @@
 """instructions phase: offline generators, eval exclusion, dedup, decontamination, topic split, cap."""
 
+import json
+
 import pytest
 
 from finetune_assets.config import EvalSetsConfig, InstructionsConfig
@@ -259,3 +261,90 @@ def test_imported_seeds_are_not_capped(tmp_path):
     )
     generators = [r["generator"] for r in result["records"]]
     assert generators.count("seed:alpaca") == 4 and len(generators) == 6
+
+
+def test_definition_prompts_are_the_scorecards():
+    from finetune_assets.phases import evaluate, instructions
+
+    assert instructions.TERM_PROMPT == evaluate.DEFINITION_PROMPT
+    assert instructions.MODULE_PROMPT == evaluate.MODULE_PROMPT
+
+
+def test_definition_and_lookup_generators_name_the_subject_first():
+    from finetune_assets.phases.instructions import (
+        api_definition_examples,
+        api_lookup_examples,
+        module_definition_examples,
+        module_lookup_examples,
+    )
+
+    defs = dict(api_definition_examples(API_DOC))
+    assert defs["In Python, what does `shelfy.open` do? Answer in one or two sentences."] == (
+        "`shelfy.open` opens a persistent dictionary. The filename is the base name of the underlying "
+        "database, as used by dbm.open."
+    )
+    assert defs["In Python, what does the term 'shelfy.Shelf' mean? Answer in one or two sentences."] == (
+        "`shelfy.Shelf` is a subclass of collections.abc.MutableMapping which stores pickled values."
+    )
+    lookups = dict(api_lookup_examples(API_DOC))
+    assert lookups["In Python, which function opens a persistent dictionary?"] == (
+        "`shelfy.open` opens a persistent dictionary."
+    )
+    answer = "The `shelfy` module keeps Python objects on a shelf."
+    assert list(module_definition_examples(API_DOC)) == [
+        ("In Python, what is the shelfy module for? Answer in one sentence.", answer)
+    ]
+    assert list(module_lookup_examples(API_DOC)) == [
+        ("Which Python module keeps Python objects on a shelf?", answer)
+    ]
+
+
+DEFINITION_GENERATORS = ["api_definition", "module_definition", "api_lookup", "module_lookup"]
+
+
+def test_definition_generators_skip_heldout_terms_and_stripped_synopses(tmp_path):
+    docs = _base_docs()
+    eval_dir = _eval_dir(tmp_path, docs)
+    result = build_instruction_set(docs, eval_dir, InstructionsConfig(generators=DEFINITION_GENERATORS))
+    stats = result["stats"]
+    # The glossary holds out "shelf": `shelfy.Shelf` (its last dotted part) is never asked about.
+    assert stats["heldout_subject_removed"] == {"api_definition": 1, "api_lookup": 1}
+    assert stats["generated"] == {
+        "api_definition": 2,
+        "module_definition": 1,
+        "api_lookup": 2,
+        "module_lookup": 1,
+    }
+    assert not any("Shelf`" in r["messages"][-1]["content"].split(" ")[0] for r in result["records"])
+    # A held-out synopsis is stripped by the training view, so its module is neither defined nor looked up.
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    manifest["heldout_synopses"] = {"shelfy": "Keep Python objects on a shelf."}
+    (eval_dir / "manifest.json").write_text(json.dumps(manifest))
+    again = build_instruction_set(docs, eval_dir, InstructionsConfig(generators=DEFINITION_GENERATORS))
+    assert (
+        again["stats"]["generated"]["module_definition"] == 0 == again["stats"]["generated"]["module_lookup"]
+    )
+
+
+def test_safety_rows_join_uncapped_split_per_item_and_counted(tmp_path):
+    docs = _base_docs()
+    eval_dir = _eval_dir(tmp_path, docs)
+    cfg = InstructionsConfig(safety=True, safety_max_examples=40, max_examples=45, validation_fraction=0.2)
+    result = build_instruction_set(docs, eval_dir, cfg)
+    rows = [r for r in result["records"] if r["generator"] == "safety"]
+    assert len(rows) == 40 == result["stats"]["generated"]["safety"]
+    assert len(result["records"]) == 45  # max_examples counts them; the cap trims only generated rows
+    assert {r["split"] for r in rows} == {"train", "validation"}
+    kinds = {r["messages"][-1]["content"].startswith(("I ", "Sorry")) for r in rows}
+    assert kinds == {True, False}  # refusals and helpful answers both present
+    off = build_instruction_set(docs, eval_dir, InstructionsConfig())
+    assert "safety" not in off["stats"]["generated"]
+
+
+def test_demo_recipe_turns_on_the_new_generators_and_safety():
+    from finetune_assets.config import load_profile
+
+    for name in ("demo", "smoke"):
+        profile = load_profile(name)
+        assert set(DEFINITION_GENERATORS) <= set(profile.instructions.generators)
+        assert profile.instructions.safety and profile.preferences.safety

@@ -1,5 +1,7 @@
 """preferences phase: prompt selection and pair building with a stand-in generate function."""
 
+import json
+
 from finetune_assets.phases.preferences import build_preference_pairs, check_pairs, select_prompts
 
 
@@ -103,3 +105,36 @@ def test_pairs_quoting_eval_text_are_dropped():
     ]
     clean, dropped = drop_contaminated(rows, _ngrams(eval_answer, 8), 8)
     assert [r["id"] for r in clean] == ["a"] and dropped == 1
+
+
+def test_select_prompts_leaves_safety_rows_to_the_safety_pairs():
+    safety_row = {**_instruction(50, "safety/crime"), "generator": "safety"}
+    picked = select_prompts([*INSTRUCTIONS, safety_row], max_pairs=100)
+    assert "i50" not in {p["id"] for p in picked} and len(picked) == 9
+
+
+def test_assemble_adds_safety_pairs_unjudged_and_decontaminated(tmp_path):
+    from finetune_assets.phases.preferences import assemble
+
+    harmful = {"id": "crime-01", "category": "crime", "expect": "refuse", "prompt": "Help me rob a shop?",
+               "response": "I can't help with robbery."}  # fmt: skip
+    benign = {"id": "homonym-01", "category": "homonym", "expect": "comply", "prompt": "How do I kill a job?",
+              "response": "Run kill with its process id to stop the stuck job."}  # fmt: skip
+    prompts = select_prompts(INSTRUCTIONS, max_pairs=2)
+
+    def run(eval_dir):
+        generate = lambda convs: ["Sure, here you go."] * len(convs)  # noqa: E731
+        return assemble(prompts, generate, eval_dir, 8, safety_items=[harmful, benign])
+
+    built = run(tmp_path)
+    assert built["stats"]["safety"]["pairs"] == 2 and built["stats"]["pairs"] == 4
+    sources = [(r["chosen_source"], r["rejected_source"]) for r in built["records"]]
+    assert sources[2:] == [("safety_train", "base_checkpoint"), ("safety_train", "over_refusal")]
+    assert built["records"][2]["chosen"] == "I can't help with robbery."
+    # An eval text quoting the benign answer removes that pair like any other.
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    row = {"term": "kill", "definition": "Run kill with its process id to stop the stuck job."}
+    (eval_dir / "glossary.jsonl").write_text(json.dumps(row) + "\n")
+    dirty = run(eval_dir)
+    assert dirty["stats"]["contaminated_removed"] == 1 and dirty["stats"]["pairs"] == 3

@@ -1,0 +1,200 @@
+"""Safety training data: refusals of harmful requests and helpful answers to benign look-alikes.
+
+Where the data comes from: ``finetune_assets/data/safety_train.jsonl`` was written by hand for this project
+(no third-party text; same license as the repository). It covers the harm categories of the red-team eval
+set (``guardrails.load_redteam``) with different prompts: ``check_disjoint`` proves that no prompt shares a
+word n-gram with, or is a near-duplicate of, any red-team prompt, and every loader here runs it.
+
+Schema: one JSON object a line, ``{id, category, expect, prompt, response}``.
+
+- ``expect == "refuse"``: a harmful request (categories malware, credential_theft, weapons, self_harm,
+  doxxing, fraud, hate, crime); ``response`` is a short refusal that opens with a phrase
+  ``guardrails.is_refusal`` recognises and offers a safe alternative where one is natural (crisis lines for
+  self-harm).
+- ``expect == "comply"``: a benign look-alike in the XSTest style (homonym, figurative, safe_target,
+  safe_context, defensive_security, definition, history, privacy_public); ``response`` is a short helpful
+  answer, many about Python and programming.
+- ``id`` is ``<category>-<nn>``, unique in the file.
+
+What it becomes: SFT conversations in the instruction-set row contract (``sft_records``, generator
+"safety") and preference pairs (``preference_rows``): for a harmful prompt chosen = the refusal and
+rejected = the base model's own (compliant) answer; for a benign one chosen = the helpful answer and
+rejected = a refusal, which teaches against over-refusal.
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+from finetune_assets.phases.dedup import normalize
+from finetune_assets.phases.evalsets import round_robin, stable_fraction
+from finetune_assets.phases.guardrails import is_refusal, load_redteam
+
+SAFETY_FILE = "safety_train.jsonl"
+FIELDS = ("id", "category", "expect", "prompt", "response")
+OVERLAP_NGRAM = 8  # the instruction set's decontamination n-gram
+MAX_WORD_JACCARD = 0.5  # prompts are a sentence long: exact word-set Jaccard (what MinHash estimates)
+# The rejected side of a benign pair: what an over-cautious model says. Varied, so DPO cannot key on one string.
+OVER_REFUSALS = (
+    "I'm sorry, but I can't help with that request.",
+    "I can't assist with that, as it could be used to cause harm.",
+    "I cannot provide help with this topic.",
+    "I won't answer that. Is there something else I can help you with?",
+    "Sorry, I can't help with that.",
+    "I'm not able to help with requests like this one.",
+)
+_WORD = re.compile(r"\w+")
+
+Generate = Callable[[list[list[dict]]], list[str]]
+
+
+class Overlap(NamedTuple):
+    item_id: str
+    redteam_id: str
+    reason: str  # "8-gram 'how do i ...'" or "word jaccard 0.62"
+
+
+def load_items(path: Path | None = None) -> list[dict]:
+    """The packaged safety rows (or ``path``), validated: all fields present, known ``expect``, unique ids."""
+    source = Path(path) if path else resources.files("finetune_assets").joinpath("data", SAFETY_FILE)
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        missing = [f for f in FIELDS if not str(row.get(f) or "").strip()]
+        if missing or row["expect"] not in ("refuse", "comply"):
+            raise ValueError(f"{SAFETY_FILE} row {row.get('id')!r}: missing {missing} or bad expect")
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{SAFETY_FILE}: duplicate ids")
+    return rows
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(normalize(text))
+
+
+def _ngrams(words: list[str], n: int) -> set[str]:
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def find_overlaps(
+    items: list[dict], redteam: list[dict], n: int = OVERLAP_NGRAM, max_jaccard: float = MAX_WORD_JACCARD
+) -> list[Overlap]:
+    """Every (safety item, red-team row) pair whose prompts share a word ``n``-gram or whose word sets have a
+    Jaccard similarity of at least ``max_jaccard`` (a reworded copy). Every pair is compared: both sets are
+    small, so the exact similarity replaces a MinHash estimate."""
+    found = []
+    targets = [(r["id"], set(w := _words(r["prompt"])), _ngrams(w, n)) for r in redteam]
+    for item in items:
+        words = _words(item["prompt"])
+        grams, vocab = _ngrams(words, n), set(words)
+        for rid, red_vocab, red_grams in targets:
+            shared = grams & red_grams
+            jaccard = len(vocab & red_vocab) / max(len(vocab | red_vocab), 1)
+            if shared:
+                found.append(Overlap(item["id"], rid, f"{n}-gram {sorted(shared)[0]!r}"))
+            elif jaccard >= max_jaccard:
+                found.append(Overlap(item["id"], rid, f"word jaccard {jaccard:.2f}"))
+    return found
+
+
+def check_disjoint(items: list[dict], redteam: list[dict] | None = None) -> list[dict]:
+    """``items`` unchanged when none overlaps the red-team prompts (default: the whole packaged set, a
+    superset of any eval_sets sample); ValueError naming the overlaps otherwise."""
+    overlaps = find_overlaps(items, load_redteam() if redteam is None else redteam)
+    if overlaps:
+        shown = "; ".join(f"{o.item_id} ~ {o.redteam_id} ({o.reason})" for o in overlaps[:5])
+        raise ValueError(f"safety prompts overlap the red-team eval set ({len(overlaps)}): {shown}")
+    return items
+
+
+def load_checked(path: Path | None = None) -> list[dict]:
+    """load_items + check_disjoint: the only way the training side should read the safety data."""
+    return check_disjoint(load_items(path))
+
+
+def select(items: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
+    """Up to ``limit`` items spread evenly over (expect, category), by a seeded stable hash."""
+    return round_robin(items, lambda r: f"{r['expect']}/{r['category']}", limit, seed)
+
+
+def _conversation(prompt: str, system_prompt: str | None) -> list[dict]:
+    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
+def _row_id(kind: str, item: dict) -> str:
+    return hashlib.sha1(f"safety/{kind}/{item['id']}".encode()).hexdigest()[:16]
+
+
+def sft_records(items: list[dict], system_prompt: str | None, validation_fraction: float) -> list[dict]:
+    """Instruction-set rows {id, messages, source, topic, generator "safety", split}. Items are independent
+    prompts, not parts of one document, so each is split on its own (stable hash) and is its own topic
+    (``safety/<category>/<id>``): every category trains, and no topic spans both splits."""
+    return [
+        {
+            "id": _row_id("sft", item),
+            "messages": [
+                *_conversation(item["prompt"], system_prompt),
+                {"role": "assistant", "content": item["response"]},
+            ],
+            "source": f"{SAFETY_FILE}#{item['id']}",
+            "topic": f"safety/{item['category']}/{item['id']}",
+            "generator": "safety",
+            "split": "validation"
+            if stable_fraction(f"safety/{item['id']}") < validation_fraction
+            else "train",
+        }
+        for item in items
+    ]
+
+
+def _pair(item: dict, prompt: list[dict], chosen: str, rejected: str, rejected_source: str) -> dict:
+    return {
+        "id": _row_id("pref", item),
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_source": "safety_train",
+        "rejected_source": rejected_source,
+        "judge_score": None,
+    }
+
+
+def preference_rows(items: list[dict], generate: Generate, system_prompt: str | None = None) -> dict:
+    """Preference pairs from safety items; ``generate`` is called once, with the harmful prompts only.
+
+    Harmful: chosen = the refusal, rejected = the base model's answer; a pair is dropped (and counted) when
+    that answer is empty or already a refusal, since it then carries no preference. Benign: chosen = the
+    helpful answer, rejected = one of ``OVER_REFUSALS``. Returns {records, stats: {harmful, benign, pairs,
+    dropped_empty, dropped_base_refused}}."""
+    harmful = [i for i in items if i["expect"] == "refuse"]
+    benign = [i for i in items if i["expect"] == "comply"]
+    prompts = [_conversation(i["prompt"], system_prompt) for i in harmful]
+    answers = generate(prompts) if prompts else []
+    if len(answers) != len(prompts):
+        raise ValueError(f"generate returned {len(answers)} answers for {len(prompts)} prompts")
+    records, empty, refused = [], 0, 0
+    for item, prompt, answer in zip(harmful, prompts, answers, strict=True):
+        answer = (answer or "").strip()
+        if not answer:
+            empty += 1
+        elif is_refusal(answer):
+            refused += 1
+        else:
+            records.append(_pair(item, prompt, item["response"], answer, "base_checkpoint"))
+    for item in benign:
+        over = OVER_REFUSALS[int(stable_fraction(item["id"]) * len(OVER_REFUSALS))]
+        prompt = _conversation(item["prompt"], system_prompt)
+        records.append(_pair(item, prompt, item["response"], over, "over_refusal"))
+    stats = {
+        "harmful": len(harmful),
+        "benign": len(benign),
+        "pairs": len(records),
+        "dropped_empty": empty,
+        "dropped_base_refused": refused,
+    }
+    return {"records": records, "stats": stats}

@@ -96,13 +96,17 @@ def base_checkpoint(
 def preference_pairs(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer."""
-    from finetune_assets.phases import generation, preferences, seeds
+    """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer;
+    with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.safety)."""
+    from finetune_assets.phases import generation, preferences, safety, seeds
 
     profile = recipe.load()
     cfg = profile.preferences
     rows = read_records(store.path("instruction_set") / "instructions.parquet")
     prompts = preferences.select_prompts(rows, cfg.max_pairs, seed=profile.seed)
+    safety_items = (
+        safety.select(safety.load_checked(), cfg.safety_max_pairs, profile.seed) if cfg.safety else []
+    )
     with tracked_run(context, mlflow, {"preferences": cfg.model_dump()}) as (tracker, run_id):
         model, tokenizer = generation.load_for_inference(model_dir(store, "base_checkpoint"))
 
@@ -137,6 +141,8 @@ def preference_pairs(
             chosen=chosen,
             judge=judge,
             feedback=feedback,
+            safety_items=safety_items,
+            system_prompt=profile.instructions.system_prompt,
         )
         records, binary, stats = built["records"], built["binary"], built["stats"]
         out = store.path("preference_pairs")
@@ -328,24 +334,37 @@ def tr_model(
     ray: RayResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """The tools-and-retrieval model: SFT from the DPO model on retrieval-grounded and tool-call turns."""
-    from finetune_assets.phases import retrieval, tools
+    """The tools-and-retrieval model, from the DPO model on retrieval-grounded and tool-call conversations:
+    SFT, or SFT then GRPO with verifiable tool rewards (``tr.method``)."""
+    from finetune_assets.phases import evalsets, retrieval, tr_data
 
     profile = recipe.load()
+    train_cfg = config.stage(recipe, "tr")
     index = retrieval.RetrievalIndex.load(store.path("retrieval_index"))
     instructions = read_records(store.path("instruction_set") / "instructions.parquet")
-    built = tools.build_tr_examples(
-        instructions, training_documents(store), index, profile.retrieval, seed=profile.seed
+    # The eval sets' tool-use expressions never become training conversations.
+    eval_items = evalsets.load_eval_sets(store.path("eval_sets"))["tool_use"]
+    built = tr_data.build_tr_examples(
+        instructions,
+        training_documents(store),
+        index,
+        profile.retrieval,
+        seed=profile.seed,
+        exclude_expressions=[item["expression"] for item in eval_items],
     )
-    examples_path = write_records_parquet(built["records"], store.path("tr_examples") / "examples.parquet")
-    context.log.info(f"T&R examples: {built['stats']}")
+    # Conversations longer than max_length would lose their last turns to truncation: leave them out.
+    records, lengths = tr_data.fit_to_length(
+        built["records"], model_dir(store, "dpo_model"), train_cfg.max_length
+    )
+    examples_path = write_records_parquet(records, store.path("tr_examples") / "examples.parquet")
+    context.log.info(f"T&R examples: {built['stats']}; lengths: {lengths}")
     return _train_variant(
         context,
         variant="tr",
-        method="sft",
+        method=train_cfg.method,
         start_from="dpo_model",
-        data=sft_data(built["records"]),
-        train_cfg=config.stage(recipe, "tr"),
+        data=sft_data(records),
+        train_cfg=train_cfg,
         recipe=recipe,
         store=store,
         ray=ray,

@@ -10,20 +10,16 @@ Tools (``TOOLS``, listed to the model in OpenAI tool format by ``tool_specs``):
 Protocol: the assistant writes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; the result comes
 back as a message ``{"role": "tool", "content": <json>}``; the assistant then answers.
 
-One prompt builder (``build_prompt``) serves training (``build_tr_examples``) and inference (``TRRuntime``):
+One prompt builder (``build_prompt``) serves training (phases.tr_data) and inference (``TRRuntime``):
 system prompt listing the tools, then the user turn with a ``Context:`` block of retrieved passages.
 """
 
 import ast
-import hashlib
 import json
 import math
-import random
-import re
 import signal
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +203,7 @@ class Tool:
 TOOLS: dict[str, Tool] = {
     "search_docs": Tool(
         name="search_docs",
-        description="Search the documentation and return the most relevant passages.",
+        description="search the documentation, get passages",
         parameters={
             "type": "object",
             "properties": {
@@ -219,7 +215,7 @@ TOOLS: dict[str, Tool] = {
     ),
     "python_eval": Tool(
         name="python_eval",
-        description="Evaluate a short, side-effect-free Python expression and return its repr.",
+        description="evaluate a Python expression, get its repr",
         parameters={
             "type": "object",
             "properties": {"expression": {"type": "string", "description": "a single Python expression"}},
@@ -247,7 +243,7 @@ def run_tool(
                 return {"ok": False, "error": "no documentation index is available"}
             k = max(1, min(MAX_SEARCH_K, int(args.get("k", cfg.top_k))))
             hits = search_docs(index, str(args["query"]), k)
-            return {"ok": True, "results": [_passage_view(h, cfg.passage_chars) for h in hits]}
+            return {"ok": True, "results": [passage_view(h, cfg.passage_chars) for h in hits]}
     except (KeyError, TypeError, ValueError) as err:
         return {"ok": False, "error": f"bad arguments for {name}: {err.__class__.__name__}: {err}"}
     return {"ok": False, "error": f"unknown tool {name!r}; available: {', '.join(TOOLS)}"}
@@ -304,14 +300,14 @@ def tool_message(result: dict) -> dict:
 
 # --- the shared prompt --------------------------------------------------------------------------------------
 
-SYSTEM_INTRO = (
-    "You are a helpful assistant for the Python documentation. Use the context when it is relevant."
-)
+# Kept short: every T&R prompt starts with it, and with a small vocabulary (the tiny test model's) the longer
+# wording alone took 233 of the 448 tokens the smoke recipe trains on.
+SYSTEM_INTRO = "You answer questions about Python. Use the context when it helps."
 
 
 def _signature(tool: Tool) -> str:
     props = tool.parameters.get("properties", {})
-    args = ", ".join(f"{name}: {schema.get('type', 'any')}" for name, schema in props.items())
+    args = ", ".join(props)
     return f"{tool.name}({args})"
 
 
@@ -320,7 +316,7 @@ def system_prompt() -> str:
     lines = [SYSTEM_INTRO, "Tools:"]
     lines += [f"- {_signature(t)}: {t.description}" for t in TOOLS.values()]
     syntax = '{"name": ..., "arguments": {...}}'
-    lines.append(f"To call a tool, reply with only {TOOL_CALL_OPEN}{syntax}{TOOL_CALL_CLOSE}.")
+    lines.append(f"To call a tool, reply with only {TOOL_CALL_OPEN}{syntax}{TOOL_CALL_CLOSE}")
     return "\n".join(lines)
 
 
@@ -333,14 +329,14 @@ def _truncate(text: str, max_chars: int) -> str:
     return (cut[:space] if space > max_chars // 2 else cut).rstrip() + " ..."
 
 
-def _passage_view(passage: dict, max_chars: int) -> dict:
+def passage_view(passage: dict, max_chars: int) -> dict:
     return {"title": passage.get("title", ""), "text": _truncate(passage.get("text", ""), max_chars)}
 
 
 def format_context(passages: list[dict], passage_chars: int) -> str:
     lines = ["Context:"]
     for i, p in enumerate(passages, 1):
-        view = _passage_view(p, passage_chars)
+        view = passage_view(p, passage_chars)
         lines.append(f"[{i}] {view['title']}: {view['text']}")
     return "\n".join(lines)
 
@@ -363,61 +359,9 @@ def retrieve_passages(
     return [h for h in hits if h["doc_id"] not in excluded][:k]
 
 
-# --- training data ------------------------------------------------------------------------------------------
-
-_DOCTEST_LINE = re.compile(r"^(\s*)>>> (.+?)\s*$")
-
-
-def mine_doctest_expressions(docs: list[dict], exclude_doc_ids: Iterable[str] = ()) -> list[dict]:
-    """Single-line ``>>> expr`` examples whose expression passes python_eval's whitelist.
-
-    Returns [{expression, doc_id, expected}] (``expected`` = the doc's output lines, may be ""), one per
-    distinct expression, in document order. Continued examples (``...`` lines), comments, bare literals and
-    bare names are skipped.
-    """
-    excluded = set(exclude_doc_ids)
-    seen, found = set(), []
-    for doc in docs:
-        if str(doc["id"]) in excluded:
-            continue
-        lines = (doc.get("text") or "").splitlines()
-        for i, line in enumerate(lines):
-            match = _DOCTEST_LINE.match(line)
-            if not match:
-                continue
-            indent, expr = match.groups()
-            nxt = lines[i + 1] if i + 1 < len(lines) else ""
-            if nxt.strip().startswith("..."):
-                continue
-            if "#" in expr or expr in seen:
-                continue
-            try:
-                tree = check_expression(expr)
-            except UnsafeExpression:
-                continue
-            if isinstance(tree.body, ast.Constant | ast.Name):
-                continue
-            expected = []
-            for out in lines[i + 1 :]:
-                if not out.strip() or out.strip().startswith(">>>"):
-                    break
-                expected.append(out[len(indent) :] if out.startswith(indent) else out.strip())
-            seen.add(expr)
-            found.append({"expression": expr, "doc_id": str(doc["id"]), "expected": "\n".join(expected)})
-    return found
-
-
-def _question_answer(row: dict) -> tuple[str, str] | None:
-    messages = row.get("messages") or []
-    users = [m["content"] for m in messages if m.get("role") == "user"]
-    answers = [m["content"] for m in messages if m.get("role") == "assistant"]
-    if not users or not answers or not users[-1].strip() or not answers[-1].strip():
-        return None
-    return users[-1].strip(), answers[-1].strip()
-
-
-def _stable_id(*parts: str) -> str:
-    return "tr-" + hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
+# --- the tool-use question ---------------------------------------------------------------------------------
+# One wording for the eval sets' tool-use items (phases.evalsets) and the python_eval training conversations
+# (phases.tr_data): the model learns to answer this question with a python_eval call.
 
 
 def eval_question(expression: str) -> str:
@@ -425,130 +369,8 @@ def eval_question(expression: str) -> str:
 
 
 def eval_answer(expression: str, result: str) -> str:
-    return f"The expression `{expression}` evaluates to `{result}`."
-
-
-def build_tr_examples(
-    instructions: list[dict],
-    docs: list[dict],
-    index: RetrievalIndex,
-    cfg: RetrievalConfig,
-    seed: int = 0,
-    exclude_doc_ids: Iterable[str] = (),
-    eval_timeout_s: float = 2.0,
-) -> dict:
-    """Training conversations for the T&R model, in the instruction contract. Returns {records, stats}.
-
-    Three kinds, mixed and capped at ``cfg.max_tr_examples`` (shares: ``cfg.tool_use_fraction``,
-    ``cfg.search_tool_fraction``, the rest grounded; missing tool examples are filled with grounded ones):
-    - ``tr_grounded``: system prompt + Context block of the ``cfg.top_k`` passages retrieved for the
-      instruction's question -> the instruction's reference answer.
-    - ``tr_python_eval``: a doctest expression mined from ``docs`` -> python_eval tool call -> the REAL result
-      from the sandbox -> an answer quoting it. Also gets a Context block, like every runtime prompt.
-    - ``tr_search_docs``: the question without a Context block -> search_docs tool call -> the real passages
-      -> the reference answer (what the model should do when no context was given).
-    Instruction-based records keep their instruction's split and topic; doctest records get a stable
-    hash-based split. ``exclude_doc_ids`` (eval sets' excluded_doc_ids) keeps those documents out of the mined
-    doctests and the passages.
-    """
-    rng = random.Random(seed)
-    excluded = set(exclude_doc_ids)
-    qa, skipped = [], 0
-    for row in instructions:
-        pair = _question_answer(row)
-        if pair is None:
-            skipped += 1
-        else:
-            qa.append((row, *pair))
-    rng.shuffle(qa)
-
-    total = cfg.max_tr_examples
-    want_eval = round(total * cfg.tool_use_fraction)
-    want_search = min(round(total * cfg.search_tool_fraction), len(qa) // 2)
-
-    # (b) python_eval conversations from doctests, evaluated for real (lazily: only as many as needed).
-    candidates = mine_doctest_expressions(docs, excluded)
-    rng.shuffle(candidates)
-    eval_records, evaluated, matches = [], 0, 0
-    for cand in candidates:
-        if len(eval_records) >= want_eval or evaluated >= 4 * want_eval + 20:
-            break
-        expr = cand["expression"]
-        result = python_eval(expr, timeout_s=eval_timeout_s)
-        evaluated += 1
-        if not result.get("ok") or result.get("truncated") or len(result["result"]) > 200:
-            continue
-        matches += result["result"] == cand["expected"].strip()
-        question = eval_question(expr)
-        call = {"name": "python_eval", "arguments": {"expression": expr}}
-        messages = build_prompt(question, retrieve_passages(index, question, cfg.top_k, excluded), cfg)
-        messages += [
-            {"role": "assistant", "content": format_tool_call(**call)},
-            tool_message(result),
-            {"role": "assistant", "content": eval_answer(expr, result["result"])},
-        ]
-        bucket = int(hashlib.sha1(expr.encode()).hexdigest(), 16) % 10_000
-        eval_records.append(
-            {
-                "id": _stable_id("python_eval", expr),
-                "messages": messages,
-                "source": cand["doc_id"],
-                "topic": f"doctest:{cand['doc_id']}",
-                "generator": "tr_python_eval",
-                "split": "validation" if bucket < cfg.tool_validation_fraction * 10_000 else "train",
-            }
-        )
-
-    # (c) search_docs conversations, then (a) grounded answers fill the rest.
-    search_records, grounded_records, source_hits, source_total = [], [], 0, 0
-    want_grounded = total - len(eval_records) - want_search
-    for n, (row, question, answer) in enumerate(qa):
-        if n < want_search:
-            call = {"name": "search_docs", "arguments": {"query": question, "k": cfg.top_k}}
-            # What run_tool(call) returns, minus the passages of excluded documents.
-            hits = retrieve_passages(index, question, cfg.top_k, excluded)
-            result = {"ok": True, "results": [_passage_view(h, cfg.passage_chars) for h in hits]}
-            messages = build_prompt(question, [], cfg) + [
-                {"role": "assistant", "content": format_tool_call(**call)},
-                tool_message(result),
-                {"role": "assistant", "content": answer},
-            ]
-            kind, out = "tr_search_docs", search_records
-        elif len(grounded_records) < want_grounded:
-            passages = retrieve_passages(index, question, cfg.top_k, excluded)
-            source_total += 1
-            source_hits += any(p["doc_id"] == str(row.get("source")) for p in passages)
-            messages = build_prompt(question, passages, cfg) + [{"role": "assistant", "content": answer}]
-            kind, out = "tr_grounded", grounded_records
-        else:
-            break
-        out.append(
-            {
-                "id": _stable_id(kind, str(row.get("id"))),
-                "messages": messages,
-                "source": str(row.get("source") or ""),
-                "topic": str(row.get("topic") or ""),
-                "generator": kind,
-                "split": row.get("split") or "train",
-            }
-        )
-
-    records = eval_records + search_records + grounded_records
-    rng.shuffle(records)
-    stats = {
-        "records": len(records),
-        "by_kind": dict(Counter(r["generator"] for r in records)),
-        "by_split": dict(Counter(r["split"] for r in records)),
-        "instructions_used": len(search_records) + len(grounded_records),
-        "instructions_skipped": skipped,
-        "doctest_candidates": len(candidates),
-        "doctest_evaluated": evaluated,
-        "doctest_ok": len(eval_records),
-        "doctest_matches_doc_output": matches,
-        # How often the instruction's own source document was among the retrieved passages (recall@top_k).
-        "source_recall_at_k": round(source_hits / source_total, 4) if source_total else None,
-    }
-    return {"records": records, "stats": stats}
+    # Short on purpose: the answer has to fit the eval's tool_use_max_new_tokens after the call.
+    return f"`{expression}` evaluates to `{result}`."
 
 
 # --- runtime ------------------------------------------------------------------------------------------------

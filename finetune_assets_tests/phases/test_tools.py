@@ -1,73 +1,21 @@
-"""The python_eval sandbox, the tool-call protocol, T&R training data and the T&R runtime."""
+"""The python_eval sandbox, the tool-call protocol and the T&R runtime (T&R training data: test_tr_data)."""
 
-import json
 import time
 
 import pytest
 
-from finetune_assets.config import RetrievalConfig
-from finetune_assets.phases.retrieval import RetrievalIndex, chunk_documents
 from finetune_assets.phases.tools import (
     TRRuntime,
     build_prompt,
-    build_tr_examples,
     check_expression,
     format_tool_call,
-    mine_doctest_expressions,
     parse_tool_call,
     python_eval,
     run_tool,
     system_prompt,
     tool_specs,
 )
-
-# A reST page with doctests: some evaluable, some that the sandbox must refuse, one with a WRONG documented
-# output (the tool result must be the real value, not the doc's text) and one multi-line example.
-DOCTEST_RST = """\
-String and list helpers
-=======================
-
-.. function:: sorted(iterable)
-
-   Return a new sorted list::
-
-      >>> sorted([3, 1, 2])
-      [1, 2, 3]
-      >>> 'a-b'.split('-')
-      ['a', 'b']
-      >>> 2 ** 10
-      1000
-      >>> import os
-      >>> x = 5
-      >>> len(x)
-      1
-      >>> open('/etc/passwd').read()
-      'secret'
-      >>> [n * n for n in range(4)
-      ...  if n]
-      [1, 4, 9]
-      >>> 42
-      42
-"""
-
-CFG = RetrievalConfig(chunk_words=40, chunk_overlap=5, top_k=2, passage_chars=120, max_tr_examples=8)
-
-
-@pytest.fixture(scope="module")
-def docs(tiny_corpus) -> list[dict]:
-    rows = [
-        {"id": f"doc{i}", "text": t, "source": f"doc{i}.rst", "title": f"Doc {i}"}
-        for i, t in enumerate(tiny_corpus)
-    ]
-    return rows + [
-        {"id": "doctests", "text": DOCTEST_RST, "source": "library/helpers.rst", "title": "Helpers"}
-    ]
-
-
-@pytest.fixture(scope="module")
-def index(docs) -> RetrievalIndex:
-    return RetrievalIndex.from_chunks(chunk_documents(docs, CFG))
-
+from finetune_assets_tests.phases.tr_fixtures import CFG
 
 # --- python_eval --------------------------------------------------------------------------------------------
 
@@ -163,7 +111,7 @@ def test_tool_registry_is_in_openai_format_and_listed_in_the_system_prompt():
     for spec in specs.values():
         assert spec["type"] == "function" and spec["function"]["parameters"]["type"] == "object"
     prompt = system_prompt()
-    assert "search_docs(query: string, k: integer)" in prompt and "python_eval(expression: string)" in prompt
+    assert "search_docs(query, k)" in prompt and "python_eval(expression)" in prompt
     assert "<tool_call>" in prompt
 
 
@@ -175,82 +123,6 @@ def test_run_tool_executes_both_tools_and_reports_bad_calls(index):
     )
     assert "unknown tool" in run_tool({"name": "rm", "arguments": {}}, index, CFG)["error"]
     assert "bad arguments" in run_tool({"name": "search_docs", "arguments": {}}, index, CFG)["error"]
-
-
-# --- training data ------------------------------------------------------------------------------------------
-
-
-def test_mine_doctests_keeps_only_safe_single_line_expressions(docs):
-    mined = mine_doctest_expressions(docs)
-    assert [m["expression"] for m in mined] == ["sorted([3, 1, 2])", "'a-b'.split('-')", "2 ** 10"]
-    assert mined[0] == {"expression": "sorted([3, 1, 2])", "doc_id": "doctests", "expected": "[1, 2, 3]"}
-    assert mine_doctest_expressions(docs, exclude_doc_ids={"doctests"}) == []
-
-
-def test_build_tr_examples_mixes_grounded_search_and_real_tool_results(docs, index, tiny_chat_rows):
-    rows = [dict(r) for r in tiny_chat_rows]
-    rows[0]["split"] = "validation"
-    cfg = CFG.model_copy(update={"tool_use_fraction": 0.375, "search_tool_fraction": 0.25})
-    out = build_tr_examples(rows, docs, index, cfg, seed=0)
-    records, stats = out["records"], out["stats"]
-
-    assert len(records) == cfg.max_tr_examples == stats["records"]
-    assert stats["by_kind"] == {"tr_python_eval": 3, "tr_search_docs": 2, "tr_grounded": 3}
-    assert stats["doctest_ok"] == 3 and stats["doctest_matches_doc_output"] == 2  # the doc's 1000 is wrong
-    assert len({r["id"] for r in records}) == len(records)
-    for r in records:
-        assert set(r) == {"id", "messages", "source", "topic", "generator", "split"}
-        assert r["messages"][0] == {"role": "system", "content": system_prompt()}
-        assert r["messages"][-1]["role"] == "assistant"
-
-    evals = {parse_tool_call(r["messages"][2]["content"])["arguments"]["expression"]: r for r in records
-             if r["generator"] == "tr_python_eval"}  # fmt: skip
-    power = evals["2 ** 10"]["messages"]
-    assert [m["role"] for m in power] == ["system", "user", "assistant", "tool", "assistant"]
-    assert power[1]["content"].endswith("What does the Python expression `2 ** 10` evaluate to?")
-    assert json.loads(power[3]["content"]) == {
-        "ok": True,
-        "result": "1024",
-    }  # computed, not copied from the doc
-    assert "`1024`" in power[4]["content"]
-    assert evals["'a-b'.split('-')"]["messages"][3]["content"] == json.dumps(
-        {"ok": True, "result": "['a', 'b']"}
-    )
-
-    by_question = {r["messages"][1]["content"].rsplit("Question: ", 1)[-1]: r for r in records}
-    answers = {r["messages"][1]["content"]: (r["messages"][2]["content"], r) for r in rows}
-    for r in records:
-        if r["generator"] == "tr_grounded":
-            user = r["messages"][1]["content"]
-            assert user.startswith("Context:\n[1] ") and "\n\nQuestion: " in user
-            question = user.rsplit("Question: ", 1)[-1]
-            assert r["messages"][2]["content"] == answers[question][0] and len(r["messages"]) == 3
-            assert r["split"] == answers[question][1]["split"] and r["topic"] == answers[question][1]["topic"]
-        elif r["generator"] == "tr_search_docs":
-            question = r["messages"][1]["content"]
-            assert question in answers  # no Context block: the model has to search
-            call = parse_tool_call(r["messages"][2]["content"])
-            assert call == {"name": "search_docs", "arguments": {"query": question, "k": 2}}
-            assert json.loads(r["messages"][3]["content"])["results"]
-            assert r["messages"][4]["content"] == answers[question][0]
-    assert by_question  # every record was indexed by its question
-    assert build_tr_examples(rows, docs, index, cfg, seed=0)["records"] == records  # deterministic
-    assert {r["split"] for r in records if r["source"] == "doc0"} <= {"validation"}
-
-
-def test_build_tr_examples_keeps_excluded_documents_out(docs, index, tiny_chat_rows):
-    cfg = CFG.model_copy(update={"top_k": 3})
-    excluded = {"doctests", "doc0", "doc1"}
-    out = build_tr_examples(tiny_chat_rows, docs, index, cfg, exclude_doc_ids=excluded)
-    assert out["stats"]["by_kind"].get("tr_python_eval", 0) == 0
-    assert out["records"]
-    text = json.dumps(out["records"])
-    assert "Use append to add an item" not in text  # doc0's passage
-    assert "Tuples are often used" not in text  # doc1's passage
-    # Control: without the exclusion the same passage does reach the training data.
-    assert "Tuples are often used" in json.dumps(
-        build_tr_examples(tiny_chat_rows, docs, index, cfg)["records"]
-    )
 
 
 # --- runtime ------------------------------------------------------------------------------------------------
@@ -291,15 +163,6 @@ def test_runtime_runs_the_tool_and_feeds_the_result_back(index):
     assert second[2] == {"role": "assistant", "content": f"I will compute it. {expected_call}"}
     assert second[3] == {"role": "tool", "content": '{"ok": true, "result": "6"}'}
     assert out["passages"] and out["messages"][-1] == {"role": "assistant", "content": "The sum is 6."}
-
-
-def test_runtime_prompt_matches_training_prompt(docs, index, tiny_chat_rows):
-    cfg = CFG.model_copy(update={"tool_use_fraction": 0.0, "search_tool_fraction": 0.0})
-    records = build_tr_examples(tiny_chat_rows[:3], docs, index, cfg)["records"]
-    question = records[0]["messages"][1]["content"].rsplit("Question: ", 1)[-1]
-    model = ScriptedModel("answer")
-    TRRuntime(None, index, cfg=cfg, generate_fn=model).answer(question)
-    assert model.calls[0][0] == records[0]["messages"][:2]
 
 
 def test_runtime_stops_after_max_tool_rounds_and_batches_only_active_questions(index):

@@ -13,7 +13,7 @@ from finetune_assets.config import load_profile
 from finetune_assets.defs.data import data_drops, raw_corpus
 from finetune_assets.defs.pipeline import all_assets_and_checks, materialize_graph
 from finetune_assets.io import read_records
-from finetune_assets.phases import corpus, evalsets
+from finetune_assets.phases import corpus, evalsets, preferences
 from finetune_assets.tracking import REGISTERED_MODEL
 from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS, ingest_landing, make_resources
 
@@ -89,6 +89,19 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     assert pairs and all(
         p["chosen"].strip() and p["rejected"].strip() and p["chosen"] != p["rejected"] for p in pairs
     )
+    assert {p["chosen_source"] for p in pairs} >= {"safety_train"}  # refusal / over-refusal pairs joined
+
+    # Nothing held out reaches any training data: the preference pairs and the T&R conversations share no
+    # n-gram with an eval text either (the SFT rows were checked above), and T&R never computes an eval
+    # tool-use expression.
+    for pair in pairs:
+        assert not ngrams(preferences.pair_text(pair)) & eval_grams, pair["id"]
+    tr_rows = read_records(store.path("tr_examples") / "examples.parquet")
+    eval_expressions = {item["expression"] for item in sets["tool_use"]}
+    for row in tr_rows:
+        text = " ".join(m["content"] for m in row["messages"])
+        assert not ngrams(text) & eval_grams, row["id"]
+        assert not any(expression in text for expression in eval_expressions), row["id"]
 
     # Each trained variant: trainable parameters changed and the training loss fell.
     for asset in ("inst_model", "dpo_model", "tr_model"):

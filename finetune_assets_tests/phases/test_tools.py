@@ -15,7 +15,7 @@ from finetune_assets.phases.tools import (
     system_prompt,
     tool_specs,
 )
-from finetune_assets_tests.phases.tr_fixtures import CFG
+from finetune_assets_tests.phases.tr_fixtures import CFG, ScriptedModel
 
 # --- python_eval --------------------------------------------------------------------------------------------
 
@@ -126,17 +126,6 @@ def test_run_tool_executes_both_tools_and_reports_bad_calls(index):
 
 
 # --- runtime ------------------------------------------------------------------------------------------------
-
-
-class ScriptedModel:
-    """A fake generate_fn: returns the scripted outputs in turn and records every conversation it saw."""
-
-    def __init__(self, *outputs: str):
-        self.outputs, self.calls = list(outputs), []
-
-    def __call__(self, conversations, max_new_tokens):
-        self.calls.append([list(c) for c in conversations])
-        return [self.outputs.pop(0) for _ in conversations]
 
 
 def test_runtime_runs_the_tool_and_feeds_the_result_back(index):

@@ -24,19 +24,7 @@ from finetune_assets.phases.tr_data import (
     mine_doctest_expressions,
     synthetic_expressions,
 )
-from finetune_assets_tests.phases.tr_fixtures import CFG
-
-
-class ScriptedModel:
-    """A fake generate_fn: returns the scripted outputs in turn and records every conversation it saw."""
-
-    def __init__(self, *outputs: str):
-        self.outputs, self.calls = list(outputs), []
-
-    def __call__(self, conversations, max_new_tokens):
-        self.calls.append([list(c) for c in conversations])
-        return [self.outputs.pop(0) for _ in conversations]
-
+from finetune_assets_tests.phases.tr_fixtures import CFG, ScriptedModel
 
 # --- python_eval expressions --------------------------------------------------------------------------------
 

@@ -33,3 +33,14 @@ String and list helpers
 """
 
 CFG = RetrievalConfig(chunk_words=40, chunk_overlap=5, top_k=2, passage_chars=120, max_tr_examples=8)
+
+
+class ScriptedModel:
+    """A fake generate_fn: returns the scripted outputs in turn and records every conversation it saw."""
+
+    def __init__(self, *outputs: str):
+        self.outputs, self.calls = list(outputs), []
+
+    def __call__(self, conversations, max_new_tokens):
+        self.calls.append([list(c) for c in conversations])
+        return [self.outputs.pop(0) for _ in conversations]

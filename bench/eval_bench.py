@@ -6,7 +6,7 @@ Run it (one command, from the repo root after `bash scripts/setup.sh`):
     OMP_NUM_THREADS=1 .venv/bin/python bench/eval_bench.py --model tiny  # a tiny random Llama (seconds)
 
 What is measured, in one process, on the model the evaluation loads (phases.generation.load_for_inference:
-float32, eval mode, CUDA when present else CPU):
+bfloat16 where bf16 is native (phases.hardware), else float32; eval mode, CUDA when present else CPU):
 - Prompts: ``--prompts`` definition questions built by phases.evaluate.definition_conversations, exactly as
   hallucination_index asks them, over glossary terms of the Python documentation (phases.evalsets.
   parse_glossary on python3-doc's glossary.rst.txt, spread evenly over the glossary); synthetic terms with
@@ -28,7 +28,7 @@ float32, eval mode, CUDA when present else CPU):
   Also reported: ``answer_tokens``, the tokens of the returned (stripped) answers as hallucination_index
   counts them (0 for a model that only emits whitespace, as the random tiny model does).
 - Agreement: the share of prompts whose batched answer is identical to the batch-1 answer. Left padding
-  changes the shapes of the float32 matmuls, so a near-tie between two tokens can flip and the greedy answers
+  changes the shapes of the matmuls, so a near-tie between two tokens can flip and the greedy answers
   diverge from there: it is reported, not asserted.
 
 Timings on shared machines are noisy: read the ratio, measured in the same run, not the absolute numbers.

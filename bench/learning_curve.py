@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from finetune_assets.config import load_profile  # noqa: E402
-from finetune_assets.io import read_records  # noqa: E402
+from finetune_assets.io import read_jsonl, read_records  # noqa: E402
 
 
 def adapter_saver(out: Path, points: list[int], rows: int):
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     if len(rows) < max(points):
         raise SystemExit(f"only {len(rows)} training rows; lower the largest point")
     rows = rows[: max(points)]
-    glossary = read_records(artifacts / "eval_sets" / "current" / "glossary.jsonl")
+    glossary = read_jsonl(artifacts / "eval_sets" / "current" / "glossary.jsonl")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fa-curve-"))
 
     # one epoch over the rows; max_steps is only an upper bound (the callback stops after the epoch)

@@ -21,7 +21,12 @@ def test_eval_bench_tiny_report(tmp_path):
     assert result["baseline"]["batch_size"] == 1 and result["baseline"]["throughput_ratio"] == 1.0
     assert [r["batch_size"] for r in result["batched"]] == [2, 4]
     assert result["best_batch_size"] in (2, 4) and _positive(result["best_throughput_ratio"])
-    assert _positive(result["num_params"]) and result["dtype"] == "float32"
+    from finetune_assets.phases.hardware import inference_dtype
+
+    # the dtype the evaluation itself loads with (bf16 where native)
+    assert _positive(result["num_params"]) and result["dtype"] == str(inference_dtype()).removeprefix(
+        "torch."
+    )
     for run in [result["baseline"], *result["batched"]]:
         assert run["batches"] == math.ceil(5 / run["batch_size"])
         for key in (

@@ -939,7 +939,11 @@ def evaluate_variant(
     guard = None
     if guardrails_cfg is not None:
         outputs = [r["generated"] for r in halluc["per_term"] + qa] + [r["answer"] for r in tool_rows]
-        guard = _guardrails_step(generate, model, tokenizer, guardrails_cfg, sets, outputs, cfg.batch_size)
+        probe_model = _fp32_copy(model, Path(model_dir), adapter_dir)
+        guard = _guardrails_step(
+            generate, probe_model, tokenizer, guardrails_cfg, sets, outputs, cfg.batch_size
+        )
+        del probe_model
     timings["time/guardrails_s"] = time.perf_counter() - t0
 
     gen = halluc["generation"]
@@ -1051,6 +1055,21 @@ def _llm_judge_step(client, per_term: list[dict]) -> dict:
         "hallucination/llm_judged": float(len(judged)),
         "hallucination/llm_agreement": sum(agree) / len(agree) if agree else None,
     }
+
+
+def _fp32_copy(model, model_dir: Path, adapter_dir):
+    """The variant with fp32 weights for the bias probe, which compares P(yes) across prompts that differ in
+    one word: bf16 weights moved those by enough to flip verdicts (demo INST: bias rate 0.30 with bf16
+    weights, 0.20 with fp32; /tmp/bias_check.py, 2026-12-01). The model itself when it is fp32 already."""
+    import torch
+
+    from finetune_assets.phases.generation import load_for_inference
+
+    if next(model.parameters()).dtype == torch.float32:
+        return model
+    device = str(next(model.parameters()).device)
+    adapter = Path(adapter_dir) if adapter_dir else None
+    return load_for_inference(model_dir, adapter, device=device, precision="fp32")[0]
 
 
 def _guardrails_step(

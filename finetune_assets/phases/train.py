@@ -194,12 +194,14 @@ def _preference_run(method, config_cls, trainer_cls, model_dir, examples, cfg, o
     reference = {} if method == "orpo" else {"ref_model": None}
     # The reference is frozen: its log-probs are the same every epoch, so compute them once up front
     # (trl's precompute_ref_log_probs) instead of an extra forward pass per step. ORPO has no reference.
-    precompute = {} if method == "orpo" else {"precompute_ref_log_probs": cfg.precompute_ref_log_probs}
+    method_args = {} if method == "orpo" else {"precompute_ref_log_probs": cfg.precompute_ref_log_probs}
+    if method == "dpo" and cfg.sft_loss_weight > 0:  # RPO: DPO + NLL of the chosen answer
+        method_args |= {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.sft_loss_weight]}
     with _scratch_dir() as scratch:
         trainer = trainer_cls(
             model=model,
             **reference,
-            args=config_cls(**_common_args(cfg, scratch), beta=cfg.beta, **precompute),
+            args=config_cls(**_common_args(cfg, scratch), beta=cfg.beta, **method_args),
             train_dataset=_dataset(examples),
             processing_class=tokenizer,
             peft_config=_peft_config(cfg),

@@ -74,26 +74,31 @@ def test_sft_learns_and_writes_the_model_folder(sft_run, tiny_model_dir):
     assert not torch.allclose(_logits(merged), _logits(tiny_model_dir))  # merged weights carry the update
 
 
-def test_sft_merged_model_answers_better(sft_run, tiny_model_dir, tiny_chat_rows):
-    """Assistant-only loss: trained answer tokens got likelier under the merged model."""
+def _answer_nll(folder, tokenizer_dir, conv) -> float:
+    """Mean NLL of the last (assistant) turn of ``conv`` under the model in ``folder``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, _ = sft_run
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    conv = tiny_chat_rows[0]["messages"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     prompt = tokenizer.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(conv, tokenize=False)
     ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
     start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.inference_mode():
+        logp = model(ids).logits[0, :-1].log_softmax(-1)
+    target = ids[0, 1:]
+    return -logp[start - 1 :].gather(1, target[start - 1 :, None]).mean().item()
 
-    def answer_nll(folder):
-        model = AutoModelForCausalLM.from_pretrained(folder)
-        with torch.inference_mode():
-            logp = model(ids).logits[0, :-1].log_softmax(-1)
-        target = ids[0, 1:]
-        return -logp[start - 1 :].gather(1, target[start - 1 :, None]).mean().item()
 
-    assert answer_nll(out / "merged") < answer_nll(tiny_model_dir) - 0.1
+def test_sft_merged_model_answers_better(sft_run, tiny_model_dir, tiny_chat_rows):
+    """Assistant-only loss: trained answer tokens got likelier under the merged model."""
+    out, _ = sft_run
+    conv = tiny_chat_rows[0]["messages"]
+    after, before = (
+        _answer_nll(out / "merged", tiny_model_dir, conv),
+        _answer_nll(tiny_model_dir, tiny_model_dir, conv),
+    )
+    assert after < before - 0.1
 
 
 def test_dpo_prefers_chosen(tmp_path, tiny_model_dir, tiny_chat_rows):
@@ -368,3 +373,21 @@ def test_dpo_reference_log_probs_are_computed_once(tmp_path, tiny_model_dir, tin
     calls.clear()
     dpo(tiny_model_dir, rows, cfg.model_copy(update={"precompute_ref_log_probs": False}), tmp_path / "d2")
     assert calls == []
+
+
+def test_dpo_sft_loss_weight_keeps_the_chosen_answers_likely(tmp_path, tiny_model_dir, tiny_chat_rows):
+    """sft_loss_weight (RPO): the NLL of the chosen answer joins the DPO loss, so after the same steps on the
+    same pairs the chosen answers are likelier than after plain DPO, which only widens the margin."""
+    rows = [
+        {"prompt": r["messages"][:-1], "chosen": r["messages"][-1]["content"], "rejected": "No idea."}
+        for r in tiny_chat_rows
+    ]
+    cfg = FAST.model_copy(update={"max_steps": 12, "learning_rate": 5e-3})
+    plain = dpo(tiny_model_dir, rows, cfg, tmp_path / "dpo")
+    rpo = dpo(tiny_model_dir, rows, cfg.model_copy(update={"sft_loss_weight": 1.0}), tmp_path / "rpo")
+    assert rpo["last_reward_margin"] > 0 and plain["last_reward_margin"] > 0
+
+    def mean_nll(folder):
+        return _mean([_answer_nll(folder, tiny_model_dir, r["messages"]) for r in tiny_chat_rows])
+
+    assert mean_nll(tmp_path / "rpo" / "merged") < mean_nll(tmp_path / "dpo" / "merged") - 0.05

@@ -266,7 +266,8 @@ def build_tr_examples(
     - ``tr_python_eval``: a doctest or synthetic expression -> python_eval tool call -> the REAL result from
       the sandbox -> an answer quoting it. Also gets a Context block, like every runtime prompt.
     - ``tr_search_docs``: the question without a Context block -> search_docs tool call -> the real passages
-      -> the reference answer (what the model should do when no context was given).
+      -> the reference answer (what the model should do when no context was given). Never a safety row:
+      those are grounded, so the refusals (and benign answers) hold under the T&R prompt too.
     Instruction-based records keep their instruction's split and topic; python_eval records get a stable
     hash-based split. ``exclude_doc_ids`` (eval sets' excluded_doc_ids) keeps those documents out of the mined
     doctests and the passages; ``exclude_expressions`` (the eval tool-use items') keeps those expressions out.
@@ -292,8 +293,11 @@ def build_tr_examples(
     # search_docs conversations, then grounded answers fill the rest.
     search_records, grounded_records, source_hits, source_total = [], [], 0, 0
     want_grounded = total - len(eval_records) - want_search
-    for n, (row, question, answer) in enumerate(qa):
-        if n < want_search:
+    for row, question, answer in qa:
+        # A safety row (a harmful request or its benign look-alike) is never a search: it keeps its refusal
+        # or its answer under the T&R prompt, so the tool-using variant refuses like the others.
+        searchable = row.get("generator") != "safety"
+        if searchable and len(search_records) < want_search:
             call = {"name": "search_docs", "arguments": {"query": question, "k": cfg.top_k}}
             # What run_tool(call) returns, minus the passages of excluded documents.
             hits = retrieve_passages(index, question, cfg.top_k, excluded)
@@ -306,12 +310,14 @@ def build_tr_examples(
             kind, out = "tr_search_docs", search_records
         elif len(grounded_records) < want_grounded:
             passages = retrieve_passages(index, question, cfg.top_k, excluded)
-            source_total += 1
-            source_hits += any(p["doc_id"] == str(row.get("source")) for p in passages)
+            source_total += searchable  # recall of the row's own document; safety rows have none
+            source_hits += searchable and any(p["doc_id"] == str(row.get("source")) for p in passages)
             messages = build_prompt(question, passages, cfg) + [{"role": "assistant", "content": answer}]
             kind, out = "tr_grounded", grounded_records
-        else:
+        elif len(search_records) >= want_search:
             break
+        else:
+            continue
         out.append(
             {
                 "id": _stable_id(kind, str(row.get("id"))),

@@ -129,6 +129,27 @@ def test_build_tr_examples_mixes_grounded_search_and_real_tool_results(docs, ind
     assert {r["split"] for r in records if r["source"] == "doc0"} <= {"validation"}
 
 
+def test_safety_rows_keep_their_answer_under_the_tr_prompt_and_are_never_searched(
+    docs, index, tiny_chat_rows
+):
+    """A harmful request is not a documentation search: safety rows become grounded conversations whose
+    answer is the row's own refusal, so the T&R variant refuses under its own prompt too."""
+    refusal = "I can't help with that: it would hurt people."
+    safety_rows = [
+        {**r, "id": f"s{i}", "generator": "safety",
+         "messages": [{"role": "user", "content": f"How do I hurt someone, way {i}?"},
+                      {"role": "assistant", "content": refusal}]}
+        for i, r in enumerate(tiny_chat_rows)
+    ]  # fmt: skip
+    cfg = CFG.model_copy(update={"tool_use_fraction": 0.0, "search_tool_fraction": 0.5})
+    records = build_tr_examples(safety_rows + tiny_chat_rows, docs, index, cfg, seed=0)["records"]
+    searched = [r["messages"][1]["content"] for r in records if r["generator"] == "tr_search_docs"]
+    assert searched and not any("hurt someone" in q for q in searched)
+    grounded_safety = [r for r in records if "hurt someone" in r["messages"][1]["content"]]
+    assert grounded_safety and all(r["generator"] == "tr_grounded" for r in grounded_safety)
+    assert all(r["messages"][-1]["content"] == refusal for r in grounded_safety)
+
+
 def test_synthetic_expressions_fill_the_python_eval_share(docs, index, tiny_chat_rows):
     cfg = CFG.model_copy(
         update={"max_tr_examples": 40, "tool_use_fraction": 0.5, "search_tool_fraction": 0.25}

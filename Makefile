@@ -8,7 +8,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all bench bench-train bench-eval learning-curve lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all bench bench-train bench-eval learning-curve tr-probe lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -30,6 +30,9 @@ bench-train: setup  ## training benchmark: tokens/s and MFU of this project's SF
 
 learning-curve: setup  ## after a demo: hallucination index vs SFT examples seen (0/240/480/960/1920), paired vs the base
 	$(VENV)/python bench/learning_curve.py --home $(FINETUNE_ASSETS_HOME) $(ARGS)
+
+tr-probe: setup  ## after a demo: train the T&R stage alone (ARGS="--steps 60 --set retrieval.top_k=1") and score tool use
+	$(VENV)/python bench/tr_probe.py --home $(FINETUNE_ASSETS_HOME) $(ARGS)
 
 bench-eval: setup   ## evaluation generation: tokens/s of batched greedy decoding vs one prompt at a time (SmolLM2; ARGS="--model tiny")
 	$(VENV)/python bench/eval_bench.py $(ARGS)

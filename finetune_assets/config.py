@@ -209,6 +209,11 @@ class PreferencesConfig(_Section):
     # answer, benign look-alike -> the helpful answer over a refusal; up to safety_max_pairs items.
     safety: bool = False
     safety_max_pairs: int = Field(48, ge=1)
+    # Share of the safety pairs that are benign look-alikes (helpful chosen over a refusal). Their rejected
+    # refusals open like the chosen refusals of the harmful pairs ("I can't help ..."), so DPO is told both to
+    # raise and to lower the same opening: on the demo, 24 + 24 pairs took refusal from 0.54 (INST) to 0.31.
+    # SFT's benign look-alikes already hold over-refusal down; 0 gives DPO only harmful pairs.
+    safety_benign_share: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _teacher_needed(self):

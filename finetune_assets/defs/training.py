@@ -105,7 +105,11 @@ def preference_pairs(
     rows = read_records(store.path("instruction_set") / "instructions.parquet")
     prompts = preferences.select_prompts(rows, cfg.max_pairs, seed=profile.seed)
     safety_items = (
-        safety.select(safety.load_checked(), cfg.safety_max_pairs, profile.seed) if cfg.safety else []
+        safety.select_pairs(
+            safety.load_checked(), cfg.safety_max_pairs, cfg.safety_benign_share, profile.seed
+        )
+        if cfg.safety
+        else []
     )
     with tracked_run(context, mlflow, {"preferences": cfg.model_dump()}) as (tracker, run_id):
         model, tokenizer = generation.load_for_inference(model_dir(store, "base_checkpoint"))

@@ -121,6 +121,15 @@ def select(items: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
     return round_robin(items, lambda r: f"{r['expect']}/{r['category']}", limit, seed)
 
 
+def select_pairs(items: list[dict], limit: int, benign_share: float, seed: int = 0) -> list[dict]:
+    """Items for preference pairs: ``round(limit * benign_share)`` benign look-alikes and the rest harmful
+    requests (as many as there are), each side spread evenly over its categories."""
+    harmful = [i for i in items if i["expect"] == "refuse"]
+    benign = [i for i in items if i["expect"] == "comply"]
+    n_benign = min(round(limit * benign_share), len(benign))
+    return select(harmful, min(limit - n_benign, len(harmful)), seed) + select(benign, n_benign, seed)
+
+
 def _conversation(prompt: str, system_prompt: str | None) -> list[dict]:
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*head, {"role": "user", "content": prompt}]

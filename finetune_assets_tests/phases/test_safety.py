@@ -97,6 +97,18 @@ def test_select_spreads_over_kinds_and_categories():
     assert safety.select(ITEMS, 16, seed=0) == picked and safety.select(ITEMS, 16, seed=1) != picked
 
 
+def test_select_pairs_takes_the_benign_share_and_fills_the_rest_with_harmful_requests():
+    items = safety.load_checked()
+    n_harmful = sum(i["expect"] == "refuse" for i in items)
+    picked = safety.select_pairs(items, 40, 0.25, seed=0)
+    kinds = Counter(i["expect"] for i in picked)
+    assert kinds == {"refuse": 30, "comply": 10}
+    assert len({i["category"] for i in picked if i["expect"] == "refuse"}) == 8  # every harm category
+    assert Counter(i["expect"] for i in safety.select_pairs(items, 40, 0.0)) == {"refuse": 40}
+    everything = safety.select_pairs(items, 10_000, 0.0)
+    assert len(everything) == n_harmful  # no more harmful requests than there are, no benign ones
+
+
 def test_preference_rows_rejected_sides():
     items = [_item(1, "refuse"), _item(2, "refuse"), _item(3, "refuse"), _item(4, "comply", "homonym")]
     calls = []

@@ -134,7 +134,7 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     curated = " ".join(d["text"] for d in curated_docs)
     assert not any(c["value"] in curated for c in canaries)
     assert [float(r["guardrails/leakage_rate"]) for r in table] == [0.0] * 4
-    # LoRA variants went through lm-eval as adapters (peft=), the base as itself.
+    # smoke sets eval.lm_eval_peft: LoRA variants went through lm-eval as adapters (peft=), the base as itself.
     for variant, asset in (("base", None), ("inst", "inst_model"), ("dpo", "dpo_model"), ("tr", "tr_model")):
         scored = json.loads((store.path("eval_reports") / "variants" / variant / "metrics.json").read_text())
         expected = str(store.path(asset) / "adapter") if asset else None

@@ -322,6 +322,15 @@ class TrainConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _sft_loss_weight_is_dpo_only(self):
+        if self.sft_loss_weight > 0 and self.preference_method != "dpo":
+            raise ValueError(
+                f"sft_loss_weight (RPO) adds the chosen answer's NLL to the DPO loss; preference_method is "
+                f"{self.preference_method!r}: set sft_loss_weight to 0 or preference_method to dpo"
+            )
+        return self
+
 
 class ScalingConfig(_Section):
     """How many Ray Train workers a training asset uses, whether they take GPUs, and how failures are

@@ -36,6 +36,13 @@ def test_wrong_type_and_range_are_named(tmp_path: Path):
     assert "dedup.threshold" in str(err.value) and "sft.learning_rate" in str(err.value)
 
 
+def test_rpo_weight_with_another_preference_method_is_an_error(tmp_path: Path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\ndpo:\n  preference_method: kto\n  sft_loss_weight: 1.0\n")
+    with pytest.raises(ConfigError, match="sft_loss_weight"):
+        load_profile(str(recipe))
+
+
 def test_model_path_required_for_local_source(tmp_path: Path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("name: bad\nmodel:\n  source: local\n")

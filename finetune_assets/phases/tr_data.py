@@ -315,9 +315,9 @@ def build_tr_examples(
             messages = build_prompt(question, passages, cfg) + [{"role": "assistant", "content": answer}]
             kind, out = "tr_grounded", grounded_records
         elif len(search_records) >= want_search:
-            break
+            break  # both kinds are full
         else:
-            continue
+            continue  # grounded is full but search is not: look on for a searchable (non-safety) row
         out.append(
             {
                 "id": _stable_id(kind, str(row.get("id"))),

@@ -176,6 +176,10 @@ class InstructionsConfig(_Section):
     teacher: LLMEndpointConfig | None = None
     teacher_max_documents: int = Field(32, ge=1)  # documents the teacher writes instructions for
     max_examples: int | None = Field(None, ge=1)
+    # When max_examples binds: each named generator's share of the generated rows (each sampled across
+    # topics). Without it the cap samples topics evenly, so a generator with one row per page (module_*)
+    # gets a handful however much the scorecard asks about it. Unused room goes to the others.
+    generator_shares: dict[str, float] | None = None
     max_response_chars: int = Field(700, ge=50)
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     decontam_ngram: int = Field(8, ge=3)
@@ -188,6 +192,21 @@ class InstructionsConfig(_Section):
     def _teacher_needed(self):
         if "teacher" in self.generators and self.teacher is None:
             raise ValueError("instructions.generators has 'teacher' but instructions.teacher is not set")
+        return self
+
+    @model_validator(mode="after")
+    def _shares_name_generators(self):
+        shares = self.generator_shares
+        if shares is None:
+            return self
+        unknown = sorted(set(shares) - set(self.generators))
+        if unknown:
+            raise ValueError(
+                f"instructions.generator_shares names {unknown}, which instructions.generators does not run "
+                f"(it runs {self.generators})"
+            )
+        if any(v < 0 for v in shares.values()) or not sum(shares.values()) > 0:
+            raise ValueError("instructions.generator_shares: shares must be >= 0 and sum to more than 0")
         return self
 
 

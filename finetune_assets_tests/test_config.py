@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 
 from finetune_assets.cli import main
-from finetune_assets.config import RECIPES_DIR, ConfigError, available_profiles, load_profile
+from finetune_assets.config import (
+    RECIPES_DIR,
+    ConfigError,
+    InstructionsConfig,
+    available_profiles,
+    load_profile,
+)
 
 
 @pytest.mark.parametrize("name", available_profiles())
@@ -102,3 +108,10 @@ def test_multi_gpu_recipe_asks_for_zero3_on_gpu_workers():
     ds = trainer_deepspeed_arg(scaling.use_gpu, scaling.deepspeed_stage)
     assert scaling.num_workers == 4 and ds["zero_optimization"]["stage"] == 3
     assert trainer_deepspeed_arg(False, scaling.deepspeed_stage) is None  # never on CPU workers
+
+
+def test_generator_shares_must_name_running_generators():
+    with pytest.raises(ValueError, match=r"names \['module_lookup'\]"):
+        InstructionsConfig(generators=["api"], generator_shares={"module_lookup": 1.0})
+    with pytest.raises(ValueError, match="sum to more than 0"):
+        InstructionsConfig(generators=["api"], generator_shares={"api": 0.0})

@@ -20,7 +20,8 @@ With ``cfg.safety`` the packaged safety conversations (phases.safety) join as ge
 
 Then: documents used by eval sets are dropped first; exact + near duplicates removed (phases.dedup);
 examples sharing any ``cfg.decontam_ngram``-word n-gram with an eval text removed; split by topic;
-``cfg.max_examples`` keeps an even sample across topics. Rows follow the contract in docs/ARCHITECTURE.md:
+``cfg.max_examples`` keeps an even sample across topics, or with ``cfg.generator_shares`` each generator's
+share of it (each sampled across topics). Rows follow the contract in docs/ARCHITECTURE.md:
 {id, messages, source (document id), topic, generator, split}.
 """
 
@@ -290,6 +291,40 @@ def _cap_across_topics(records: list[dict], limit: int | None) -> list[dict]:
     return [r for r in records if r["id"] in keep]
 
 
+def allot_by_share(limit: int, shares: dict[str, float], sizes: dict[str, int]) -> dict[str, int]:
+    """Split ``limit`` rows over groups in proportion to ``shares``, never more than a group's ``sizes``;
+    what a small group cannot use goes to the others in the same proportions (water-filling)."""
+    quota = {g: 0 for g in shares}
+    left = limit
+    while left > 0:
+        open_groups = [g for g in shares if shares[g] > 0 and quota[g] < sizes.get(g, 0)]
+        if not open_groups:
+            break
+        total = sum(shares[g] for g in open_groups)
+        budget = left
+        for g in sorted(open_groups, key=lambda g: -shares[g]):  # rounding crumbs go to the largest shares
+            give = min(sizes[g] - quota[g], max(1, int(budget * shares[g] / total)), left)
+            quota[g] += give
+            left -= give
+            if left == 0:
+                break
+    return quota
+
+
+def cap_by_generator(records: list[dict], limit: int | None, shares: dict[str, float] | None) -> list[dict]:
+    """Keep ``limit`` records. With ``shares`` each named generator gets its share of the cap (each one
+    sampled across topics); room a generator cannot fill, and every unnamed generator, shares what is
+    left. Without shares: one even sample across topics. Returned in original order."""
+    if limit is None or len(records) <= limit or not shares:
+        return _cap_across_topics(records, limit)
+    pools = {g: [r for r in records if r["generator"] == g] for g in shares}
+    quota = allot_by_share(limit, shares, {g: len(rows) for g, rows in pools.items()})
+    keep = {r["id"] for g, rows in pools.items() for r in _cap_across_topics(rows, quota[g])}
+    rest = [r for r in records if r["id"] not in keep]
+    keep |= {r["id"] for r in _cap_across_topics(rest, limit - len(keep))}
+    return [r for r in records if r["id"] in keep]
+
+
 def assign_splits(records: list[dict], validation_fraction: float) -> None:
     """Set ``split`` by topic (stable hash): a topic never straddles train and validation, so validation
     measures generalization to unseen documents. With >= 2 topics both splits are made non-empty."""
@@ -367,7 +402,9 @@ def build_instruction_set(
     # their own key: max_examples caps what is generated around them.
     imported = {r["id"] for r in clean if r["generator"].startswith("seed:") or r["generator"] == "safety"}
     room = None if cfg.max_examples is None else max(cfg.max_examples - len(imported), 0)
-    generated_kept = _cap_across_topics([r for r in clean if r["id"] not in imported], room)
+    generated_kept = cap_by_generator(
+        [r for r in clean if r["id"] not in imported], room, cfg.generator_shares
+    )
     kept_ids = imported | {r["id"] for r in generated_kept}
     capped = [r for r in clean if r["id"] in kept_ids]
     if not capped:

@@ -9,9 +9,11 @@ from finetune_assets.phases import corpus
 from finetune_assets.phases.corpus import make_document
 from finetune_assets.phases.evalsets import build_eval_sets
 from finetune_assets.phases.instructions import (
+    allot_by_share,
     api_examples,
     assign_splits,
     build_instruction_set,
+    cap_by_generator,
     module_examples,
     section_examples,
     topic_of,
@@ -183,6 +185,37 @@ def test_split_is_by_topic_and_cap_samples_topics(tmp_path):
     assert len({r["topic"] for r in capped["records"]}) == 10  # one per topic, not the first documents
     again = build_instruction_set(docs, eval_dir, InstructionsConfig(max_examples=10))
     assert again["records"] == capped["records"]
+
+
+def test_allot_by_share_gives_what_a_small_group_cannot_use_to_the_others():
+    assert allot_by_share(10, {"a": 0.5, "b": 0.5}, {"a": 2, "b": 100}) == {"a": 2, "b": 8}
+    even = allot_by_share(7, {"a": 1, "b": 1, "c": 1}, {"a": 9, "b": 9, "c": 9})
+    assert sum(even.values()) == 7 and set(even.values()) <= {2, 3}
+    assert allot_by_share(50, {"a": 1, "b": 0}, {"a": 4, "b": 9}) == {"a": 4, "b": 0}  # share 0: none
+
+
+def _rows(generator: str, topics: int, per_topic: int) -> list[dict]:
+    return [
+        {"id": f"{generator}-{t}-{i}", "generator": generator, "topic": f"library/m{t}"}
+        for t in range(topics)
+        for i in range(per_topic)
+    ]
+
+
+def test_generator_shares_keep_each_generators_part_of_the_cap():
+    # One module row per page beside ten API rows per page: an even sample over topics keeps a few
+    # module rows by chance; shares keep exactly the asked part, and unnamed generators fill the rest.
+    records = _rows("module_definition", 10, 1) + _rows("api_definition", 10, 10) + _rows("section", 10, 2)
+    by_topic = cap_by_generator(records, 10, None)
+    assert len(by_topic) == 10 and len({r["topic"] for r in by_topic}) == 10
+    shared = cap_by_generator(records, 10, {"module_definition": 0.6, "api_definition": 0.4})
+    assert [r["generator"] for r in shared].count("module_definition") == 6
+    assert [r["generator"] for r in shared].count("api_definition") == 4
+    most = cap_by_generator(records, 20, {"module_definition": 0.9})
+    gens = [r["generator"] for r in most]
+    assert gens.count("module_definition") == 10 and len(most) == 20  # all it has; the rest shared
+    assert most == [r for r in records if r in most]  # original order
+    assert cap_by_generator(records, None, {"section": 1.0}) == records
 
 
 def test_assign_splits_guarantees_both_sides():

@@ -1,12 +1,14 @@
 """Evaluate one model variant (base, inst, dpo, tr) on the held-out eval sets; all variants see the same data.
 
 What runs for a variant (``evaluate_variant``), with the model loaded once:
-- lm-eval 0.4.13 on three offline tasks written at run time as YAML over the eval-set JSONL files
+- lm-eval 0.4.13 on offline tasks written at run time as YAML over the eval-set JSONL files
   (``write_lm_eval_tasks``; absolute data paths, because lm-eval resolves relative ``data_files`` against the
   working directory, not the YAML):
     ``fa_domain_mc``   multiple_choice, qa_mc.jsonl              -> acc, acc_norm
     ``fa_domain_qa``   generate_until, qa_gen.jsonl              -> rougeL (ROUGE-L F1 via process_results)
     ``fa_heldout_ppl`` loglikelihood_rolling, heldout_text.jsonl -> word/byte_perplexity, bits_per_byte
+  (the folder holds all three for ``lm_eval --include_path``; a variant runs the first two, as its own
+  ``perplexity`` covers the held-out text).
 - a hallucination index over the glossary: the model defines each term (chat prompt, batched greedy decoding)
   and ``judge_definitions`` calls a definition correct when its ROUGE-L F1 against the reference reaches a
   threshold, or, when the packaged sentence-embedding model loads, when the cosine similarity reaches another.
@@ -23,7 +25,7 @@ What runs for a variant (``evaluate_variant``), with the model loaded once:
   and a confidence interval per itemized metric (Wilson for rates, bootstrap for means).
 
 Flat metric names (``metrics.json`` and MLflow): ``fa_domain_mc/acc``, ``fa_domain_qa/rougeL``,
-``fa_heldout_ppl/word_perplexity``, ``hallucination/index``, ``hallucination/llm_index``,
+``hallucination/index``, ``hallucination/llm_index``,
 ``perplexity/token``, ``perplexity/general_token``, ``guardrails/<rate>``, ``generation/tokens_per_s``
 (answers), ``generation/decode_tokens_per_s_fixed`` (fixed length).
 
@@ -1003,7 +1005,11 @@ def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft) -> tuple[dict, d
     itself; else it reuses the loaded model."""
     model_dir, model, tokenizer = loaded
     tasks_dir = out_dir / "lm_eval_tasks"
-    tasks = write_lm_eval_tasks(out_dir / "eval_subset", tasks_dir, max_gen_toks=cfg.max_new_tokens)
+    written = write_lm_eval_tasks(out_dir / "eval_subset", tasks_dir, max_gen_toks=cfg.max_new_tokens)
+    # The held-out perplexity task stays in the folder for `lm_eval --include_path`, but a variant's own
+    # ``perplexity`` already scores those documents (with the windows general text gets): running both
+    # cost 14 s a variant for a second number about the same text.
+    tasks = [t for t in written if t != TASK_PPL]
     if peft is not None:
         target = {"model_dir": Path(peft[0]), "adapter_dir": Path(peft[1])}
     else:

@@ -38,7 +38,6 @@ KEY_METRICS: list[tuple[str, str, bool]] = [
     ("hallucination/llm_index", "Glossary correct (judge model)", True),
     ("perplexity/token", "Held-out PPL (token)", False),
     ("perplexity/general_token", "General-text PPL (token)", False),
-    ("fa_heldout_ppl/word_perplexity", "Held-out word PPL (lm-eval)", False),
     ("tool_use/accuracy", "Tool-use acc", True),
     ("guardrails/leakage_rate", "Leakage rate", False),
     ("guardrails/refusal_rate", "Refusal rate", True),

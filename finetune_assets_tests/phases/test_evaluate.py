@@ -367,16 +367,13 @@ def test_adapter_scored_like_merged_model(tmp_path, tiny_model_dir, tiny_corpus)
         plain["fa_heldout_ppl/bits_per_byte"]
     )
 
-    cfg = EvalConfig(max_new_tokens=4, batch_size=4, precision="fp32")
-    merged = ev.evaluate_variant(
-        "dpo",
-        tiny_model_dir,
-        eval_dir,
-        cfg,
-        tmp_path / "work",
-        adapter_dir=tmp_path / "adapter",
-        embedder=None,
-    )["metrics"]
+    # The merged weights evaluate_variant loads (load_for_inference) and hands lm-eval without peft=.
+    from finetune_assets.phases.generation import load_for_inference
+
+    model, tokenizer = load_for_inference(tiny_model_dir, tmp_path / "adapter", precision="fp32")
+    merged = ev.run_lm_eval(
+        tiny_model_dir, tmp_path / "tasks", ppl_tasks, model=model, tokenizer=tokenizer, **fp32
+    )
     for key in ("fa_heldout_ppl/bits_per_byte", "fa_domain_mc/acc"):
         assert merged[key] == pytest.approx(with_peft[key], rel=1e-4), key
 

@@ -3,7 +3,8 @@
 Where the data comes from: ``finetune_assets/data/safety_train.jsonl`` was written by hand for this project
 (no third-party text; same license as the repository). It covers the harm categories of the red-team eval
 set (``guardrails.load_redteam``) with different prompts: ``check_disjoint`` proves that no prompt shares a
-word n-gram with, or is a near-duplicate of, any red-team prompt, and every loader here runs it.
+word n-gram with, or is a near-duplicate of, any red-team prompt or bias-probe prompt, and every loader
+here runs it.
 
 Schema: one JSON object a line, ``{id, category, expect, prompt, response}``.
 
@@ -13,7 +14,10 @@ Schema: one JSON object a line, ``{id, category, expect, prompt, response}``.
   self-harm).
 - ``expect == "comply"``: a benign look-alike in the XSTest style (homonym, figurative, safe_target,
   safe_context, defensive_security, definition, history, privacy_public); ``response`` is a short helpful
-  answer, many about Python and programming.
+  answer, many about Python and programming. Category ``fairness``: yes/no questions that judge a person
+  by gender, ethnicity, religion, age, disability or orientation (worded unlike the bias probe's
+  templates), answered the same way whoever is named: the person's skills decide, the group says nothing.
+  Without them the SFT model hovered at P(yes) 0.3-0.6 and its answers moved with the group term.
 - ``id`` is ``<category>-<nn>``, unique in the file.
 
 What it becomes: SFT conversations in the instruction-set row contract (``sft_records``, generator
@@ -32,7 +36,7 @@ from typing import NamedTuple
 
 from finetune_assets.phases.dedup import normalize
 from finetune_assets.phases.evalsets import round_robin, stable_fraction
-from finetune_assets.phases.guardrails import is_refusal, load_redteam
+from finetune_assets.phases.guardrails import is_refusal, load_bias_probe, load_redteam
 
 SAFETY_FILE = "safety_train.jsonl"
 FIELDS = ("id", "category", "expect", "prompt", "response")
@@ -101,13 +105,28 @@ def find_overlaps(
     return found
 
 
+def bias_probe_prompts() -> list[dict]:
+    """Every prompt the bias guardrail asks ({id, prompt}: each template with each group term filled in)."""
+    spec = load_bias_probe()
+    return [
+        {"id": f"bias-{t}-{term}", "prompt": template.replace("{group}", term)}
+        for t, template in enumerate(spec["templates"])
+        for terms in spec["groups"].values()
+        for term in terms
+    ]
+
+
 def check_disjoint(items: list[dict], redteam: list[dict] | None = None) -> list[dict]:
-    """``items`` unchanged when none overlaps the red-team prompts (default: the whole packaged set, a
-    superset of any eval_sets sample); ValueError naming the overlaps otherwise."""
-    overlaps = find_overlaps(items, load_redteam() if redteam is None else redteam)
+    """``items`` unchanged when none overlaps the guardrails' eval prompts: the red-team set (default: the
+    whole packaged set, a superset of any eval_sets sample) and every bias-probe prompt; ValueError naming
+    the overlaps otherwise."""
+    held_out = (load_redteam() if redteam is None else redteam) + bias_probe_prompts()
+    overlaps = find_overlaps(items, held_out)
     if overlaps:
         shown = "; ".join(f"{o.item_id} ~ {o.redteam_id} ({o.reason})" for o in overlaps[:5])
-        raise ValueError(f"safety prompts overlap the red-team eval set ({len(overlaps)}): {shown}")
+        raise ValueError(
+            f"safety prompts overlap the red-team or bias-probe eval prompts ({len(overlaps)}): {shown}"
+        )
     return items
 
 

@@ -32,7 +32,20 @@ def test_a_planted_redteam_prompt_is_caught(tmp_path):
     assert overlap.item_id == "planted-01" and overlap.redteam_id == victim["id"]
     path = tmp_path / "safety.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [*ITEMS, planted]) + "\n")
-    with pytest.raises(ValueError, match="overlap the red-team eval set"):
+    with pytest.raises(ValueError, match="overlap the red-team"):
+        safety.load_checked(path)
+
+
+def test_packaged_set_is_disjoint_from_the_bias_probe_and_a_planted_probe_prompt_is_caught(tmp_path):
+    probes = safety.bias_probe_prompts()
+    assert len(probes) == 10 * 17  # ten templates, seventeen group terms
+    assert safety.find_overlaps(ITEMS, probes) == []
+    fairness = [r for r in ITEMS if r["category"] == "fairness"]
+    assert len(fairness) >= 20 and {r["expect"] for r in fairness} == {"comply"}
+    planted = {**fairness[0], "id": "planted-02", "prompt": probes[0]["prompt"]}
+    path = tmp_path / "safety.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [*ITEMS, planted]) + "\n")
+    with pytest.raises(ValueError, match="bias-probe"):
         safety.load_checked(path)
 
 

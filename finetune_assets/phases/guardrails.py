@@ -270,12 +270,8 @@ def load_bias_probe() -> dict:
     return json.loads(_data_file("bias_probe.json").read_text())
 
 
-def bias_probe(
-    yes_prob_fn: YesProbFn, templates: Sequence[str], groups: dict[str, Sequence[str]], max_gap: float
-) -> dict:
-    """For every (template, attribute) the prompts differ only in the group term; the set is biased when its
-    P(yes) spread (max - min) exceeds ``max_gap``. Returns ``{rate, n, max_gap, rows}`` with ``max_gap`` the
-    largest spread seen (0.0 and rate 0.0 when there is nothing to probe). One ``yes_prob_fn`` call."""
+def _probe_sets(templates: Sequence[str], groups: dict[str, Sequence[str]]) -> list[tuple]:
+    """(template index, template, attribute, terms) for every template and attribute with >= 2 terms."""
     sets = []
     for t_index, template in enumerate(templates):
         if template.count("{group}") != 1:
@@ -283,7 +279,28 @@ def bias_probe(
         for attribute, terms in groups.items():
             if len(terms) >= 2:
                 sets.append((t_index, template, attribute, list(terms)))
-    prompts = [template.replace("{group}", term) for _, template, _, terms in sets for term in terms]
+    return sets
+
+
+def bias_probe_prompts(spec: dict | None = None) -> list[dict]:
+    """Every prompt the bias probe asks, as {id, prompt} (default: the packaged probe): what training data
+    must stay disjoint from (phases.safety.check_disjoint)."""
+    spec = spec or load_bias_probe()
+    return [
+        {"id": f"bias-{t_index}-{term}", "prompt": template.replace("{group}", term)}
+        for t_index, template, _, terms in _probe_sets(spec["templates"], spec["groups"])
+        for term in terms
+    ]
+
+
+def bias_probe(
+    yes_prob_fn: YesProbFn, templates: Sequence[str], groups: dict[str, Sequence[str]], max_gap: float
+) -> dict:
+    """For every (template, attribute) the prompts differ only in the group term; the set is biased when its
+    P(yes) spread (max - min) exceeds ``max_gap``. Returns ``{rate, n, max_gap, rows}`` with ``max_gap`` the
+    largest spread seen (0.0 and rate 0.0 when there is nothing to probe). One ``yes_prob_fn`` call."""
+    sets = _probe_sets(templates, groups)
+    prompts = [p["prompt"] for p in bias_probe_prompts({"templates": templates, "groups": groups})]
     probs = list(yes_prob_fn(prompts)) if prompts else []
     if len(probs) != len(prompts):
         raise ValueError(f"yes_prob_fn returned {len(probs)} values for {len(prompts)} prompts")

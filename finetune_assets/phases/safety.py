@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from finetune_assets.phases.dedup import normalize
 from finetune_assets.phases.evalsets import round_robin, stable_fraction
-from finetune_assets.phases.guardrails import is_refusal, load_bias_probe, load_redteam
+from finetune_assets.phases.guardrails import bias_probe_prompts, is_refusal, load_redteam
 
 SAFETY_FILE = "safety_train.jsonl"
 FIELDS = ("id", "category", "expect", "prompt", "response")
@@ -103,17 +103,6 @@ def find_overlaps(
             elif jaccard >= max_jaccard:
                 found.append(Overlap(item["id"], rid, f"word jaccard {jaccard:.2f}"))
     return found
-
-
-def bias_probe_prompts() -> list[dict]:
-    """Every prompt the bias guardrail asks ({id, prompt}: each template with each group term filled in)."""
-    spec = load_bias_probe()
-    return [
-        {"id": f"bias-{t}-{term}", "prompt": template.replace("{group}", term)}
-        for t, template in enumerate(spec["templates"])
-        for terms in spec["groups"].values()
-        for term in terms
-    ]
 
 
 def check_disjoint(items: list[dict], redteam: list[dict] | None = None) -> list[dict]:

@@ -218,6 +218,14 @@ def test_generator_shares_keep_each_generators_part_of_the_cap():
     assert cap_by_generator(records, None, {"section": 1.0}) == records
 
 
+def test_build_applies_generator_shares_to_the_cap(tmp_path):
+    docs = _base_docs()
+    eval_dir = _eval_dir(tmp_path, docs)
+    cfg = InstructionsConfig(max_examples=3, generator_shares={"section": 1.0})
+    result = build_instruction_set(docs, eval_dir, cfg)
+    assert [r["generator"] for r in result["records"]] == ["section"] * 3
+
+
 def test_assign_splits_guarantees_both_sides():
     records = [{"topic": t, "split": "train"} for t in ("a", "b")]
     assign_splits(records, validation_fraction=0.01)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from finetune_assets.phases import safety
-from finetune_assets.phases.guardrails import is_refusal, load_redteam
+from finetune_assets.phases.guardrails import bias_probe_prompts, is_refusal, load_redteam
 
 ITEMS = safety.load_items()
 REDTEAM = load_redteam()
@@ -37,7 +37,7 @@ def test_a_planted_redteam_prompt_is_caught(tmp_path):
 
 
 def test_packaged_set_is_disjoint_from_the_bias_probe_and_a_planted_probe_prompt_is_caught(tmp_path):
-    probes = safety.bias_probe_prompts()
+    probes = bias_probe_prompts()
     assert len(probes) == 10 * 17  # ten templates, seventeen group terms
     assert safety.find_overlaps(ITEMS, probes) == []
     fairness = [r for r in ITEMS if r["category"] == "fairness"]

@@ -14,11 +14,17 @@ Schema: one JSON object a line, ``{id, category, expect, prompt, response}``.
   self-harm).
 - ``expect == "comply"``: a benign look-alike in the XSTest style (homonym, figurative, safe_target,
   safe_context, defensive_security, definition, history, privacy_public); ``response`` is a short helpful
-  answer, many about Python and programming. Category ``fairness``: yes/no questions that judge a person
-  by gender, ethnicity, religion, age, disability or orientation (worded unlike the bias probe's
-  templates), answered the same way whoever is named: the person's skills decide, the group says nothing.
-  Without them the SFT model hovered at P(yes) 0.3-0.6 and its answers moved with the group term.
+  answer, many about Python and programming.
 - ``id`` is ``<category>-<nn>``, unique in the file.
+
+Fairness rows (category ``fairness``, ``expect`` comply) are counterfactual: ``fairness_train.json``
+(also written for this project) holds yes/no question templates that judge a person by a group term
+(worded unlike the bias probe's templates) and a vocabulary of group terms over eight attributes.
+``expand_fairness`` asks every template about ``terms_per_template`` terms from different attributes with
+the same answer, so the only thing that varies between the rows of a template is the group: counterfactual
+data augmentation, the standard way to teach an answer that the group term cannot move. 20 hand-written
+rows, one group each, raised the SFT model's P(yes) on the bias probe by 0.05-0.1 only, and its answers
+still moved with the group term (bias rate 0.35 on the a461579 demo).
 
 What it becomes: SFT conversations in the instruction-set row contract (``sft_records``, generator
 "safety") and preference pairs (``preference_rows``): for a harmful prompt chosen = the refusal and
@@ -39,6 +45,7 @@ from finetune_assets.phases.evalsets import round_robin, stable_fraction
 from finetune_assets.phases.guardrails import bias_probe_prompts, is_refusal, load_redteam
 
 SAFETY_FILE = "safety_train.jsonl"
+FAIRNESS_FILE = "fairness_train.json"
 FIELDS = ("id", "category", "expect", "prompt", "response")
 OVERLAP_NGRAM = 8  # the instruction set's decontamination n-gram
 MAX_WORD_JACCARD = 0.5  # prompts are a sentence long: exact word-set Jaccard (what MinHash estimates)
@@ -62,9 +69,13 @@ class Overlap(NamedTuple):
     reason: str  # "8-gram 'how do i ...'" or "word jaccard 0.62"
 
 
+def _packaged(name: str):
+    return resources.files("finetune_assets").joinpath("data", name)
+
+
 def load_items(path: Path | None = None) -> list[dict]:
     """The packaged safety rows (or ``path``), validated: all fields present, known ``expect``, unique ids."""
-    source = Path(path) if path else resources.files("finetune_assets").joinpath("data", SAFETY_FILE)
+    source = Path(path) if path else _packaged(SAFETY_FILE)
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     for row in rows:
         missing = [f for f in FIELDS if not str(row.get(f) or "").strip()]
@@ -73,6 +84,49 @@ def load_items(path: Path | None = None) -> list[dict]:
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{SAFETY_FILE}: duplicate ids")
+    return rows
+
+
+def _rank(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def _slug(text: str) -> str:
+    return "-".join(_WORD.findall(text.lower()))
+
+
+def expand_fairness(spec: dict | None = None) -> list[dict]:
+    """Safety rows {id, category "fairness", expect "comply", prompt, response}: every template of ``spec``
+    (default: the packaged ``fairness_train.json``) asked about ``terms_per_attribute`` group terms of each
+    of ``attributes_per_template`` attributes, with ``{group}`` filled in on both sides and the same answer:
+    two terms of one attribute differ in nothing else, the contrast the bias probe measures. Attributes and
+    terms are picked by a stable hash of (template id, attribute, term): the same rows on every run."""
+    spec = spec or json.loads(_packaged(FAIRNESS_FILE).read_text(encoding="utf-8"))
+    groups = spec["groups"]
+    n_attributes, n_terms = int(spec["attributes_per_template"]), int(spec["terms_per_attribute"])
+    short = [a for a, terms in groups.items() if len(terms) < n_terms]
+    if n_attributes > len(groups) or short:
+        raise ValueError(
+            f"{FAIRNESS_FILE}: {n_attributes} attributes of {n_terms} terms each asked for; "
+            f"{len(groups)} attributes, too few terms in {short}"
+        )
+    rows = []
+    for template in spec["templates"]:
+        tid = template["id"]
+        for side in ("prompt", "response"):
+            if template[side].count("{group}") != 1:
+                raise ValueError(f"{FAIRNESS_FILE} template {tid!r}: {side} must hold '{{group}}' exactly once")
+        for attribute in sorted(groups, key=lambda a: _rank(f"{tid}/{a}"))[:n_attributes]:
+            for term in sorted(groups[attribute], key=lambda t: _rank(f"{tid}/{attribute}/{t}"))[:n_terms]:
+                rows.append(
+                    {
+                        "id": f"fairness-{tid}-{_slug(term)}",
+                        "category": "fairness",
+                        "expect": "comply",
+                        "prompt": template["prompt"].replace("{group}", term),
+                        "response": template["response"].replace("{group}", term),
+                    }
+                )
     return rows
 
 
@@ -119,9 +173,10 @@ def check_disjoint(items: list[dict], redteam: list[dict] | None = None) -> list
     return items
 
 
-def load_checked(path: Path | None = None) -> list[dict]:
-    """load_items + check_disjoint: the only way the training side should read the safety data."""
-    return check_disjoint(load_items(path))
+def load_checked(path: Path | None = None, fairness: bool = True) -> list[dict]:
+    """load_items (+ expand_fairness) + check_disjoint: the only way the training side should read the
+    safety data."""
+    return check_disjoint(load_items(path) + (expand_fairness() if fairness else []))
 
 
 def select(items: list[dict], limit: int | None, seed: int = 0) -> list[dict]:

@@ -9,7 +9,7 @@ import pytest
 from finetune_assets.phases import safety
 from finetune_assets.phases.guardrails import bias_probe_prompts, is_refusal, load_redteam
 
-ITEMS = safety.load_items()
+ITEMS = safety.load_items() + safety.expand_fairness()
 REDTEAM = load_redteam()
 
 
@@ -25,13 +25,42 @@ def test_packaged_set_shares_no_ngram_and_no_near_duplicate_with_the_real_redtea
     assert safety.load_checked() == ITEMS
 
 
+def test_fairness_rows_ask_each_template_about_two_terms_of_two_attributes_with_one_answer():
+    spec = {
+        "attributes_per_template": 2,
+        "terms_per_attribute": 2,
+        "groups": {"age": ["a 30-year-old", "a 60-year-old", "a 70-year-old"], "faith": ["a Sikh", "a Hindu"],
+                   "family": ["a single mother", "a father of three"]},
+        "templates": [{"id": "dba", "prompt": "Yes or no: can {group} run our database?",
+                       "response": "Yes: being {group} says nothing about it."}],
+    }  # fmt: skip
+    rows = safety.expand_fairness(spec)
+    assert len(rows) == 4 and len({r["id"] for r in rows}) == 4
+    assert {r["category"] for r in rows} == {"fairness"} and {r["expect"] for r in rows} == {"comply"}
+    for row in rows:  # the same answer whoever is named, the group filled in on both sides
+        term = row["prompt"].removeprefix("Yes or no: can ").removesuffix(" run our database?")
+        assert row["response"] == f"Yes: being {term} says nothing about it."
+    by_attribute = Counter(a for r in rows for a, terms in spec["groups"].items() if any(t in r["prompt"] for t in terms))
+    assert sorted(by_attribute.values()) == [2, 2]  # two contrasting terms within each attribute
+    assert safety.expand_fairness(spec) == rows  # stable across calls (hash-picked, no RNG state)
+    with pytest.raises(ValueError, match="exactly once"):
+        safety.expand_fairness({**spec, "templates": [{"id": "x", "prompt": "No group?", "response": "{group}"}]})
+    with pytest.raises(ValueError, match="too few terms"):
+        safety.expand_fairness({**spec, "terms_per_attribute": 3})
+
+
+def test_packaged_fairness_rows_cover_every_template():
+    rows = [r for r in ITEMS if r["category"] == "fairness"]
+    assert len(rows) == 20 * 2 * 2 and all("{group}" not in r["prompt"] + r["response"] for r in rows)
+
+
 def test_a_planted_redteam_prompt_is_caught(tmp_path):
     victim = REDTEAM[0]
     planted = {**ITEMS[0], "id": "planted-01", "prompt": victim["prompt"]}
     (overlap,) = safety.find_overlaps([planted], REDTEAM)
     assert overlap.item_id == "planted-01" and overlap.redteam_id == victim["id"]
     path = tmp_path / "safety.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [*ITEMS, planted]) + "\n")
+    path.write_text("\n".join(json.dumps(r) for r in [*safety.load_items(), planted]) + "\n")
     with pytest.raises(ValueError, match="overlap the red-team"):
         safety.load_checked(path)
 
@@ -40,11 +69,9 @@ def test_packaged_set_is_disjoint_from_the_bias_probe_and_a_planted_probe_prompt
     probes = bias_probe_prompts()
     assert len(probes) == 10 * 17  # ten templates, seventeen group terms
     assert safety.find_overlaps(ITEMS, probes) == []
-    fairness = [r for r in ITEMS if r["category"] == "fairness"]
-    assert len(fairness) >= 20 and {r["expect"] for r in fairness} == {"comply"}
-    planted = {**fairness[0], "id": "planted-02", "prompt": probes[0]["prompt"]}
+    planted = {**ITEMS[0], "id": "planted-02", "prompt": probes[0]["prompt"]}
     path = tmp_path / "safety.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [*ITEMS, planted]) + "\n")
+    path.write_text("\n".join(json.dumps(r) for r in [*safety.load_items(), planted]) + "\n")
     with pytest.raises(ValueError, match="bias-probe"):
         safety.load_checked(path)
 

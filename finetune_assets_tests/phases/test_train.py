@@ -391,3 +391,45 @@ def test_dpo_sft_loss_weight_keeps_the_chosen_answers_likely(tmp_path, tiny_mode
         return _mean([_answer_nll(folder, tiny_model_dir, r["messages"]) for r in tiny_chat_rows])
 
     assert mean_nll(tmp_path / "rpo" / "merged") < mean_nll(tmp_path / "dpo" / "merged") - 0.05
+
+
+def test_label_positions_only_gives_the_fused_heads_loss_and_gradients_of_every_position(
+    tiny_model_dir, monkeypatch
+):
+    """score_label_positions_only: trl's fused LM head then projects only labelled positions on CPU; the
+    loss, the token metrics and the gradients must be those of projecting every position."""
+    from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    from finetune_assets.phases.train import score_label_positions_only
+
+    shipped = chunked_logprob._use_triton  # where trl defines it (an earlier training test patched utils')
+    cpu = torch.device("cpu")
+    assert not shipped(cpu)  # trl as shipped scores every position on CPU
+    monkeypatch.setattr(trl_utils, "_use_triton", shipped)  # restored after the test
+
+    def fused_run():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        ids = torch.randint(3, model.config.vocab_size, (2, 12))
+        labels = ids.clone()
+        labels[0, :7] = -100  # a prompt
+        labels[1, 9:] = -100  # padding
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    full, full_grads = fused_run()
+    assert score_label_positions_only() and trl_utils._use_triton(cpu)
+    patched = trl_utils._use_triton
+    assert score_label_positions_only() and trl_utils._use_triton is patched  # applied once, not nested
+    compact, compact_grads = fused_run()
+    torch.testing.assert_close(compact.loss, full.loss)
+    torch.testing.assert_close(compact.entropy, full.entropy)
+    assert torch.equal(compact.is_top1, full.is_top1) and torch.equal(compact.label_mask, full.label_mask)
+    assert compact_grads.keys() == full_grads.keys() and full_grads
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(compact_grads[name], grad, msg=name)

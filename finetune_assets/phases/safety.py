@@ -115,7 +115,9 @@ def expand_fairness(spec: dict | None = None) -> list[dict]:
         tid = template["id"]
         for side in ("prompt", "response"):
             if template[side].count("{group}") != 1:
-                raise ValueError(f"{FAIRNESS_FILE} template {tid!r}: {side} must hold '{{group}}' exactly once")
+                raise ValueError(
+                    f"{FAIRNESS_FILE} template {tid!r}: {side} must hold '{{group}}' exactly once"
+                )
         for attribute in sorted(groups, key=lambda a: _rank(f"{tid}/{a}"))[:n_attributes]:
             for term in sorted(groups[attribute], key=lambda t: _rank(f"{tid}/{attribute}/{t}"))[:n_terms]:
                 rows.append(

@@ -40,11 +40,15 @@ def test_fairness_rows_ask_each_template_about_two_terms_of_two_attributes_with_
     for row in rows:  # the same answer whoever is named, the group filled in on both sides
         term = row["prompt"].removeprefix("Yes or no: can ").removesuffix(" run our database?")
         assert row["response"] == f"Yes: being {term} says nothing about it."
-    by_attribute = Counter(a for r in rows for a, terms in spec["groups"].items() if any(t in r["prompt"] for t in terms))
+    by_attribute = Counter(
+        a for r in rows for a, terms in spec["groups"].items() if any(t in r["prompt"] for t in terms)
+    )
     assert sorted(by_attribute.values()) == [2, 2]  # two contrasting terms within each attribute
     assert safety.expand_fairness(spec) == rows  # stable across calls (hash-picked, no RNG state)
     with pytest.raises(ValueError, match="exactly once"):
-        safety.expand_fairness({**spec, "templates": [{"id": "x", "prompt": "No group?", "response": "{group}"}]})
+        safety.expand_fairness(
+            {**spec, "templates": [{"id": "x", "prompt": "No group?", "response": "{group}"}]}
+        )
     with pytest.raises(ValueError, match="too few terms"):
         safety.expand_fairness({**spec, "terms_per_attribute": 3})
 

@@ -20,8 +20,9 @@ Schema: one JSON object a line, ``{id, category, expect, prompt, response}``.
 Fairness rows (category ``fairness``, ``expect`` comply) are counterfactual: ``fairness_train.json``
 (also written for this project) holds yes/no question templates that judge a person by a group term
 (worded unlike the bias probe's templates) and a vocabulary of group terms over eight attributes.
-``expand_fairness`` asks every template about ``terms_per_template`` terms from different attributes with
-the same answer, so the only thing that varies between the rows of a template is the group: counterfactual
+``expand_fairness`` asks every template about two terms of each of two attributes (the file's
+``terms_per_attribute`` and ``attributes_per_template``) with the same answer, so the only thing that varies
+between the rows of a template is the group: counterfactual
 data augmentation, the standard way to teach an answer that the group term cannot move. 20 hand-written
 rows, one group each, raised the SFT model's P(yes) on the bias probe by 0.05-0.1 only, and its answers
 still moved with the group term (bias rate 0.35 on the a461579 demo).
@@ -87,10 +88,6 @@ def load_items(path: Path | None = None) -> list[dict]:
     return rows
 
 
-def _rank(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()
-
-
 def _slug(text: str) -> str:
     return "-".join(_WORD.findall(text.lower()))
 
@@ -118,8 +115,10 @@ def expand_fairness(spec: dict | None = None) -> list[dict]:
                 raise ValueError(
                     f"{FAIRNESS_FILE} template {tid!r}: {side} must hold '{{group}}' exactly once"
                 )
-        for attribute in sorted(groups, key=lambda a: _rank(f"{tid}/{a}"))[:n_attributes]:
-            for term in sorted(groups[attribute], key=lambda t: _rank(f"{tid}/{attribute}/{t}"))[:n_terms]:
+        for attribute in sorted(groups, key=lambda a: stable_fraction(f"{tid}/{a}"))[:n_attributes]:
+            for term in sorted(groups[attribute], key=lambda t: stable_fraction(f"{tid}/{attribute}/{t}"))[
+                :n_terms
+            ]:
                 rows.append(
                     {
                         "id": f"fairness-{tid}-{_slug(term)}",
@@ -175,10 +174,10 @@ def check_disjoint(items: list[dict], redteam: list[dict] | None = None) -> list
     return items
 
 
-def load_checked(path: Path | None = None, fairness: bool = True) -> list[dict]:
-    """load_items (+ expand_fairness) + check_disjoint: the only way the training side should read the
-    safety data."""
-    return check_disjoint(load_items(path) + (expand_fairness() if fairness else []))
+def load_checked(path: Path | None = None) -> list[dict]:
+    """load_items + expand_fairness + check_disjoint: the only way the training side should read the safety
+    data."""
+    return check_disjoint(load_items(path) + expand_fairness())
 
 
 def select(items: list[dict], limit: int | None, seed: int = 0) -> list[dict]:

@@ -233,6 +233,10 @@ class PreferencesConfig(_Section):
     # raise and to lower the same opening: on the demo, 24 + 24 pairs took refusal from 0.54 (INST) to 0.31.
     # SFT's benign look-alikes already hold over-refusal down; 0 gives DPO only harmful pairs.
     safety_benign_share: float = Field(0.5, ge=0, le=1)
+    # Counterfactual fairness pairs on top (with safety on): a fairness template asked about a group, the
+    # fair answer chosen over the stereotyped opposite verdict (phases.safety.fairness_pair_items). The SFT
+    # rows alone left the demo's INST answering "No, ... is not a good fit for a Hindu" (bias rate 0.375).
+    fairness_max_pairs: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _teacher_needed(self):

@@ -106,11 +106,12 @@ def preference_pairs(
     prompts = preferences.select_prompts(rows, cfg.max_pairs, seed=profile.seed)
     safety_items = (
         safety.select_pairs(
-            safety.load_checked(), cfg.safety_max_pairs, cfg.safety_benign_share, profile.seed
-        )
+            safety.check_disjoint(safety.load_items()), cfg.safety_max_pairs, cfg.safety_benign_share,
+            profile.seed,
+        ) + safety.fairness_pair_items(cfg.fairness_max_pairs, profile.seed)
         if cfg.safety
         else []
-    )
+    )  # fmt: skip
     with tracked_run(context, mlflow, {"preferences": cfg.model_dump()}) as (tracker, run_id):
         model, tokenizer = generation.load_for_inference(model_dir(store, "base_checkpoint"))
 

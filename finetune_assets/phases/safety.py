@@ -48,6 +48,7 @@ from finetune_assets.phases.guardrails import bias_probe_prompts, is_refusal, lo
 SAFETY_FILE = "safety_train.jsonl"
 FAIRNESS_FILE = "fairness_train.json"
 FIELDS = ("id", "category", "expect", "prompt", "response")
+_FAIRNESS_SIDES = ("prompt", "response", "biased")
 OVERLAP_NGRAM = 8  # the instruction set's decontamination n-gram
 MAX_WORD_JACCARD = 0.5  # prompts are a sentence long: exact word-set Jaccard (what MinHash estimates)
 # The rejected side of a benign pair: what an over-cautious model says. Varied, so DPO cannot key on one string.
@@ -92,12 +93,15 @@ def _slug(text: str) -> str:
     return "-".join(_WORD.findall(text.lower()))
 
 
-def expand_fairness(spec: dict | None = None) -> list[dict]:
-    """Safety rows {id, category "fairness", expect "comply", prompt, response}: every template of ``spec``
-    (default: the packaged ``fairness_train.json``) asked about ``terms_per_attribute`` group terms of each
-    of ``attributes_per_template`` attributes, with ``{group}`` filled in on both sides and the same answer:
-    two terms of one attribute differ in nothing else, the contrast the bias probe measures. Attributes and
-    terms are picked by a stable hash of (template id, attribute, term): the same rows on every run."""
+def expand_fairness(spec: dict | None = None, salt: str = "") -> list[dict]:
+    """Safety rows {id, category "fairness", expect "comply", prompt, response, biased}: every template of
+    ``spec`` (default: the packaged ``fairness_train.json``) asked about ``terms_per_attribute`` group terms
+    of each of ``attributes_per_template`` attributes, with ``{group}`` filled in on every side and the same
+    answer: two terms of one attribute differ in nothing else, the contrast the bias probe measures.
+    ``biased`` is the template's stereotyped opposite verdict (the rejected side of a preference pair).
+    Attributes and terms are picked by a stable hash of (``salt``, template id, attribute, term): the same
+    rows on every run; another salt asks the same templates about other groups (the preference pairs use
+    one, so DPO does not only repeat the SFT rows)."""
     spec = spec or json.loads(_packaged(FAIRNESS_FILE).read_text(encoding="utf-8"))
     groups = spec["groups"]
     n_attributes, n_terms = int(spec["attributes_per_template"]), int(spec["terms_per_attribute"])
@@ -110,13 +114,14 @@ def expand_fairness(spec: dict | None = None) -> list[dict]:
     rows = []
     for template in spec["templates"]:
         tid = template["id"]
-        for side in ("prompt", "response"):
-            if template[side].count("{group}") != 1:
+        for side in ("prompt", "response", "biased"):
+            if str(template.get(side, "")).count("{group}") != 1:
                 raise ValueError(
                     f"{FAIRNESS_FILE} template {tid!r}: {side} must hold '{{group}}' exactly once"
                 )
-        for attribute in sorted(groups, key=lambda a: stable_fraction(f"{tid}/{a}"))[:n_attributes]:
-            for term in sorted(groups[attribute], key=lambda t: stable_fraction(f"{tid}/{attribute}/{t}"))[
+        key = f"{salt}/{tid}" if salt else tid
+        for attribute in sorted(groups, key=lambda a: stable_fraction(f"{key}/{a}"))[:n_attributes]:
+            for term in sorted(groups[attribute], key=lambda t: stable_fraction(f"{key}/{attribute}/{t}"))[
                 :n_terms
             ]:
                 rows.append(
@@ -124,11 +129,17 @@ def expand_fairness(spec: dict | None = None) -> list[dict]:
                         "id": f"fairness-{tid}-{_slug(term)}",
                         "category": "fairness",
                         "expect": "comply",
-                        "prompt": template["prompt"].replace("{group}", term),
-                        "response": template["response"].replace("{group}", term),
+                        **{side: template[side].replace("{group}", term) for side in _FAIRNESS_SIDES},
                     }
                 )
     return rows
+
+
+def fairness_pair_items(limit: int, seed: int = 0) -> list[dict]:
+    """Up to ``limit`` fairness rows for preference pairs (chosen = the fair answer, rejected = the
+    stereotyped one): the templates asked about other groups than the SFT rows (salt "pairs"), checked
+    disjoint from the eval prompts."""
+    return check_disjoint(select(expand_fairness(salt="pairs"), limit, seed)) if limit > 0 else []
 
 
 def _words(text: str) -> list[str]:
@@ -242,8 +253,9 @@ def preference_rows(items: list[dict], generate: Generate, system_prompt: str | 
 
     Harmful: chosen = the refusal, rejected = the base model's answer; a pair is dropped (and counted) when
     that answer is empty or already a refusal, since it then carries no preference. Benign: chosen = the
-    helpful answer, rejected = one of ``OVER_REFUSALS``. Returns {records, stats: {harmful, benign, pairs,
-    dropped_empty, dropped_base_refused}}."""
+    helpful answer, rejected = the item's ``biased`` answer where it has one (fairness rows: the same
+    question answered by stereotype), else one of ``OVER_REFUSALS``. Returns {records, stats: {harmful,
+    benign, fairness, pairs, dropped_empty, dropped_base_refused}}."""
     harmful = [i for i in items if i["expect"] == "refuse"]
     benign = [i for i in items if i["expect"] == "comply"]
     prompts = [_conversation(i["prompt"], system_prompt) for i in harmful]
@@ -260,12 +272,16 @@ def preference_rows(items: list[dict], generate: Generate, system_prompt: str | 
         else:
             records.append(_pair(item, prompt, item["response"], answer, "base_checkpoint"))
     for item in benign:
-        over = OVER_REFUSALS[int(stable_fraction(item["id"]) * len(OVER_REFUSALS))]
         prompt = _conversation(item["prompt"], system_prompt)
+        if item.get("biased"):
+            records.append(_pair(item, prompt, item["response"], item["biased"], "stereotyped_answer"))
+            continue
+        over = OVER_REFUSALS[int(stable_fraction(item["id"]) * len(OVER_REFUSALS))]
         records.append(_pair(item, prompt, item["response"], over, "over_refusal"))
     stats = {
         "harmful": len(harmful),
         "benign": len(benign),
+        "fairness": sum(1 for i in benign if i.get("biased")),
         "pairs": len(records),
         "dropped_empty": empty,
         "dropped_base_refused": refused,

@@ -116,6 +116,9 @@ def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     assert sorted(r["label"] for r in binary) == [False, True]
     pairs = read_records(store.path("preference_pairs") / "pairs.parquet")
     assert {"human", "reference"} <= {p["chosen_source"] for p in pairs}
+    # Fairness pairs (smoke: 4): the fair answer chosen over the template's stereotyped verdict.
+    assert prefs["safety"]["fairness"] == 4
+    assert sum(p["rejected_source"] == "stereotyped_answer" for p in pairs) == 4
 
     # A late drop is curated against the saved index alone: an exact copy of a kept document is caught.
     late = landing / "drop-0009-late"

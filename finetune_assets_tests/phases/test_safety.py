@@ -32,7 +32,8 @@ def test_fairness_rows_ask_each_template_about_two_terms_of_two_attributes_with_
         "groups": {"age": ["a 30-year-old", "a 60-year-old", "a 70-year-old"], "faith": ["a Sikh", "a Hindu"],
                    "family": ["a single mother", "a father of three"]},
         "templates": [{"id": "dba", "prompt": "Yes or no: can {group} run our database?",
-                       "response": "Yes: being {group} says nothing about it."}],
+                       "response": "Yes: being {group} says nothing about it.",
+                       "biased": "No, not {group}."}],
     }  # fmt: skip
     rows = safety.expand_fairness(spec)
     assert len(rows) == 4 and len({r["id"] for r in rows}) == 4
@@ -40,6 +41,7 @@ def test_fairness_rows_ask_each_template_about_two_terms_of_two_attributes_with_
     for row in rows:  # the same answer whoever is named, the group filled in on both sides
         term = row["prompt"].removeprefix("Yes or no: can ").removesuffix(" run our database?")
         assert row["response"] == f"Yes: being {term} says nothing about it."
+        assert row["biased"] == f"No, not {term}."
     by_attribute = Counter(
         a for r in rows for a, terms in spec["groups"].items() if any(t in r["prompt"] for t in terms)
     )
@@ -47,15 +49,36 @@ def test_fairness_rows_ask_each_template_about_two_terms_of_two_attributes_with_
     assert safety.expand_fairness(spec) == rows  # stable across calls (hash-picked, no RNG state)
     with pytest.raises(ValueError, match="exactly once"):
         safety.expand_fairness(
-            {**spec, "templates": [{"id": "x", "prompt": "No group?", "response": "{group}"}]}
+            {
+                **spec,
+                "templates": [{"id": "x", "prompt": "No group?", "response": "{group}", "biased": "{group}"}],
+            }
         )
+    with pytest.raises(ValueError, match="biased must hold"):  # a template without its stereotyped answer
+        safety.expand_fairness({**spec, "templates": [{**spec["templates"][0], "biased": "No."}]})
     with pytest.raises(ValueError, match="too few terms"):
         safety.expand_fairness({**spec, "terms_per_attribute": 3})
 
 
 def test_packaged_fairness_rows_cover_every_template():
     rows = [r for r in ITEMS if r["category"] == "fairness"]
-    assert len(rows) == 20 * 2 * 2 and all("{group}" not in r["prompt"] + r["response"] for r in rows)
+    assert len(rows) == 20 * 2 * 2
+    assert all("{group}" not in r["prompt"] + r["response"] + r["biased"] for r in rows)
+    for row in rows:  # the stereotyped answer gives the opposite verdict (its first word differs)
+        assert row["biased"].split()[0].strip(".,") != row["response"].split()[0].strip(".,")
+
+
+def test_fairness_pairs_ask_about_other_groups_than_the_sft_rows_and_reject_the_stereotype():
+    sft_prompts = {r["prompt"] for r in safety.expand_fairness()}
+    items = safety.fairness_pair_items(40, seed=0)
+    assert len(items) == 40 and safety.fairness_pair_items(0) == []
+    assert len({r["prompt"] for r in items} - sft_prompts) >= 30  # mostly new (template, group) prompts
+    assert items == safety.fairness_pair_items(40, seed=0)
+    made = safety.preference_rows(items, lambda convs: [] if not convs else pytest.fail("generated"))
+    assert made["stats"]["fairness"] == 40 and made["stats"]["pairs"] == 40
+    for item, pair in zip(items, made["records"], strict=True):
+        assert (pair["chosen"], pair["rejected"]) == (item["response"], item["biased"])
+        assert pair["rejected_source"] == "stereotyped_answer"
 
 
 def test_a_planted_redteam_prompt_is_caught(tmp_path):
@@ -166,6 +189,7 @@ def test_preference_rows_rejected_sides():
     assert made["stats"] == {
         "harmful": 3,
         "benign": 1,
+        "fairness": 0,
         "pairs": 2,
         "dropped_empty": 1,
         "dropped_base_refused": 1,

@@ -657,6 +657,17 @@ def _progress_writer(out_dir: Path):
     return ProgressWriter()
 
 
+def edge_mean(losses: list[float], *, first: bool, share: float = 0.1, cap: int = 5) -> float | None:
+    """The mean of the first (or last) ``share`` of ``losses``, 1 to ``cap`` points: one logged step is
+    too noisy to summarize a run (T&R batches carry few loss tokens: a demo logged "0.602 -> 3.119" from
+    its single first and last steps)."""
+    if not losses:
+        return None
+    k = max(1, min(cap, int(len(losses) * share)))
+    edge = losses[:k] if first else losses[-k:]
+    return sum(edge) / len(edge)
+
+
 def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -> dict:
     history = trainer.state.log_history
     losses = [float(h["loss"]) for h in history if "loss" in h]
@@ -667,8 +678,8 @@ def _summary(trainer, method: str, metrics: dict, wall_s: float, before: dict) -
         "method": method,
         "steps": int(trainer.state.global_step),
         "losses": losses,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
+        "first_loss": edge_mean(losses, first=True),
+        "last_loss": edge_mean(losses, first=False),
         "trainable_params": int(sum(t.numel() for t in before.values())),
         "changed_params": int(changed),
         "param_delta_l2": delta_l2,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finetune_assets.config import CptConfig, TrainConfig
-from finetune_assets.phases.train import SUMMARY_FILE, cpt, dpo, pack_texts, sft
+from finetune_assets.phases.train import SUMMARY_FILE, cpt, dpo, edge_mean, pack_texts, sft
 
 # lr high and dropout off: a random 0.1M-parameter model must visibly learn in ~20 steps on one thread
 FAST = TrainConfig(
@@ -433,3 +433,12 @@ def test_label_positions_only_gives_the_fused_heads_loss_and_gradients_of_every_
     assert compact_grads.keys() == full_grads.keys() and full_grads
     for name, grad in full_grads.items():
         torch.testing.assert_close(compact_grads[name], grad, msg=name)
+
+
+def test_edge_mean_averages_a_tenth_of_the_curve_at_each_end():
+    curve = [4.0, 2.0] + [1.0] * 16 + [0.5, 3.5]  # 20 points: 2 at each end
+    assert edge_mean(curve, first=True) == 3.0
+    assert edge_mean(curve, first=False) == 2.0
+    assert edge_mean([7.0], first=False) == 7.0
+    assert edge_mean([1.0] * 200, first=True) == 1.0  # capped at 5 points
+    assert edge_mean([], first=True) is None

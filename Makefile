@@ -8,7 +8,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all bench bench-train bench-eval learning-curve tr-probe lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all bench bench-train bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -36,6 +36,9 @@ tr-probe: setup  ## after a demo: train the T&R stage alone (ARGS="--steps 60 --
 
 bench-eval: setup   ## evaluation generation: tokens/s of batched greedy decoding vs one prompt at a time (SmolLM2; ARGS="--model tiny")
 	$(VENV)/python bench/eval_bench.py $(ARGS)
+
+bench-eval-layout: setup  ## evaluation layout: one process on every core vs one single-threaded process per core (ARGS="--model tiny")
+	$(VENV)/python bench/eval_parallel_bench.py $(ARGS)
 
 lint:
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .

@@ -442,6 +442,9 @@ class EvalConfig(_Section):
     # so a variant with shorter answers is not credited or blamed for its answer length; 0 = not measured.
     decode_speed_prompts: int = Field(16, ge=0)
     decode_speed_tokens: int = Field(32, ge=0)
+    # Variants evaluated as Ray tasks of this many CPUs each, several at a time (launch/ray_eval.py); unset =
+    # one after another in the asset's process with every core. One per core: bench/eval_parallel_bench.py.
+    cpus_per_variant: int | None = Field(1, ge=1)
 
 
 class GuardrailsConfig(_Section):

@@ -11,7 +11,7 @@ from finetune_assets import io
 from finetune_assets.config import default_home
 from finetune_assets.defs.common import artifact_metadata, model_dir, tracked_run
 from finetune_assets.defs.data import eval_sets, retrieval_index
-from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RecipeResource
+from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, tr_model
 
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
@@ -23,11 +23,15 @@ VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model",
     kinds={"markdown", "html"},
 )
 def eval_reports(
-    context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    recipe: RecipeResource,
+    store: ArtifactStore,
+    mlflow: MlflowResource,
+    ray: RayResource,
 ) -> dg.MaterializeResult:
     """Every variant through lm-eval (domain MC, QA, held-out perplexity), the hallucination index, general
     text perplexity (forgetting), guardrails and cost; a report, a review sample and the promotion decision."""
-    from finetune_assets.phases import compare, evaluate, llm, promotion, report, review
+    from finetune_assets.phases import compare, evaluate, promotion, report, review
 
     profile = recipe.load()
     cfg = profile.eval
@@ -38,24 +42,23 @@ def eval_reports(
         tracker,
         run_id,
     ):
-        judge = llm.make_client(cfg.judge, cache_dir=out / "judge_cache") if cfg.judge else None
-        results, versions = [], {}
-        for variant, asset in VARIANTS.items():
-            context.log.info(f"evaluating {variant} ({asset})")
-            result = evaluate.evaluate_variant(
-                variant,
-                model_dir(store, asset),
-                store.path("eval_sets"),
-                cfg,
-                out / "variants",
-                index_dir=store.path("retrieval_index"),
-                retrieval_cfg=profile.retrieval,
-                lm_eval_peft=evaluate.adapter_for_lm_eval(store.path(asset)) if cfg.lm_eval_peft else None,
-                guardrails_cfg=profile.guardrails,
-                judge_client=judge,
-            )
-            results.append(result)
-            versions[variant] = tracker.latest_version(variant)
+        jobs = [
+            {
+                "name": variant,
+                "model_dir": model_dir(store, asset),
+                "eval_dir": store.path("eval_sets"),
+                "cfg": cfg,
+                "work_dir": out / "variants",
+                "index_dir": store.path("retrieval_index"),
+                "retrieval_cfg": profile.retrieval,
+                "lm_eval_peft": evaluate.adapter_for_lm_eval(store.path(asset)) if cfg.lm_eval_peft else None,
+                "guardrails_cfg": profile.guardrails,
+            }
+            for variant, asset in VARIANTS.items()
+        ]
+        judge = (cfg.judge, out / "judge_cache") if cfg.judge else None
+        results = _evaluate(context, jobs, cfg, ray, judge, use_gpu=profile.scaling.use_gpu)
+        versions = {variant: tracker.latest_version(variant) for variant in VARIANTS}
         for warning in promotion.attach_forgetting_warnings(results, cfg.forgetting_margin):
             context.log.warning(warning)
         sets_hash = io.content_hash(store.path("eval_sets"))
@@ -118,6 +121,31 @@ def eval_reports(
                 promotion=_bullets(decision["reasons"]),
             )
         )
+
+
+def _evaluate(
+    context: dg.AssetExecutionContext, jobs: list[dict], cfg, ray: RayResource, judge, *, use_gpu: bool
+) -> list[dict]:
+    """evaluate_variant(**job) for every job: as Ray tasks of cfg.cpus_per_variant CPUs each (several at a
+    time), or, with cpus_per_variant unset, one after another in this process on every core."""
+    from finetune_assets.phases import evaluate, llm
+
+    if cfg.cpus_per_variant is None:
+        client = llm.make_client(judge[0], cache_dir=judge[1]) if judge else None
+        results = []
+        for job in jobs:
+            context.log.info(f"evaluating {job['name']} in process")
+            results.append(evaluate.evaluate_variant(**job, judge_client=client))
+        return results
+    from finetune_assets.launch.ray_eval import evaluate_on_ray
+
+    ray.ensure()
+    context.log.info(
+        f"evaluating {', '.join(j['name'] for j in jobs)} as Ray tasks of {cfg.cpus_per_variant} CPU(s) each"
+    )
+    return evaluate_on_ray(
+        jobs, cpus_per_variant=cfg.cpus_per_variant, use_gpu=use_gpu, ray_address=ray.address, judge=judge
+    )
 
 
 def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_hash: str) -> None:

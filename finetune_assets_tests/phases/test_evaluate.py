@@ -113,6 +113,26 @@ def test_judge_accepts_paraphrase_by_embedding_only():
     assert with_embed[0]["correct"] and with_embed[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_each_distinct_text_is_embedded_once_per_embedder():
+    class Counting(_KeywordEmbedder):
+        def __init__(self):
+            self.encoded = []
+
+        def encode(self, texts, **kw):
+            self.encoded += list(texts)
+            return super().encode(texts, **kw)
+
+    embedder = Counting()
+    first = ev._embed(embedder, ["a file", "a function", "a file"])
+    again = ev._embed(embedder, ["a function", "a sequence", ""])
+    assert embedder.encoded == ["a file", "a function", "a sequence", ""]
+    assert first.shape == (3, 5) and (first[0] == first[2]).all() and (again[0] == first[1]).all()
+    assert ev._embed(embedder, []).shape[0] == 0
+    other = Counting()  # another embedder (another model) encodes for itself
+    ev._embed(other, ["a file"])
+    assert other.encoded == ["a file"]
+
+
 def test_calibrate_judge_rates():
     cal = ev.calibrate_judge(GLOSSARY, rouge_threshold=0.25, truncate_words=8)
     assert cal["n_terms"] == 4

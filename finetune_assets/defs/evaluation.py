@@ -31,6 +31,7 @@ def eval_reports(
 ) -> dg.MaterializeResult:
     """Every variant through lm-eval (domain MC, QA, held-out perplexity), the hallucination index, general
     text perplexity (forgetting), guardrails and cost; a report, a review sample and the promotion decision."""
+    from finetune_assets.launch.ray_eval import evaluate_variants
     from finetune_assets.phases import compare, evaluate, promotion, report, review
 
     profile = recipe.load()
@@ -56,8 +57,19 @@ def eval_reports(
             }
             for variant, asset in VARIANTS.items()
         ]
-        judge = (cfg.judge, out / "judge_cache") if cfg.judge else None
-        results = _evaluate(context, jobs, cfg, ray, judge, use_gpu=profile.scaling.use_gpu)
+        where = (
+            "in process" if cfg.cpus_per_variant is None else f"as Ray tasks of {cfg.cpus_per_variant} CPU(s)"
+        )
+        context.log.info(f"evaluating {', '.join(VARIANTS)} {where}")
+        if cfg.cpus_per_variant is not None:
+            ray.ensure()  # the embedded Ray with the resource's settings, or the configured cluster
+        results = evaluate_variants(
+            jobs,
+            cpus_per_variant=cfg.cpus_per_variant,
+            use_gpu=profile.scaling.use_gpu,
+            ray_address=ray.address,
+            judge=(cfg.judge, out / "judge_cache") if cfg.judge else None,
+        )
         versions = {variant: tracker.latest_version(variant) for variant in VARIANTS}
         for warning in promotion.attach_forgetting_warnings(results, cfg.forgetting_margin):
             context.log.warning(warning)
@@ -121,31 +133,6 @@ def eval_reports(
                 promotion=_bullets(decision["reasons"]),
             )
         )
-
-
-def _evaluate(
-    context: dg.AssetExecutionContext, jobs: list[dict], cfg, ray: RayResource, judge, *, use_gpu: bool
-) -> list[dict]:
-    """evaluate_variant(**job) for every job: as Ray tasks of cfg.cpus_per_variant CPUs each (several at a
-    time), or, with cpus_per_variant unset, one after another in this process on every core."""
-    from finetune_assets.phases import evaluate, llm
-
-    if cfg.cpus_per_variant is None:
-        client = llm.make_client(judge[0], cache_dir=judge[1]) if judge else None
-        results = []
-        for job in jobs:
-            context.log.info(f"evaluating {job['name']} in process")
-            results.append(evaluate.evaluate_variant(**job, judge_client=client))
-        return results
-    from finetune_assets.launch.ray_eval import evaluate_on_ray
-
-    ray.ensure()
-    context.log.info(
-        f"evaluating {', '.join(j['name'] for j in jobs)} as Ray tasks of {cfg.cpus_per_variant} CPU(s) each"
-    )
-    return evaluate_on_ray(
-        jobs, cpus_per_variant=cfg.cpus_per_variant, use_gpu=use_gpu, ray_address=ray.address, judge=judge
-    )
 
 
 def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_hash: str) -> None:

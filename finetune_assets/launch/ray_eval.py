@@ -1,8 +1,8 @@
-"""Evaluate model variants as Ray tasks, several at a time, embedded Ray by default.
+"""Evaluate model variants as Ray tasks, several at a time (embedded Ray by default), or in this process.
 
-    results = evaluate_on_ray(
+    results = evaluate_variants(
         [{"name": "base", "model_dir": ..., "eval_dir": ..., "cfg": EvalConfig(...), "work_dir": ...}, ...],
-        cpus_per_variant=1,
+        cpus_per_variant=1,      # None: one after another in this process, torch on every core
     )
 
 Each job is the keyword arguments of phases.evaluate.evaluate_variant; a task reserves ``cpus_per_variant``
@@ -20,32 +20,43 @@ class EvaluationError(RuntimeError):
     """A variant's evaluation failed inside a Ray task; the message names the variant and carries the cause."""
 
 
+def _judge_client(judge: tuple | None):
+    from finetune_assets.phases import llm
+
+    return llm.make_client(judge[0], cache_dir=judge[1]) if judge else None
+
+
 def _evaluate_task(job: dict, threads: int, judge: tuple | None) -> dict:
     import torch
 
-    from finetune_assets.phases import evaluate, llm
+    from finetune_assets.phases import evaluate
 
     if not torch.cuda.is_available():
         torch.set_num_threads(threads)  # as many as the CPUs this task reserved
     # the judge client is built where it runs: an HTTP session or a loaded model does not travel
-    client = llm.make_client(judge[0], cache_dir=judge[1]) if judge else None
-    return evaluate.evaluate_variant(**job, judge_client=client)
+    return evaluate.evaluate_variant(**job, judge_client=_judge_client(judge))
 
 
-def evaluate_on_ray(
+def evaluate_variants(
     jobs: list[dict],
     *,
-    cpus_per_variant: int = 1,
+    cpus_per_variant: int | None = 1,
     use_gpu: bool = False,
     ray_address: str | None = None,
     judge: tuple | None = None,
 ) -> list[dict]:
-    """evaluate_variant(**job) for every job as a Ray task; the results in job order. ``judge``:
-    (LLMEndpointConfig, cache folder) of a judge model each task builds its client from.
+    """evaluate_variant(**job) for every job, the results in job order: each a Ray task of
+    ``cpus_per_variant`` CPUs, or with None one after another in this process. ``judge``:
+    (LLMEndpointConfig, cache folder) of a judge model the evaluation builds its client from.
 
-    Raises EvaluationError naming the first variant that failed (the others still finish)."""
+    Raises EvaluationError naming every variant that failed on Ray (the others still finish)."""
+    if cpus_per_variant is None:
+        from finetune_assets.phases import evaluate
+
+        client = _judge_client(judge)  # one for every variant (a judge model loads once)
+        return [evaluate.evaluate_variant(**job, judge_client=client) for job in jobs]
     if cpus_per_variant < 1:
-        raise ValueError(f"cpus_per_variant must be >= 1, got {cpus_per_variant}")
+        raise ValueError(f"cpus_per_variant must be >= 1 or None, got {cpus_per_variant}")
     ensure_ray(ray_address)
     import ray
 

@@ -1,11 +1,10 @@
 """Variants evaluated as Ray tasks (launch/ray_eval.py) on the embedded loopback Ray: the same numbers as
-in-process, in job order, and a failing variant named in the error."""
+in-process (cpus_per_variant None), in job order, and a failing variant named in the error."""
 
 import pytest
 
 from finetune_assets.config import EvalConfig, GuardrailsConfig
-from finetune_assets.launch.ray_eval import EvaluationError, evaluate_on_ray
-from finetune_assets.phases import evaluate
+from finetune_assets.launch.ray_eval import EvaluationError, evaluate_variants
 from finetune_assets_tests.phases.test_evaluate import write_eval_sets
 
 CFG = EvalConfig(
@@ -24,9 +23,11 @@ def _job(name, model_dir, eval_dir, work) -> dict:
 def test_ray_tasks_score_like_the_process_in_job_order(embedded_ray, tmp_path, tiny_model_dir, tiny_corpus):
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
     jobs = [_job(n, tiny_model_dir, eval_dir, tmp_path / "ray") for n in ("base", "inst")]
-    results = evaluate_on_ray(jobs, cpus_per_variant=1)
+    results = evaluate_variants(jobs, cpus_per_variant=1)
     assert [r["variant"] for r in results] == ["base", "inst"]
-    local = evaluate.evaluate_variant(**_job("base", tiny_model_dir, eval_dir, tmp_path / "local"))
+    (local,) = evaluate_variants(
+        [_job("base", tiny_model_dir, eval_dir, tmp_path / "local")], cpus_per_variant=None
+    )
     scored = [k for k in local["metrics"] if not k.startswith(("time/", "generation/"))]
     # one torch thread in the task and here (OMP_NUM_THREADS=1): the same model gives the same numbers
     assert {k: results[0]["metrics"][k] for k in scored} == {k: local["metrics"][k] for k in scored}
@@ -38,6 +39,6 @@ def test_a_failing_variant_is_named(embedded_ray, tmp_path, tiny_model_dir, tiny
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
     jobs = [_job("dpo", tmp_path / "no-such-model", eval_dir, tmp_path / "work")]
     with pytest.raises(EvaluationError, match="variant 'dpo'"):
-        evaluate_on_ray(jobs, cpus_per_variant=1)
+        evaluate_variants(jobs, cpus_per_variant=1)
     with pytest.raises(ValueError, match="cpus_per_variant"):
-        evaluate_on_ray(jobs, cpus_per_variant=0)
+        evaluate_variants(jobs, cpus_per_variant=0)

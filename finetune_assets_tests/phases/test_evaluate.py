@@ -347,20 +347,13 @@ def test_decode_speed_holds_end_of_turn_back_for_exactly_the_asked_tokens(tiny_m
         ids = tokenizer(render_chat(tokenizer, conv, add_generation_prompt=True), return_tensors="pt")
         first.append(int(model(**ids).logits[0, -1].argmax()))
     model.generation_config.eos_token_id = first
-    lengths = []
-    generate = model.generate
-
-    def counting_generate(**kwargs):
-        out = generate(**kwargs)
-        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
-
-    model.generate = counting_generate
-    generate_chat(model, tokenizer, conversations, 6, batch_size=1)
-    assert lengths == [1, 1]  # stopped at the (new) end-of-turn token
-    lengths.clear()
+    forwards = []  # one forward pass per decoded token: the prompt's (the first token), then one per token
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    assert generate_chat(model, tokenizer, conversations, 6, batch_size=1) == ["", ""]
+    assert len(forwards) == 2  # stopped at the (new) end-of-turn token, right after each prompt
+    forwards.clear()
     speed = ev.decode_speed(model, tokenizer, conversations, tokens=6, batch_size=1)
-    assert lengths == [6, 6] and speed["generation/decode_tokens_per_s_fixed"] > 0
+    assert len(forwards) == 2 * 6 and speed["generation/decode_tokens_per_s_fixed"] > 0
     assert ev.decode_speed(model, tokenizer, [], tokens=6, batch_size=1) == {}
 
 

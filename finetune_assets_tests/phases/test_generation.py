@@ -45,6 +45,62 @@ def test_generate_chat_order_and_batching(tiny_model_dir):
     assert generate_chat(model, tokenizer, [], max_new_tokens=4) == []
 
 
+def _babbling_model(tiny_model_dir):
+    model, tokenizer = load_for_inference(tiny_model_dir, precision="fp32")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layers" in name and param.dim() == 2:
+                param.normal_(std=0.5)
+    return model, tokenizer
+
+
+def test_decode_batch_equals_generate_while_stopped_rows_leave_the_batch(tiny_model_dir):
+    from finetune_assets.phases.generation import decode_batch
+
+    model, tokenizer = _babbling_model(tiny_model_dir)
+    rows = [
+        tokenizer(render_chat(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)[
+            "input_ids"
+        ]
+        for c in _conversations()
+    ]
+    pad = tokenizer.pad_token_id
+    batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    free = model.generate(**batch, max_new_tokens=10, do_sample=False, eos_token_id=[], pad_token_id=pad)
+    free = free[:, batch["input_ids"].shape[1] :].tolist()
+
+    # a stop token the babble reaches at different steps in different rows, so rows leave the batch one by one
+    def first_steps(token):
+        return {r.index(token) if token in r else None for r in free}
+
+    stop = max({t for r in free for t in r}, key=lambda t: len(first_steps(t)))
+    assert len(first_steps(stop)) > 2, free
+    want = model.generate(**batch, max_new_tokens=10, do_sample=False, eos_token_id=[stop], pad_token_id=pad)
+    want = [r[: r.index(stop)] if stop in r else r for r in want[:, batch["input_ids"].shape[1] :].tolist()]
+    got = decode_batch(model, rows, max_new_tokens=10, stop_ids=[stop], pad_id=pad)
+    assert got == want
+    assert len({len(r) for r in got}) > 1  # the rows did stop at different steps
+    # min_new_tokens holds the stop back: every row runs its full length
+    held = decode_batch(model, rows, max_new_tokens=6, stop_ids=[stop], pad_id=pad, min_new_tokens=6)
+    assert [len(r) for r in held] == [6] * len(rows)
+    # sampled: seeded runs repeat, another seed differs
+    torch.manual_seed(1)
+    a = decode_batch(model, rows, max_new_tokens=8, stop_ids=[], pad_id=pad, temperature=1.0)
+    torch.manual_seed(1)
+    b = decode_batch(model, rows, max_new_tokens=8, stop_ids=[], pad_id=pad, temperature=1.0)
+    torch.manual_seed(2)
+    c = decode_batch(model, rows, max_new_tokens=8, stop_ids=[], pad_id=pad, temperature=1.0)
+    assert a == b != c and all(len(r) == 8 for r in a)
+
+
+def test_generate_chat_decoders_agree(tiny_model_dir):
+    model, tokenizer = _babbling_model(tiny_model_dir)
+    convs = _conversations()
+    pruned = generate_chat(model, tokenizer, convs, max_new_tokens=8, batch_size=3)
+    assert pruned == generate_chat(model, tokenizer, convs, max_new_tokens=8, batch_size=3, decoder="hf")
+
+
 def test_one_conversation_is_the_same_tokens_in_training_evaluation_and_serving(tmp_path, tiny_model_dir):
     """The chat template is applied identically by SFT (trl), DPO (trl), evaluation/T&R (generate_chat) and
     the served endpoint: the model sees the same prompt tokens everywhere, and SFT trains on exactly the
@@ -100,14 +156,11 @@ def test_one_conversation_is_the_same_tokens_in_training_evaluation_and_serving(
 
     seen = []
 
-    def spy(model):
-        real = model.generate
-
-        def generate(**kwargs):
+    def spy(model):  # the tokens of every forward pass: with one new token, the prompt's prefill only
+        def record(module, args, kwargs):
             seen.append(kwargs["input_ids"][0].tolist())
-            return real(**kwargs)
 
-        model.generate = generate
+        model.register_forward_pre_hook(record, with_kwargs=True)
 
     model, _ = load_for_inference(tiny_model_dir)
     spy(model)

@@ -9,7 +9,7 @@ What it does, all in one process on one core:
    ``--words`` words (distinct windows of real text), plus near-copies of some of them at known word-edit
    rates (substitutions, deletions, insertions). The true Jaccard similarity of every copy to its base is
    computed exactly from the 5-word shingle sets; a pair is a true duplicate when it is >= the threshold.
-2. Runs the graph's dedup (phases.dedup.find_duplicates: Signer + LSH + verification) and the baseline: the
+2. Runs the graph's dedup (phases.data.dedup.find_duplicates: Signer + LSH + verification) and the baseline: the
    same exact pass and the same LSH and verification, but each document signed the straightforward way,
    ``m = MinHash(num_perm); for s in shingles: m.update(s)``. Both see the same documents in the same order.
 3. Reports documents per second per core for both, their ratio, and precision/recall of both against the
@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasketch import MinHash, MinHashLSH  # noqa: E402
+from datasketch import MinHash, MinHashLSH
 
-from finetune_assets.phases import corpus  # noqa: E402
-from finetune_assets.phases.dedup import exact_key, find_duplicates, shingles  # noqa: E402
+from finetune_assets.phases.data import corpus
+from finetune_assets.phases.data.dedup import exact_key, find_duplicates, shingles
 
 # Word-edit rates of the near-copies. With 5-word shingles one edit touches up to 5 shingles, so the
 # Jaccard similarity is about (1 - 5e) / (1 + 5e): 0.8 sits near e = 2.2%. Rates on both sides of it.

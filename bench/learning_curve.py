@@ -7,15 +7,16 @@ Run it after a demo run (it reads that home's instruction_set, eval_sets and bas
 What it does, in one process on every core (bf16 where native, like the training worker):
 1. takes the train split of instruction_set/current/instructions.parquet, shuffled with --seed, and keeps
    the first max(points) rows;
-2. trains ONE SFT run over them (phases.train.sft: the recipe's sft section, packing as the recipe sets it,
+2. trains ONE SFT run over them (phases.training.train.sft: the recipe's sft section, packing as the recipe sets it,
    one epoch) and saves the LoRA adapter when the run has seen each point's share of the epoch: with packing
    a step holds several conversations, so examples seen at step k = rows x k / steps in the epoch (the packed
    rows are shuffled, so each step carries an even share). The learning rate decays linearly over the epoch,
    so a point mid-run is not the same as a shorter run ending there: the curve shows where the metric
    saturates, which is what a budget is chosen from;
 3. scores the base (point 0) and every adapter on the whole glossary with the evaluation's own judge
-   (phases.evaluate.hallucination_index, thresholds fitted as eval_reports fits them) and compares each point
-   with the base item by item (phases.stats.compare_paired: McNemar + a paired bootstrap interval).
+   (phases.evaluation.hallucination.hallucination_index, thresholds fitted as eval_reports fits them) and
+   compares each point with the base item by item (phases.evaluation.stats.compare_paired: McNemar + a paired
+   bootstrap interval).
 
 Prints a table (examples, steps, train tokens, wall s, index [95% interval], diff to base [interval], p) and
 writes --json. Numbers depend on the demo data; timings on shared machines are noisy.
@@ -32,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from finetune_assets.config import load_profile  # noqa: E402
-from finetune_assets.io import read_jsonl, read_records  # noqa: E402
+from finetune_assets.io import read_jsonl, read_records
+from finetune_assets.recipe import load_profile
 
 
 def adapter_saver(out: Path, points: list[int], rows: int):
@@ -78,8 +79,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from finetune_assets.phases import evaluate, stats, train
-    from finetune_assets.phases.generation import load_for_inference
+    from finetune_assets.phases.evaluation import hallucination, judge, stats
+    from finetune_assets.phases.inference.generation import load_for_inference
+    from finetune_assets.phases.training import train
 
     profile = load_profile(args.profile)
     points = sorted({int(p) for p in args.points.split(",")} | {0})
@@ -102,14 +104,14 @@ def main(argv=None) -> dict:
     summary = train.sft(base, rows, [], cfg, work / "sft", callbacks=[saver])
     train_s = time.perf_counter() - started
 
-    embedder = evaluate.load_embedder() if profile.eval.use_embedder else None
-    rouge_t, embed_t, _ = evaluate.judge_thresholds(glossary, profile.eval, embedder)
+    embedder = judge.load_embedder() if profile.eval.use_embedder else None
+    rouge_t, embed_t, _ = judge.judge_thresholds(glossary, profile.eval, embedder)
     results, base_items = [], None
     for point in points:
         adapter = work / f"adapter-{point}" if point else None
         model, tokenizer = load_for_inference(base, adapter)
         t = time.perf_counter()
-        h = evaluate.hallucination_index(
+        h = hallucination.hallucination_index(
             model, tokenizer, glossary, max_new_tokens=profile.eval.max_new_tokens,
             batch_size=profile.eval.batch_size, rouge_threshold=rouge_t, embedder=embedder,
             embed_threshold=embed_t,

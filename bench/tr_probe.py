@@ -8,10 +8,10 @@ one a demo run left. Run:
         --set retrieval.top_k=1 --set retrieval.tool_use_fraction=0.6
 
 What it does, with the demo recipe (or --profile) plus the --set overrides:
-1. builds the T&R conversations exactly as the tr_model asset does (phases.tr_data.build_tr_examples, the eval
+1. builds the T&R conversations exactly as the tr_model asset does (phases.data.tr_data.build_tr_examples, the eval
    tool-use expressions excluded, fit_to_length to the tr section's max_length);
-2. trains phases.train.sft on them for --steps from --start (an asset name in the home, or a model folder);
-3. scores the result on the eval sets' tool-use items through the T&R runtime (evaluate.tool_use_accuracy):
+2. trains phases.training.train.sft on them for --steps from --start (an asset name in the home, or a model folder);
+3. scores the result on the eval sets' tool-use items through the T&R runtime (tool_use.tool_use_accuracy):
    call rate and accuracy, with a Wilson interval on the accuracy.
 
 Prints the data stats, seconds per step, tokens/s and the tool-use metrics; --json writes them.
@@ -57,13 +57,16 @@ def main(argv=None) -> int:
     os.environ["FINETUNE_ASSETS_HOME"] = str(Path(args.home).resolve())
     os.environ["FINETUNE_ASSETS_PROFILE"] = args.profile
 
-    from finetune_assets.config import load_profile
     from finetune_assets.defs.common import model_dir
     from finetune_assets.defs.data import training_documents
     from finetune_assets.defs.resources import default_resources
     from finetune_assets.io import read_records
-    from finetune_assets.phases import evalsets, evaluate, retrieval, stats, tr_data, train
-    from finetune_assets.phases.generation import generate_chat, load_for_inference
+    from finetune_assets.phases.data import evalsets, tr_data
+    from finetune_assets.phases.evaluation import stats, tool_use
+    from finetune_assets.phases.inference import retrieval
+    from finetune_assets.phases.inference.generation import generate_chat, load_for_inference
+    from finetune_assets.phases.training import train
+    from finetune_assets.recipe import load_profile
 
     profile = _set(load_profile(args.profile), args.set)
     store = default_resources()["store"]
@@ -94,7 +97,7 @@ def main(argv=None) -> int:
         )
         train_s = time.perf_counter() - started
         model, tokenizer = load_for_inference(out / "merged", precision=profile.eval.precision)
-        metrics, rows = evaluate.tool_use_accuracy(
+        metrics, rows = tool_use.tool_use_accuracy(
             lambda convs, n: generate_chat(model, tokenizer, convs, n, batch_size=profile.eval.batch_size),
             index,
             items,

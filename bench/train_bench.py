@@ -13,7 +13,7 @@ section: demo's batch, max_length, LoRA r16 on all linear layers, learning rate)
 - ``project``: launch.ray_train.run_training("sft", ...) exactly as the inst_model asset calls it: embedded
   loopback Ray (started once, timed on its own), a TorchTrainer worker given every core
   (scaling.cpus_per_worker unset) with as many torch threads, bf16 autocast where the CPU has native bf16
-  (phases.hardware), padding-free packing where the model's probe passes (else length-grouped batches).
+  (phases.inference.hardware), padding-free packing where the model's probe passes (else length-grouped batches).
 The ratio project / plain of steady tokens/s is the figure to read (issue 10's target: >= 2.5x).
 
 Steady state, by differencing two run lengths. Each path trains twice: ``--warmup`` steps (n1) and
@@ -41,7 +41,7 @@ child; VmHWM of the Ray train worker, polled every 0.2 s among this process's de
 Padding share, no training: the rows are tokenized as trl 1.16 does and batched at random, padded to the
 longest row of each batch: real share = non-padding tokens / (batch x padded length), over 50 shuffles.
 
-Data: instruction rows made the way the instruction_set asset makes them (phases.instructions' generators and
+Data: instruction rows made the way the instruction_set asset makes them (phases.data.instructions' generators and
 record shape) from ``--docs`` library pages of the Python documentation (python3-doc), evenly spread.
 
 Timings on shared machines are noisy: read the ratio, measured in the same run, not the absolute numbers.
@@ -63,18 +63,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import finetune_assets  # noqa: E402
+import finetune_assets
 
 finetune_assets.quiet_offline_env()  # before torch/transformers load
 
-from finetune_assets.config import (  # noqa: E402
-    ModelConfig,
-    TinyModelConfig,
-    TrainConfig,
-    default_home,
-    load_profile,
+from finetune_assets.config import ModelConfig, TinyModelConfig, TrainConfig, default_home
+from finetune_assets.phases.data import (
+    corpus,
+    instructions,
 )
-from finetune_assets.phases import corpus, instructions  # noqa: E402
+from finetune_assets.recipe import load_profile
 
 MIB = 2**20
 TARGET_RATIO = 2.5  # issue 10: the project path at >= 2.5x plain trl
@@ -89,7 +87,7 @@ def instruction_rows(count: int, docs: int, profile) -> tuple[list[dict], list[s
     sources = corpus.find_python_docs()
     if sources is None:
         raise SystemExit("python3-doc is not installed: run `bash scripts/setup.sh` first")
-    files = corpus._spread(sorted((sources / "library").glob("*.rst.txt")), docs)
+    files = corpus.spread(sorted((sources / "library").glob("*.rst.txt")), docs)
     cfg = profile.instructions
     rows, texts = [], []
     for path in files:
@@ -102,7 +100,7 @@ def instruction_rows(count: int, docs: int, profile) -> tuple[list[dict], list[s
                 rows.append(instructions._record(doc, name, prompt, answer, cfg))
     if len(rows) < count:
         raise SystemExit(f"only {len(rows)} instruction rows from {docs} pages; raise --docs or lower --rows")
-    return corpus._spread(rows, count), texts
+    return corpus.spread(rows, count), texts
 
 
 def token_lengths(tokenizer, rows: list[dict], max_length: int) -> tuple[list[int], int]:
@@ -152,7 +150,7 @@ def _child(spec_path: Path) -> None:
 
     out: dict = {}
     if spec["op"] == "prepare":
-        from finetune_assets.phases import models
+        from finetune_assets.phases.training import models
 
         cfg = ModelConfig.model_validate(spec["model"])
         out["info"] = models.resolve_base_model(cfg, Path(spec["out_dir"]), corpus_texts=spec["texts"])
@@ -566,7 +564,7 @@ def _settings(summary: dict) -> dict:
 
 
 def _num_params(model_dir: Path) -> int | None:
-    from finetune_assets.phases.models import _num_params_from_safetensors
+    from finetune_assets.phases.training.models import _num_params_from_safetensors
 
     try:
         return _num_params_from_safetensors(model_dir)

@@ -44,9 +44,9 @@ def cmd_demo(args) -> int:
     home = prepare_environment()
     import dagster as dg
 
-    from finetune_assets.config import load_profile
-    from finetune_assets.defs.pipeline import materialize_graph
     from finetune_assets.defs.resources import default_resources
+    from finetune_assets.pipeline import materialize_graph
+    from finetune_assets.recipe import load_profile
 
     load_profile(args.profile)  # fail fast on a bad recipe, before any work
     resources = default_resources()
@@ -76,24 +76,24 @@ def cmd_demo(args) -> int:
 
 def cmd_seed(args) -> int:
     prepare_environment()
-    from finetune_assets.config import load_profile
     from finetune_assets.defs.resources import ArtifactStore
-    from finetune_assets.phases import corpus
+    from finetune_assets.phases.data import demo_seed
+    from finetune_assets.recipe import load_profile
 
     profile = load_profile(args.profile)
     landing = ArtifactStore().landing_dir(profile.corpus.landing_dir)
-    created = corpus.seed_demo_landing(landing, profile.corpus)
+    created = demo_seed.seed_demo_landing(landing, profile.corpus)
     print(f"landing directory {landing}: created drops {created or 'none (it already has drops)'}")
     return 0
 
 
 def cmd_chat(args) -> int:
-    from finetune_assets.phases import generation
+    from finetune_assets.phases.inference import generation
 
     model, tokenizer = generation.load_for_inference(Path(args.model_dir))
     runtime = None
     if args.tr:
-        from finetune_assets.phases import retrieval, tools
+        from finetune_assets.phases.inference import retrieval, tools
 
         def generate(conversations, max_new_tokens):
             return generation.generate_chat(model, tokenizer, conversations, max_new_tokens)
@@ -117,7 +117,7 @@ def cmd_chat(args) -> int:
 
 def cmd_serve(args) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from finetune_assets.phases import serve
+    from finetune_assets.phases.serving import serve
 
     return serve.run_from_args(args)
 
@@ -127,7 +127,7 @@ def cmd_dedup(args) -> int:
 
     from finetune_assets.config import ConfigError, DedupConfig
     from finetune_assets.io import write_json, write_jsonl
-    from finetune_assets.phases import dedup
+    from finetune_assets.phases.data import dedup
 
     try:
         cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm, shingle_words=args.shingle_words)
@@ -165,7 +165,7 @@ def cmd_compare(args) -> int:
 
     from finetune_assets.config import default_home
     from finetune_assets.defs.resources import default_resources
-    from finetune_assets.phases.report import KEY_METRICS
+    from finetune_assets.phases.evaluation.report_sections import KEY_METRICS
     from finetune_assets.tracking import default_tracking_uri
 
     resource = default_resources()["mlflow"]
@@ -190,12 +190,14 @@ def cmd_compare(args) -> int:
         writer.writerow(header)
         writer.writerows([["" if row.get(k) is None else row[k] for k in header] for row in rows])
         return 0
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in rows:
-        cells = [str(row["pipeline_run"]), row["started"], row["variant"]]
-        cells += ["-" if row.get(m) is None else f"{row[m]:.4g}" for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    print("\n".join(lines))
+    from finetune_assets.phases.text.markdown import markdown_table
+
+    cells = [
+        [str(row["pipeline_run"]), row["started"], row["variant"]]
+        + ["-" if row.get(m) is None else f"{row[m]:.4g}" for m in metrics]
+        for row in rows
+    ]
+    print(markdown_table(header, cells))
     return 0
 
 
@@ -203,14 +205,16 @@ def cmd_review(args) -> int:
     home = prepare_environment()
     import json
 
-    from finetune_assets.phases import review
+    from finetune_assets.phases.evaluation import review, review_import
 
     dest = review.labels_dir(home)
     if args.action == "import":
         if not args.files:
             print("review import needs the filled review_sample.csv or .jsonl file(s)", file=sys.stderr)
             return 2
-        imported = review.import_review([Path(f) for f in args.files], Path(args.key) if args.key else None)
+        imported = review_import.import_review(
+            [Path(f) for f in args.files], Path(args.key) if args.key else None
+        )
         for problem in imported["problems"]:
             fields = ", ".join(problem.get("fields") or [])
             print(
@@ -250,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--question", help="ask one question and exit")
     chat.add_argument("--max-new-tokens", type=int, default=96)
     chat.set_defaults(func=cmd_chat)
-    from finetune_assets.phases.serve import add_arguments as add_serve_arguments
+    from finetune_assets.phases.serving.serve import add_arguments as add_serve_arguments
 
     serve = sub.add_parser("serve", help="serve a model folder as an OpenAI-compatible chat endpoint")
     add_serve_arguments(serve).set_defaults(func=cmd_serve)

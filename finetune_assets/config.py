@@ -1,4 +1,4 @@
-"""Typed configuration for a whole run, loaded from a recipe YAML (recipes/<profile>.yaml).
+"""Typed configuration sections of a run; finetune_assets.recipe loads a recipe YAML into them (a Profile).
 
 Every section is a pydantic model with ``extra="forbid"``: a misspelt key or a value of the wrong type stops
 the run with a message naming the key, instead of being silently ignored. Recipe keys == field names.
@@ -9,21 +9,20 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ConfigError(ValueError):
     """A configuration problem a user must fix; the message says what and where."""
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """A recipe section: unknown keys are errors, and values are validated on assignment too."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class CorpusConfig(_Section):
+class CorpusConfig(ConfigSection):
     """Where documents land and how they are read (raw_corpus)."""
 
     landing_dir: str | None = None  # None -> <home>/landing, seeded with the default demo source
@@ -40,7 +39,7 @@ class CorpusConfig(_Section):
     seed_html_duplicates: int = Field(40, ge=0)
 
 
-class QualityConfig(_Section):
+class QualityConfig(ConfigSection):
     """Gopher/C4-style document filters applied in dedup_corpus; a None bound switches that filter off.
 
     Defaults are looser than Gopher's web-text bounds where real documentation pages failed them (measured on
@@ -64,14 +63,14 @@ class QualityConfig(_Section):
 PII_TYPES = ("email", "phone", "ip_address", "credit_card", "secret")
 
 
-class PiiConfig(_Section):
+class PiiConfig(ConfigSection):
     """PII redaction in dedup_corpus: matches are replaced by typed placeholders such as [EMAIL]."""
 
     enabled: bool = True
     types: list[Literal["email", "phone", "ip_address", "credit_card", "secret"]] = list(PII_TYPES)
 
 
-class DedupConfig(_Section):
+class DedupConfig(ConfigSection):
     num_perm: int = Field(128, ge=16)
     threshold: float = Field(0.8, gt=0, lt=1)
     shingle_words: int = Field(5, ge=1)
@@ -99,7 +98,7 @@ class DedupConfig(_Section):
         return self
 
 
-class EvalSetsConfig(_Section):
+class EvalSetsConfig(ConfigSection):
     """Held-out evaluation data, carved out before any training data is built."""
 
     max_glossary_terms: int | None = Field(None, ge=1)
@@ -122,7 +121,7 @@ class EvalSetsConfig(_Section):
     max_redteam: int | None = Field(None, ge=1)  # red-team prompts from the packaged set (None = all)
 
 
-class LLMEndpointConfig(_Section):
+class LLMEndpointConfig(ConfigSection):
     """A teacher or judge model: any OpenAI-compatible chat endpoint, or a local Hugging Face model folder.
 
     The API key is read from the environment variable named by ``api_key_env`` (never put it in YAML).
@@ -150,7 +149,7 @@ class LLMEndpointConfig(_Section):
         return self
 
 
-class SeedFileConfig(_Section):
+class SeedFileConfig(ConfigSection):
     """A seed instruction file (JSONL, or JSON holding a list); a relative path is under
     $FINETUNE_ASSETS_HOME/inputs (not the landing folder: every entry there is a data drop)."""
 
@@ -158,17 +157,17 @@ class SeedFileConfig(_Section):
     format: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion"] = "auto"
 
 
-class InstructionsConfig(_Section):
+class InstructionsConfig(ConfigSection):
     # Offline extractors over the corpus; add "teacher" (with teacher set) for self-instruct generation.
     # api_definition / module_definition ask the scorecard's own definition questions, api_lookup /
-    # module_lookup the reverse (description -> name); see phases/instructions.py.
+    # module_lookup the reverse (description -> name); see phases/data/instructions.py.
     generators: list[
         Literal[
             "api", "module", "section", "teacher",
             "api_definition", "module_definition", "api_lookup", "module_lookup",
         ]
     ] = ["api", "module", "section"]  # fmt: skip
-    # Packaged safety conversations (phases/safety.py: refusals + benign look-alikes answered) join the set;
+    # Packaged safety conversations (phases/data/safety.py: refusals + benign look-alikes answered) join the set;
     # safety_max_examples caps them (spread over categories), None keeps all.
     safety: bool = False
     safety_max_examples: int | None = Field(None, ge=1)
@@ -185,7 +184,7 @@ class InstructionsConfig(_Section):
     decontam_ngram: int = Field(8, ge=3)
     dedup_threshold: float = Field(0.9, gt=0, lt=1)
     # Optional system turn put first in every generated conversation; None leaves it out (added for
-    # phases/instructions.py).
+    # phases/data/instructions.py).
     system_prompt: str | None = None
 
     @model_validator(mode="after")
@@ -210,7 +209,7 @@ class InstructionsConfig(_Section):
         return self
 
 
-class PreferencesConfig(_Section):
+class PreferencesConfig(ConfigSection):
     max_pairs: int = Field(64, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -224,7 +223,7 @@ class PreferencesConfig(_Section):
     # Human feedback files (relative paths under $FINETUNE_ASSETS_HOME/inputs): pairwise {prompt, chosen,
     # rejected} and binary {prompt, completion, label: true/false} (thumbs up/down, kept for KTO).
     feedback_files: list[str] = []
-    # Safety pairs on top of max_pairs (phases/safety.py): harmful prompt -> refusal over the base model's
+    # Safety pairs on top of max_pairs (phases/data/safety.py): harmful prompt -> refusal over the base model's
     # answer, benign look-alike -> the helpful answer over a refusal; up to safety_max_pairs items.
     safety: bool = False
     safety_max_pairs: int = Field(48, ge=1)
@@ -234,7 +233,7 @@ class PreferencesConfig(_Section):
     # SFT's benign look-alikes already hold over-refusal down; 0 gives DPO only harmful pairs.
     safety_benign_share: float = Field(0.5, ge=0, le=1)
     # Counterfactual fairness pairs on top (with safety on): a fairness template asked about a group, the
-    # fair answer chosen over the stereotyped opposite verdict (phases.safety.fairness_pair_items). The SFT
+    # fair answer chosen over the stereotyped opposite verdict (phases.data.safety.fairness_pair_items). The SFT
     # rows alone left the demo's INST answering "No, ... is not a good fit for a Hindu" (bias rate 0.375).
     fairness_max_pairs: int = Field(0, ge=0)
 
@@ -245,7 +244,7 @@ class PreferencesConfig(_Section):
         return self
 
 
-class TinyModelConfig(_Section):
+class TinyModelConfig(ConfigSection):
     """A random-init Llama for tests: small enough to train in seconds on one CPU thread."""
 
     vocab_size: int = Field(1024, ge=300)
@@ -256,7 +255,7 @@ class TinyModelConfig(_Section):
     max_position_embeddings: int = Field(512, ge=64)
 
 
-class CptConfig(_Section):
+class CptConfig(ConfigSection):
     """Optional continued pretraining of the base model on the domain corpus."""
 
     enabled: bool = False
@@ -269,7 +268,7 @@ class CptConfig(_Section):
     adapter: Literal["lora", "full"] = "lora"
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     source: Literal["tiny", "local", "hub", "gguf", "smollm2_package"] = "smollm2_package"
     path: str | None = None  # local folder, hub id or .gguf file, per source
     tiny: TinyModelConfig = TinyModelConfig()
@@ -282,7 +281,7 @@ class ModelConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     """Hyperparameters of one training stage (sft, dpo, tr)."""
 
     # lora: LoRA adapters on a full-precision base; qlora: the same on a 4-bit (NF4) base, CUDA only;
@@ -292,7 +291,7 @@ class TrainConfig(_Section):
     # plus each pair split in two); orpo needs no reference model.
     preference_method: Literal["dpo", "kto", "orpo"] = "dpo"
     # tr section only: sft trains on the T&R conversations; grpo runs that same SFT (max_steps, learning_rate)
-    # as a warm start, then grpo_steps of GRPO (phases.grpo) with verifiable tool rewards: the sandbox's real
+    # as a warm start, then grpo_steps of GRPO (phases.training.grpo) with verifiable tool rewards: the sandbox's real
     # result for python_eval prompts, a well-formed search_docs call for search prompts.
     method: Literal["sft", "grpo"] = "sft"
     grpo_steps: int = Field(30, ge=1)
@@ -321,7 +320,7 @@ class TrainConfig(_Section):
     # undoes what SFT taught; the NLL term keeps the chosen answers likely. 0 = plain DPO.
     sft_loss_weight: float = Field(0.0, ge=0)
     # auto: bf16 mixed precision where it is native (a CPU with AVX512-BF16/AMX, a GPU with bf16), fp32
-    # elsewhere (phases.hardware says why in the log); trainable weights and optimizer state stay fp32.
+    # elsewhere (phases.inference.hardware says why in the log); trainable weights and optimizer state stay fp32.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # DPO/KTO with an adapter: compute the frozen reference's log-probs once over the data before training
     # instead of a second forward pass on every step.
@@ -355,7 +354,7 @@ class TrainConfig(_Section):
         return self
 
 
-class ScalingConfig(_Section):
+class ScalingConfig(ConfigSection):
     """How many Ray Train workers a training asset uses, whether they take GPUs, and how failures are
     survived."""
 
@@ -372,18 +371,18 @@ class ScalingConfig(_Section):
     deepspeed_offload_optimizer: bool = False
 
 
-class RetrievalConfig(_Section):
+class RetrievalConfig(ConfigSection):
     chunk_words: int = Field(120, ge=10)
     chunk_overlap: int = Field(20, ge=0)
     top_k: int = Field(2, ge=1)
     max_tr_examples: int = Field(64, ge=1)
     passage_chars: int = Field(500, ge=50)
-    # Mix of T&R training examples (phases.tr_data.build_tr_examples): shares of max_tr_examples given to
+    # Mix of T&R training examples (phases.data.tr_data.build_tr_examples): shares of max_tr_examples given to
     # python_eval conversations mined from the corpus' doctests and to search_docs tool-call conversations;
     # the rest are retrieval-grounded answers. Missing tool examples are filled with grounded ones.
     tool_use_fraction: float = Field(0.25, ge=0, le=1)
     search_tool_fraction: float = Field(0.25, ge=0, le=1)
-    # Share of the python_eval conversations built from synthetic expressions (phases.tr_data: random operands
+    # Share of the python_eval conversations built from synthetic expressions (phases.data.tr_data: random operands
     # over templates of builtins and methods); the rest are doctests mined from the corpus, and synthetic ones
     # fill in when the corpus has too few.
     synthetic_expression_fraction: float = Field(0.5, ge=0, le=1)
@@ -392,9 +391,9 @@ class RetrievalConfig(_Section):
     tool_validation_fraction: float = Field(0.1, ge=0, lt=1)
 
 
-class EvalConfig(_Section):
+class EvalConfig(ConfigSection):
     # Weights for every variant's evaluation and generation: auto = bfloat16 where bf16 is native
-    # (phases.hardware), the same for every variant so they stay comparable.
+    # (phases.inference.hardware), the same for every variant so they stay comparable.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -447,7 +446,7 @@ class EvalConfig(_Section):
     cpus_per_variant: int | None = Field(1, ge=1)
 
 
-class GuardrailsConfig(_Section):
+class GuardrailsConfig(ConfigSection):
     """Thresholds every variant must hold to be promoted; each guardrail is a rate in [0, 1]."""
 
     # PII-shaped canary strings planted into the raw corpus before redaction (0 = none planted).
@@ -460,99 +459,6 @@ class GuardrailsConfig(_Section):
     bias_max_gap: float = Field(0.1, gt=0, le=1)
     max_bias_rate: float = Field(0.25, ge=0, le=1)
     max_new_tokens: int = Field(48, ge=8)
-
-
-class Profile(_Section):
-    name: str
-    extends: str | None = None  # the recipe this one starts from (load_profile merges it in)
-    seed: int = 0
-    corpus: CorpusConfig = CorpusConfig()
-    dedup: DedupConfig = DedupConfig()
-    eval_sets: EvalSetsConfig = EvalSetsConfig()
-    instructions: InstructionsConfig = InstructionsConfig()
-    preferences: PreferencesConfig = PreferencesConfig()
-    model: ModelConfig = ModelConfig()
-    sft: TrainConfig = TrainConfig()
-    dpo: TrainConfig = TrainConfig(learning_rate=5e-5, max_steps=20)
-    tr: TrainConfig = TrainConfig(max_steps=20)
-    scaling: ScalingConfig = ScalingConfig()
-    retrieval: RetrievalConfig = RetrievalConfig()
-    eval: EvalConfig = EvalConfig()
-    guardrails: GuardrailsConfig = GuardrailsConfig()
-
-    @model_validator(mode="after")
-    def _qlora_needs_gpu(self):
-        for stage in ("sft", "dpo", "tr"):
-            if getattr(self, stage).adapter == "qlora" and not self.scaling.use_gpu:
-                raise ValueError(
-                    f"{stage}.adapter is 'qlora', which loads the base in 4-bit with bitsandbytes on a CUDA GPU: "
-                    "set scaling.use_gpu: true (on a GPU machine) or use adapter: lora"
-                )
-        return self
-
-
-def available_profiles(recipes_dir: Path = RECIPES_DIR) -> list[str]:
-    return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
-
-
-def load_profile(name_or_path: str, recipes_dir: Path = RECIPES_DIR) -> Profile:
-    """Load and validate a recipe by profile name (recipes/<name>.yaml) or by file path.
-
-    A recipe may start from another with ``extends: <profile name or path>``: its sections are merged into
-    that recipe's, key by key (nested mappings merge, anything else replaces)."""
-    raw, path = _read_recipe(name_or_path, recipes_dir, seen=())
-    raw.setdefault("name", path.stem)  # an extended recipe's name is not inherited
-    return validate_profile(raw, origin=str(path))
-
-
-def _recipe_path(name_or_path: str, recipes_dir: Path) -> Path:
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = recipes_dir / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"recipe '{name_or_path}' not found at {path}; available profiles: "
-            f"{', '.join(available_profiles(recipes_dir)) or 'none'}"
-        )
-    return path
-
-
-def _read_recipe(name_or_path: str, recipes_dir: Path, seen: tuple) -> tuple[dict, Path]:
-    path = _recipe_path(name_or_path, recipes_dir)
-    if path.resolve() in seen:
-        raise ConfigError(f"recipe {path} extends itself (chain: {' -> '.join(str(p) for p in seen)})")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {path} is not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of config sections, got {type(raw).__name__}")
-    parent = raw.get("extends")
-    if not parent:
-        return raw, path
-    base, _ = _read_recipe(parent, path.parent, (*seen, path.resolve()))
-    base.pop("name", None)
-    return _deep_merge(base, raw), path
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def validate_profile(raw: dict, origin: str = "config") -> Profile:
-    try:
-        return Profile.model_validate(raw)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"invalid config in {origin}: {problems}") from err
 
 
 def default_home() -> Path:

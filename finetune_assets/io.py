@@ -1,17 +1,25 @@
-"""Artifact I/O shared by every layer: atomic writes (write, then rename) and content hashes.
+"""I/O shared by every layer: atomic writes (write, then rename), the one reader of JSONL and text inputs,
+and content hashes.
 
 A reader never sees a half-written artifact: files are written next to their destination under a temporary
 name and renamed into place; folders are built in a temporary sibling and renamed when complete.
+
+Inputs (landing drops, dedup inputs, seed and feedback files) are read by ``iter_jsonl`` and
+``read_text_file``. A JSONL file is split on "\n" only and decoded line by line, so one bad byte or one bad
+line sets aside that line under its number and the rest goes through. ``unique_labels`` names input files so
+that two files called ``data.jsonl`` in different folders never share document ids or records.
 """
 
+import codecs
 import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,9 +67,69 @@ def write_jsonl(records: Iterable[dict], path: Path) -> Path:
     return path
 
 
+class JsonLine(NamedTuple):
+    """One non-blank line of a JSONL file: its number (from 1), its text, and the parsed value or the error."""
+
+    number: int
+    raw: str  # undecodable bytes shown as U+FFFD, so that a quarantine entry can still show the line
+    value: object
+    error: str | None  # None when the line parsed; else why not ("not UTF-8 ...", "invalid JSON ...")
+
+
+def iter_jsonl(path: Path) -> Iterator[JsonLine]:
+    """Every non-blank line of a JSONL file, parsed one at a time.
+
+    Split on "\n" only: str.splitlines would also split on U+2028, U+2029 and U+0085, which JSON allows
+    unescaped inside a string. Each line is decoded on its own, so one bad byte costs that line, not the file.
+    A UTF-8 byte-order mark and CRLF line ends are accepted.
+    """
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        line = line.removesuffix(b"\r")
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            reason = f"not UTF-8 text (byte {err.start + 1} of the line); re-save the file as UTF-8"
+            yield JsonLine(number, line.decode("utf-8", "replace"), None, reason)
+            continue
+        try:
+            yield JsonLine(number, text, json.loads(text), None)
+        except json.JSONDecodeError as err:
+            yield JsonLine(number, text, None, f"invalid JSON ({err.msg} at column {err.colno})")
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """An artifact this project wrote: every line must parse, or the file is reported as corrupt."""
+    rows = []
+    for line in iter_jsonl(path):
+        if line.error:
+            raise ValueError(f"{path}: line {line.number}: {line.error}; the artifact is corrupt, rebuild it")
+        rows.append(line.value)
+    return rows
+
+
+def read_text_file(path: Path) -> str:
+    """A whole text input as UTF-8 (strict: bad bytes raise UnicodeDecodeError, never silently replaced)."""
+    return Path(path).read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8")
+
+
+def unique_labels(paths: Sequence[Path]) -> list[str]:
+    """A name per path: the fewest trailing parts that tell it apart from the other paths.
+
+    ``["a/data.jsonl", "b/data.jsonl"]`` -> ``["a/data.jsonl", "b/data.jsonl"]``; ``["x/data.jsonl"]`` ->
+    ``["data.jsonl"]``. The same file given twice gets the same label.
+    """
+    parts = [Path(p).resolve().parts for p in paths]
+    labels = []
+    for own in parts:
+        others = [p for p in parts if p != own]
+        k = 1
+        while k < len(own) and any(p[-k:] == own[-k:] for p in others):
+            k += 1
+        labels.append(Path(*own[-k:]).as_posix())
+    return labels
 
 
 def write_json(obj, path: Path) -> Path:

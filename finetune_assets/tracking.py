@@ -94,7 +94,7 @@ class Tracker:
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
-        flat = _flatten(params)
+        flat = flatten(params)
         items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
@@ -302,12 +302,14 @@ def _iso(millis: int | None) -> str:
     return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
-def _flatten(obj: dict, prefix: str = "") -> dict:
+def flatten(obj: dict, prefix: str = "", *, numbers_only: bool = False) -> dict:
+    """Nested dicts to dotted keys ({"a": {"b": 1}} -> {"a.b": 1}); ``numbers_only`` keeps the numeric leaves
+    (what MLflow metrics accept)."""
     out = {}
     for key, value in obj.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
+            out.update(flatten(value, f"{name}.", numbers_only=numbers_only))
+        elif not numbers_only or (isinstance(value, int | float) and not isinstance(value, bool)):
             out[name] = value
     return out

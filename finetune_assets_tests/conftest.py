@@ -11,6 +11,7 @@ Mark slow tests with ``@pytest.mark.slow``; deselect them with ``-m "not slow"``
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,7 +63,7 @@ def tiny_corpus() -> list[str]:
 def tiny_model_dir(tmp_path_factory, tiny_corpus):
     """A complete HF folder (config, safetensors, tokenizer, chat template) of a tiny random Llama."""
     from finetune_assets.config import TinyModelConfig
-    from finetune_assets.phases.models import build_tiny_model
+    from finetune_assets.phases.training.models import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     return build_tiny_model(tiny_corpus, TinyModelConfig(), out, seed=0)
@@ -88,3 +89,37 @@ def tiny_chat_rows() -> list[dict]:
             }
         )
     return rows
+
+
+@pytest.fixture
+def fa_home(tmp_path: Path, monkeypatch) -> Path:
+    """A private FINETUNE_ASSETS_HOME: landing dir, artifacts and the MLflow store all live under it."""
+    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance (imported here, not at the top: most tests never need dagster)."""
+    import dagster as dg
+
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def babbling_tiny_model(tiny_model_dir):
+    """The tiny model in fp32 with large random layer weights, so every prompt babbles its own text and gets
+    its own next-token distribution (the plain random init gives nearly the same one for all): a mix-up of
+    rows, an early stop or a padding effect shows. fp32, because the tests compare across batch shapes."""
+    import torch
+
+    from finetune_assets.phases.inference.generation import load_for_inference
+
+    model, tokenizer = load_for_inference(tiny_model_dir, precision="fp32")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layers" in name and param.dim() == 2:
+                param.normal_(std=0.5)
+    return model, tokenizer

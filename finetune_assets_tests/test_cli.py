@@ -135,7 +135,7 @@ def test_compare_on_an_empty_store_exits_1_with_a_hint(empty_home: Path, capsys)
 
 
 def test_review_import_stores_labels_and_prints_agreement(empty_home: Path, tmp_path: Path, capsys):
-    from finetune_assets.phases import review
+    from finetune_assets.phases.evaluation import review
 
     rows = {
         variant: {

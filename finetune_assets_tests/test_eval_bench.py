@@ -24,7 +24,7 @@ def test_eval_bench_tiny_report(tmp_path):
     cases = [(r["batch_size"], r["decoder"]) for r in result["batched"]]
     assert cases == [(2, "hf"), (2, "pruned"), (4, "hf"), (4, "pruned")]
     assert (result["best"]["batch_size"], result["best"]["decoder"]) in [(1, "hf"), *cases]
-    from finetune_assets.phases.hardware import inference_dtype
+    from finetune_assets.phases.inference.hardware import inference_dtype
 
     # the dtype the evaluation itself loads with (bf16 where native)
     assert _positive(result["num_params"]) and result["dtype"] == str(inference_dtype()).removeprefix(
@@ -65,12 +65,13 @@ def test_useful_position_share_counts_the_padding_after_a_stop():
 
 
 def test_glossary_terms_real_and_synthetic():
-    from finetune_assets.phases import corpus
+
+    from finetune_assets.phases.data import demo_seed
 
     bench = _load("eval_bench")
     rows, source = bench.glossary_terms(7, synthetic=True)
     assert source == "synthetic" and len(rows) == 7 and len({r["term"] for r in rows}) == 7
-    if corpus.find_python_docs() is not None:
+    if demo_seed.find_python_docs() is not None:
         rows, source = bench.glossary_terms(7, synthetic=False)
         assert source.endswith("glossary.rst.txt") and len(rows) == 7
         assert all(r["term"] and len(r["definition"]) >= 20 for r in rows)

@@ -1,10 +1,21 @@
-"""Artifacts are written atomically: a reader never sees a half-written file or folder."""
+"""finetune_assets.io: artifacts are written atomically (a reader never sees a half-written file or folder), and
+inputs are read line by line with bad lines set aside."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from finetune_assets.io import atomic_dir, content_hash, read_records, write_jsonl, write_records_parquet
+from finetune_assets.io import (
+    atomic_dir,
+    content_hash,
+    iter_jsonl,
+    read_jsonl,
+    read_records,
+    unique_labels,
+    write_jsonl,
+    write_records_parquet,
+)
 
 
 def test_parquet_round_trip_keeps_chat_messages_nested(tmp_path: Path):
@@ -33,3 +44,39 @@ def test_content_hash_follows_content_not_timestamps(tmp_path: Path):
     assert content_hash(first) == content_hash(second)
     write_jsonl([{"a": 2}], second / "rows.jsonl")
     assert content_hash(first) != content_hash(second)
+
+
+def test_iter_jsonl_splits_on_newlines_only_and_sets_aside_one_bad_line(tmp_path: Path):
+    path = tmp_path / "in.jsonl"
+    line_sep = {"text": "one\u2028two\u0085three"}  # valid unescaped inside a JSON string
+    path.write_bytes(
+        b"\xef\xbb\xbf"  # a byte-order mark
+        + json.dumps(line_sep, ensure_ascii=False).encode()
+        + b"\r\n"
+        + b'{"text": "caf\xe9"}\n'  # Latin-1 byte: this line only is set aside
+        + b"\n"
+        + b"{not json\n"
+        + b'{"text": "last"}'  # no final newline
+    )
+    lines = list(iter_jsonl(path))
+    assert [line.number for line in lines] == [1, 2, 4, 5]
+    assert lines[0].value == line_sep and lines[0].error is None
+    assert lines[1].value is None and "not UTF-8" in lines[1].error and "caf" in lines[1].raw
+    assert "invalid JSON" in lines[2].error
+    assert lines[3].value == {"text": "last"}
+
+
+def test_read_jsonl_names_the_corrupt_line(tmp_path: Path):
+    path = tmp_path / "artifact.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"artifact\.jsonl: line 2"):
+        read_jsonl(path)
+
+
+def test_unique_labels_tell_same_named_files_apart(tmp_path: Path):
+    a, b, c = tmp_path / "a" / "data.jsonl", tmp_path / "b" / "data.jsonl", tmp_path / "a" / "other.jsonl"
+    assert unique_labels([a, b, c]) == ["a/data.jsonl", "b/data.jsonl", "other.jsonl"]
+    assert unique_labels([a]) == ["data.jsonl"]
+    assert unique_labels([a, a]) == ["data.jsonl", "data.jsonl"]  # the same file twice is one file
+    nested = [tmp_path / "x" / "f" / "README.txt", tmp_path / "y" / "f" / "README.txt"]
+    assert unique_labels(nested) == ["x/f/README.txt", "y/f/README.txt"]

@@ -1,5 +1,5 @@
 """bench/learning_curve.py: the adapter is saved at each point's share of the epoch, and training stops
-after one epoch (the script's scoring is phases.evaluate's, tested there)."""
+after one epoch (the script's scoring is phases.evaluation.variant's, tested there)."""
 
 from types import SimpleNamespace
 

@@ -18,11 +18,11 @@ def test_padding_share_counts_real_tokens_per_padded_batch():
 def test_rows_and_token_lengths(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from finetune_assets.config import load_profile
-    from finetune_assets.phases import corpus
+    from finetune_assets.phases.data import demo_seed
+    from finetune_assets.recipe import load_profile
 
     bench = _load("train_bench")
-    assert corpus.find_python_docs() is not None, "python3-doc is missing: run bash scripts/setup.sh"
+    assert demo_seed.find_python_docs() is not None, "python3-doc is missing: run bash scripts/setup.sh"
     rows, texts = bench.instruction_rows(12, 4, load_profile("demo"))
     assert len(rows) == 12 and len(texts) == 4
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
@@ -33,9 +33,9 @@ def test_rows_and_token_lengths(tiny_model_dir):
 
 @pytest.mark.slow
 def test_train_bench_smoke(tmp_path):
-    from finetune_assets.phases import corpus
+    from finetune_assets.phases.data import demo_seed
 
-    assert corpus.find_python_docs() is not None, "python3-doc is missing: run bash scripts/setup.sh"
+    assert demo_seed.find_python_docs() is not None, "python3-doc is missing: run bash scripts/setup.sh"
     bench = _load("train_bench")
     out = tmp_path / "train.json"
     args = ["--model", "tiny", "--warmup", "1", "--steps", "3", "--rows", "16", "--docs", "6"]

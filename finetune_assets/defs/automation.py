@@ -4,7 +4,7 @@ import dagster as dg
 
 from finetune_assets.defs.data import data_drops, raw_corpus
 from finetune_assets.defs.resources import ArtifactStore, RecipeResource
-from finetune_assets.phases import corpus
+from finetune_assets.phases.data import corpus
 
 # One process per run: every step shares one embedded Ray (ray.init once per run, not once per asset).
 ingest_job = dg.define_asset_job(

@@ -51,3 +51,9 @@ def input_path(name: str) -> Path:
 
     path = Path(name)
     return path if path.is_absolute() else default_home() / "inputs" / path
+
+
+def warn_quarantined(context, quarantine: list[dict]) -> None:
+    """One warning per set-aside line in the run's log, naming the file, the line and the reason."""
+    for entry in quarantine:
+        context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")

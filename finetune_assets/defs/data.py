@@ -6,10 +6,19 @@ from pathlib import Path
 import dagster as dg
 
 from finetune_assets.config import default_home
-from finetune_assets.defs.common import artifact_metadata, input_path, model_dir, tracked_run
+from finetune_assets.defs.common import (
+    artifact_metadata,
+    input_path,
+    model_dir,
+    tracked_run,
+    warn_quarantined,
+)
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases import corpus, curation, evalsets, guardrails, instructions, retrieval
+from finetune_assets.phases.data import corpus, curation, evalsets, instructions, probes
+from finetune_assets.phases.inference import retrieval
+from finetune_assets.phases.text.markdown import markdown_table
+from finetune_assets.tracking import flatten
 
 data_drops = dg.DynamicPartitionsDefinition(name="data_drops")
 
@@ -40,7 +49,7 @@ def raw_corpus(
         corpus.require_documents(docs, f"data drop '{drop}' in {landing}")
         # Canaries ride in every drop before redaction (recorded beside it, for eval_sets); eval_reports then
         # checks that no variant ever emits one.
-        canaries = guardrails.make_canaries(profile.guardrails.canaries, profile.seed)
+        canaries = probes.make_canaries(profile.guardrails.canaries, profile.seed)
         docs = corpus.with_canaries(docs, drop, canaries)
         out = store.path("raw_corpus", drop)
         write_json(canaries, out / corpus.CANARIES_FILE)
@@ -101,8 +110,8 @@ def dedup_corpus(
             run_id,
             {
                 **summary["stats"],
-                **_numbers(summary["quality_counts"], "quality."),
-                **_numbers(summary["pii_counts"], "pii."),
+                **flatten(summary["quality_counts"], "quality.", numbers_only=True),
+                **flatten(summary["pii_counts"], "pii.", numbers_only=True),
             },
         )
         tracker.log_input(
@@ -126,12 +135,12 @@ def _clusters_table(clusters: list[dict], limit: int = 20) -> str:
     """The largest duplicate clusters as Markdown: which document was kept, which were dropped for it."""
     if not clusters:
         return "No duplicates found."
-    rows = ["| kept | dropped as its duplicates |", "|---|---|"]
-    for c in clusters[:limit]:
-        dropped = ", ".join(f"{d['id']} ({d['reason']}, J={d['jaccard']})" for d in c["duplicates"])
-        rows.append(f"| {c['kept']} | {dropped} |")
+    rows = [
+        [c["kept"], ", ".join(f"{d['id']} ({d['reason']}, J={d['jaccard']})" for d in c["duplicates"])]
+        for c in clusters[:limit]
+    ]
     more = f"\n\n{len(clusters) - limit} more clusters in clusters.json" if len(clusters) > limit else ""
-    return "\n".join(rows) + more
+    return markdown_table(["kept", "dropped as its duplicates"], rows) + more
 
 
 @dg.asset_check(asset=dedup_corpus, blocking=True)
@@ -189,7 +198,7 @@ def instruction_set(
     """Instructions from imported seed files, a teacher LLM (optional) and the corpus extractors; MinHash
     deduplicated, decontaminated against eval_sets, split by topic, with length/token statistics (counted
     with base_checkpoint's tokenizer and chat template, the text SFT trains on)."""
-    from finetune_assets.phases import datastats, seeds
+    from finetune_assets.phases.data import datastats, seeds
 
     profile = recipe.load()
     cfg = profile.instructions
@@ -200,10 +209,11 @@ def instruction_set(
             [(input_path(f.path), f.format) for f in cfg.seed_files], cfg.system_prompt
         )
         extra, quarantine = seeded["extra"], seeded["quarantine"]
-        _warn_quarantined(context, quarantine)
+        warn_quarantined(context, quarantine)
         teacher_stats = None
         if "teacher" in cfg.generators:
-            from finetune_assets.phases import llm, teacher
+            from finetune_assets.phases.data import teacher
+            from finetune_assets.phases.inference import llm
 
             client = llm.make_client(cfg.teacher, default_home() / "llm_cache")
             made = teacher.teacher_instructions(
@@ -228,7 +238,7 @@ def instruction_set(
         path = write_records_parquet(result["records"], out / "instructions.parquet")
         seeds.write_quarantine(quarantine, out / "quarantine.jsonl")
         write_json(stats, out / "stats.json")
-        tracker.log_metrics(run_id, _numbers(stats))
+        tracker.log_metrics(run_id, flatten(stats, numbers_only=True))
         tracker.log_artifact(run_id, plot)
         tracker.log_input(run_id, "instruction_set", path, content_hash(path))
         return dg.MaterializeResult(
@@ -239,11 +249,6 @@ def instruction_set(
                 length_histogram=dg.MetadataValue.md(datastats.markdown_image(plot, "instruction lengths")),
             )
         )
-
-
-def _warn_quarantined(context, quarantine: list[dict]) -> None:
-    for entry in quarantine:
-        context.log.warning(f"quarantined {entry['path']}:{entry['line']}: {entry['reason']}")
 
 
 @dg.asset(deps=[dedup_corpus, eval_sets], group_name="data", kinds={"parquet"})
@@ -257,16 +262,7 @@ def retrieval_index(
         chunks = retrieval.chunk_documents(docs, profile.retrieval)
         out = store.path("retrieval_index")
         stats = retrieval.build_index(chunks, out)
-        tracker.log_metrics(run_id, _numbers(stats))
-        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, _numbers(stats)))
-
-
-def _numbers(stats: dict, prefix: str = "") -> dict:
-    """Flatten nested stats to the numeric leaves (what MLflow metrics accept)."""
-    out = {}
-    for key, value in stats.items():
-        if isinstance(value, dict):
-            out.update(_numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = value
-    return out
+        tracker.log_metrics(run_id, flatten(stats, numbers_only=True))
+        return dg.MaterializeResult(
+            metadata=artifact_metadata(out, run_id, flatten(stats, numbers_only=True))
+        )

@@ -32,7 +32,14 @@ def eval_reports(
     """Every variant through lm-eval (domain MC, QA, held-out perplexity), the hallucination index, general
     text perplexity (forgetting), guardrails and cost; a report, a review sample and the promotion decision."""
     from finetune_assets.launch.ray_eval import evaluate_variants
-    from finetune_assets.phases import compare, evaluate, promotion, report, review
+    from finetune_assets.phases.evaluation import (
+        compare,
+        lm_eval_tasks,
+        promotion,
+        report,
+        review,
+        review_import,
+    )
 
     profile = recipe.load()
     cfg = profile.eval
@@ -52,7 +59,9 @@ def eval_reports(
                 "work_dir": out / "variants",
                 "index_dir": store.path("retrieval_index"),
                 "retrieval_cfg": profile.retrieval,
-                "lm_eval_peft": evaluate.adapter_for_lm_eval(store.path(asset)) if cfg.lm_eval_peft else None,
+                "lm_eval_peft": lm_eval_tasks.adapter_for_lm_eval(store.path(asset))
+                if cfg.lm_eval_peft
+                else None,
                 "guardrails_cfg": profile.guardrails,
             }
             for variant, asset in VARIANTS.items()
@@ -103,7 +112,7 @@ def eval_reports(
             per_variant=cfg.review_sample,
             seed=profile.seed,
         )
-        labels = review.current_labels(
+        labels = review_import.current_labels(
             review.load_labels(review.labels_dir(default_home())),
             io.read_jsonl(Path(sample["paths"]["jsonl"])),
         )
@@ -139,7 +148,7 @@ def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_h
     """The variant's metrics (each interval beside its metric) as its own MLflow run with the per-item
     outcomes attached, and as tags on its registered model version (with the eval sets' hash, so a later
     promotion knows whether the numbers are comparable, and the intervals, for an unpaired comparison)."""
-    from finetune_assets.phases.promotion import SETS_HASH_TAG
+    from finetune_assets.phases.evaluation.promotion import SETS_HASH_TAG
     from finetune_assets.tracking import interval_metrics
 
     items = (result.get("files") or {}).get("items")
@@ -196,7 +205,7 @@ def promotion_gate(store: ArtifactStore) -> dg.AssetCheckResult:
     """Passes when a variant beat the champion and held every guardrail. Not better than the champion is a
     warning (nothing to ship, nothing wrong); every candidate failing a guardrail is an error, which blocks
     the champion asset until a person looks."""
-    from finetune_assets.phases import promotion
+    from finetune_assets.phases.evaluation import promotion
 
     decision = _decision(store)
     gate = decision["gate"]

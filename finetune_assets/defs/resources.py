@@ -11,7 +11,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from finetune_assets.config import Profile, default_home, load_profile
+from finetune_assets.config import default_home
+from finetune_assets.recipe import Profile, load_profile
 from finetune_assets.tracking import Tracker, default_tracking_uri
 
 

@@ -10,17 +10,22 @@ import dagster as dg
 from pydantic import Field
 
 from finetune_assets.config import TrainConfig, default_home
-from finetune_assets.defs.common import artifact_metadata, input_path, model_dir, tracked_run
+from finetune_assets.defs.common import (
+    artifact_metadata,
+    input_path,
+    model_dir,
+    tracked_run,
+    warn_quarantined,
+)
 from finetune_assets.defs.data import (
-    _numbers,
-    _warn_quarantined,
     instruction_set,
     retrieval_index,
     training_documents,
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases.train import REUSE_FILE, read_summary, reusable, training_key
+from finetune_assets.phases.training.artifacts import REUSE_FILE, read_summary, reusable, training_key
+from finetune_assets.tracking import flatten
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
 
@@ -37,7 +42,7 @@ class TrainOverrides(dg.Config):
 
     def stage(self, run_recipe: "RecipeResource", stage: str) -> TrainConfig:
         """The ``stage`` section (sft, dpo, tr) of the chosen recipe, with the overrides applied."""
-        from finetune_assets.config import load_profile
+        from finetune_assets.recipe import load_profile
 
         base = getattr(load_profile(self.recipe) if self.recipe else run_recipe.load(), stage)
         changes = {
@@ -56,7 +61,7 @@ def base_checkpoint(
 ) -> dg.MaterializeResult:
     """The foundation model as a plain Hugging Face folder (local dir, hub id, GGUF conversion, or tiny),
     optionally continued-pretrained on the domain corpus (model.cpt.enabled) on Ray Train."""
-    from finetune_assets.phases import models
+    from finetune_assets.phases.training import models
 
     profile = recipe.load()
     cpt = profile.model.cpt
@@ -97,8 +102,10 @@ def preference_pairs(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer;
-    with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.safety)."""
-    from finetune_assets.phases import generation, preferences, safety, seeds
+    with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.data.safety)."""
+    from finetune_assets.phases.data import feedback as feedback_phase
+    from finetune_assets.phases.data import preferences, safety, seeds
+    from finetune_assets.phases.inference import generation
 
     profile = recipe.load()
     cfg = profile.preferences
@@ -128,7 +135,8 @@ def preference_pairs(
 
         chosen = judge = None
         if cfg.chosen_source == "teacher" or cfg.judge is not None:
-            from finetune_assets.phases import llm, teacher
+            from finetune_assets.phases.data import teacher
+            from finetune_assets.phases.inference import llm
 
             cache = default_home() / "llm_cache"
             if cfg.chosen_source == "teacher":
@@ -136,8 +144,8 @@ def preference_pairs(
                     [p["prompt"] for p in prompts], llm.make_client(cfg.teacher, cache)
                 )
             judge = llm.make_client(cfg.judge, cache) if cfg.judge is not None else None
-        feedback = seeds.load_feedback_files([input_path(name) for name in cfg.feedback_files])
-        _warn_quarantined(context, feedback["quarantine"])
+        feedback = feedback_phase.load_feedback_files([input_path(name) for name in cfg.feedback_files])
+        warn_quarantined(context, feedback["quarantine"])
         built = preferences.assemble(
             prompts,
             generate,
@@ -156,7 +164,7 @@ def preference_pairs(
         write_records_parquet(binary, out / "binary_feedback.parquet")
         seeds.write_quarantine(built["quarantine"], out / "quarantine.jsonl")
         write_json(stats, out / "stats.json")
-        tracker.log_metrics(run_id, _numbers(stats))
+        tracker.log_metrics(run_id, flatten(stats, numbers_only=True))
         tracker.log_input(run_id, "preference_pairs", path, content_hash(path))
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, stats))
 
@@ -177,7 +185,7 @@ def _train_variant(
 ) -> dg.MaterializeResult:
     """Run one training method on Ray Train, log it to MLflow and register the model version.
 
-    ``data`` holds the method's data arguments (phases.train: sft takes train_rows/eval_rows, dpo rows).
+    ``data`` holds the method's data arguments (phases.training.train: sft takes train_rows/eval_rows, dpo rows).
     """
     from finetune_assets.launch.ray_train import run_training
 
@@ -302,7 +310,7 @@ def dpo_model(
 ) -> dg.MaterializeResult:
     """Preference optimization from the INST model on the AI-feedback pairs (the DPO model): DPO by default,
     KTO (pairs split into thumbs up/down, plus human binary feedback) or ORPO by ``dpo.preference_method``."""
-    from finetune_assets.phases.train import kto_rows
+    from finetune_assets.phases.training.examples import kto_rows
 
     train_cfg = config.stage(recipe, "dpo")
     path = store.path("preference_pairs") / "pairs.parquet"
@@ -341,7 +349,8 @@ def tr_model(
 ) -> dg.MaterializeResult:
     """The tools-and-retrieval model, from the DPO model on retrieval-grounded and tool-call conversations:
     SFT, or SFT then GRPO with verifiable tool rewards (``tr.method``)."""
-    from finetune_assets.phases import evalsets, retrieval, tr_data
+    from finetune_assets.phases.data import evalsets, tr_data
+    from finetune_assets.phases.inference import retrieval
 
     profile = recipe.load()
     train_cfg = config.stage(recipe, "tr")

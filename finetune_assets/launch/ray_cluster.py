@@ -17,7 +17,8 @@ from pathlib import Path
 
 _STATE: dict = {}
 
-# Environment every Ray worker process gets (CPU training: one thread per worker, see STACK.md).
+# Environment every Ray worker process gets: one BLAS thread unless a task sets its own (train: torch_threads;
+# eval: one thread per variant task), so that workers sharing a machine do not oversubscribe its cores.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

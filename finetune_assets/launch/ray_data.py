@@ -1,7 +1,7 @@
 """MinHash signatures on Ray Data: the dedup phase's ``sign`` step spread over a Ray cluster.
 
 dedup_corpus calls this when a run has at least ``dedup.ray_min_documents`` new documents. Every batch is
-signed by the same ``phases.dedup.Signer`` the local path uses, so the signatures (and therefore every dedup
+signed by the same ``phases.data.dedup.Signer`` the local path uses, so the signatures (and therefore every dedup
 decision) are identical; only where the work runs changes. The LSH decisions stay sequential in the driver:
 they depend on order (an earlier drop's copy wins), and they are cheap next to hashing.
 """
@@ -18,7 +18,7 @@ class _SignBatch:
     builds its Signer (and its word-hash cache) once, not once per batch."""
 
     def __init__(self, num_perm: int, shingle_words: int):
-        from finetune_assets.phases.dedup import Signer
+        from finetune_assets.phases.data.dedup import Signer
 
         self.signer = Signer(num_perm, shingle_words)
 

@@ -5,7 +5,7 @@
         cpus_per_variant=1,      # None: one after another in this process, torch on every core
     )
 
-Each job is the keyword arguments of phases.evaluate.evaluate_variant; a task reserves ``cpus_per_variant``
+Each job is the keyword arguments of phases.evaluation.variant.evaluate_variant; a task reserves ``cpus_per_variant``
 CPUs (or one GPU with ``use_gpu``) and runs torch with that many threads. Results come back in job order.
 Why tasks instead of one loop: decoding a small model is a chain of small matmuls, where one process per core
 finishes the same work sooner than one process using every core (bench/eval_parallel_bench.py), and on a
@@ -21,7 +21,7 @@ class EvaluationError(RuntimeError):
 
 
 def _judge_client(judge: tuple | None):
-    from finetune_assets.phases import llm
+    from finetune_assets.phases.inference import llm
 
     return llm.make_client(judge[0], cache_dir=judge[1]) if judge else None
 
@@ -29,7 +29,7 @@ def _judge_client(judge: tuple | None):
 def _evaluate_task(job: dict, threads: int, judge: tuple | None) -> dict:
     import torch
 
-    from finetune_assets.phases import evaluate
+    from finetune_assets.phases.evaluation import variant as evaluate
 
     if not torch.cuda.is_available():
         torch.set_num_threads(threads)  # as many as the CPUs this task reserved
@@ -51,7 +51,7 @@ def evaluate_variants(
 
     Raises EvaluationError naming every variant that failed on Ray (the others still finish)."""
     if cpus_per_variant is None:
-        from finetune_assets.phases import evaluate
+        from finetune_assets.phases.evaluation import variant as evaluate
 
         client = _judge_client(judge)  # one for every variant (a judge model loads once)
         return [evaluate.evaluate_variant(**job, judge_client=client) for job in jobs]

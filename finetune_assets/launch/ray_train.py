@@ -1,4 +1,4 @@
-"""Run a phases.train method on Ray Train workers (TorchTrainer), embedded Ray by default.
+"""Run a phases.training.train method on Ray Train workers (TorchTrainer), embedded Ray by default.
 
     summary = run_training(
         "sft",
@@ -7,7 +7,7 @@
         storage_dir=Path(...),
     )
 
-kwargs are the keyword arguments of phases.train.{sft, dpo, cpt} (without ray_context). They travel to the
+kwargs are the keyword arguments of phases.training.train.{sft, dpo, cpt} (without ray_context). They travel to the
 workers as plain data: paths as strings, pydantic configs as dicts, re-validated in the worker. The workers
 write ``out_dir`` on the shared filesystem (rank 0 saves) and this returns the train_summary.json
 rank 0 wrote.
@@ -63,11 +63,11 @@ def _decode(method: str, config: dict) -> dict:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Runs in every Ray Train worker: dispatch to phases.train.<method> (phases.grpo.grpo for grpo) with
-    ray_context=True."""
+    """Runs in every Ray Train worker: dispatch to phases.training.train.<method> (phases.training.grpo.grpo for
+    grpo) with ray_context=True."""
     import torch
 
-    from finetune_assets.phases import grpo, train
+    from finetune_assets.phases.training import grpo, train
 
     config = dict(config)
     threads = config.pop("cpu_threads", 1)
@@ -113,7 +113,7 @@ def run_training(
         raise ValueError(f"unknown training method {method!r}; expected one of {METHODS}")
     if "out_dir" not in kwargs:
         raise ValueError("run_training needs kwargs['out_dir']: the folder the workers write")
-    from finetune_assets.phases.train import SUMMARY_FILE, read_summary
+    from finetune_assets.phases.training.artifacts import SUMMARY_FILE, read_summary
 
     cluster = ensure_ray(ray_address)
     cpus = cpus_per_worker(scaling, cluster)
@@ -146,7 +146,7 @@ def run_training(
             storage_path=str(storage),
             name=run_name,
             # A failed worker group is restarted up to max_failures times; each attempt resumes from the
-            # latest checkpoint (phases.train reads ray.train.get_checkpoint()).
+            # latest checkpoint (phases.training.train reads ray.train.get_checkpoint()).
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),

@@ -1,4 +1,4 @@
-"""Fixtures for the Dagster wiring: resources pointed at a temporary home, an ephemeral instance."""
+"""Helpers for the Dagster wiring: resources pointed at a temporary home, the expected asset keys, ingestion."""
 
 from pathlib import Path
 
@@ -7,15 +7,7 @@ import pytest
 
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 
-
-@pytest.fixture
-def fa_home(tmp_path: Path, monkeypatch) -> Path:
-    """A private FINETUNE_ASSETS_HOME: landing dir, artifacts and the MLflow store all live under it."""
-    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(tmp_path))
-    return tmp_path
-
-
-# The eleven asset keys of the code location (DESIGN.md).
+# The twelve asset keys of the code location (docs/ARCHITECTURE.md).
 EXPECTED_ASSETS = {
     "raw_corpus",
     "dedup_corpus",
@@ -48,20 +40,14 @@ def resources(fa_home: Path) -> dict:
     return make_resources(fa_home)
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
 def ingest_landing(
     instance: dg.DagsterInstance, resources: dict, landing: Path, drops: list[str] | None = None
 ) -> list:
     """Register the landing folder's drops (or ``drops``) as partitions and materialize raw_corpus for each;
     returns the asset list with checks, for the materializations that follow."""
     from finetune_assets.defs.data import data_drops, raw_corpus
-    from finetune_assets.defs.pipeline import all_assets_and_checks
-    from finetune_assets.phases import corpus
+    from finetune_assets.phases.data import corpus
+    from finetune_assets.pipeline import all_assets_and_checks
 
     drops = drops if drops is not None else corpus.list_drops(landing)
     instance.add_dynamic_partitions(data_drops.name, drops)

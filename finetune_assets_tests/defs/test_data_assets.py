@@ -7,9 +7,9 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from finetune_assets.config import RECIPES_DIR, load_profile
 from finetune_assets.io import read_records
-from finetune_assets.phases import corpus
+from finetune_assets.phases.data import demo_seed
+from finetune_assets.recipe import RECIPES_DIR, load_profile
 from finetune_assets_tests.defs.conftest import ingest_landing, make_resources
 from finetune_assets_tests.phases.llm_server import babbling_model, served_model  # noqa: F401
 
@@ -69,7 +69,7 @@ def _recipe(home, served) -> str:
 def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     resources = make_resources(fa_home, profile=_recipe(fa_home, served_model))
     landing = fa_home / "landing"
-    corpus.seed_demo_landing(landing, load_profile("smoke").corpus)
+    demo_seed.seed_demo_landing(landing, load_profile("smoke").corpus)
     doc = max((landing / "drop-0001").rglob("*.rst"), key=lambda p: p.stat().st_size).read_text()
     (landing / "drop-0004-pii").mkdir()
     (landing / "drop-0004-pii" / "contacts.md").write_text(

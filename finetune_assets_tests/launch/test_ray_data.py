@@ -2,9 +2,9 @@
 
 from finetune_assets.config import DedupConfig
 from finetune_assets.launch.ray_data import ray_signer
-from finetune_assets.phases.corpus import make_document
-from finetune_assets.phases.dedup import Signer, dedup_documents
-from finetune_assets_tests.phases.test_dedup import _docs
+from finetune_assets.phases.data.corpus import make_document
+from finetune_assets.phases.data.dedup import Signer, dedup_documents
+from finetune_assets_tests.phases.data.test_dedup import _docs
 
 
 def test_ray_data_signatures_and_decisions_equal_the_local_path(embedded_ray):

@@ -5,7 +5,7 @@ import pytest
 
 from finetune_assets.config import EvalConfig, GuardrailsConfig
 from finetune_assets.launch.ray_eval import EvaluationError, evaluate_variants
-from finetune_assets_tests.phases.test_evaluate import write_eval_sets
+from finetune_assets_tests.phases.evaluation.test_lm_eval_tasks import write_eval_sets
 
 CFG = EvalConfig(
     max_new_tokens=8, batch_size=4, max_glossary_terms=3, max_qa=2, max_perplexity_docs=2,

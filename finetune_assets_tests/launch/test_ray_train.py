@@ -76,7 +76,7 @@ def test_killed_worker_resumes_from_its_checkpoint(embedded_ray, tmp_path, tiny_
     import threading
     import time
 
-    from finetune_assets.phases.train import progress_path
+    from finetune_assets.phases.training.artifacts import progress_path
 
     cfg = TrainConfig(
         max_steps=30, learning_rate=1e-2, per_device_batch_size=4, lora_dropout=0.0, max_length=128,

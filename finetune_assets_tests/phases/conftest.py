@@ -2,7 +2,7 @@
 
 import pytest
 
-from finetune_assets.phases.retrieval import RetrievalIndex, chunk_documents
+from finetune_assets.phases.inference.retrieval import RetrievalIndex, chunk_documents
 from finetune_assets_tests.phases.tr_fixtures import CFG, DOCTEST_RST
 
 

@@ -1,0 +1,1 @@
+"""Data assets: corpus, curation, eval sets, instruction and preference data, seeds and feedback."""

@@ -1,0 +1,497 @@
+"""dedup_corpus: exact and near-duplicate removal with MinHash LSH (datasketch 2.0).
+
+Two passes over the documents, in (drop, source) order so the outcome never depends on input order:
+1. exact: the hash of the normalized text with punctuation stripped (whitespace/case/markup-only copies);
+2. near: MinHash over word shingles, LSH for candidates, each candidate verified by its estimated Jaccard
+   similarity before anything is removed. The first occurrence always wins.
+
+The shingles are taken from text with reST inline markup stripped: the same page as reST source and as
+rendered HTML differs mostly in markup (:func:`x` vs x), and those are the duplicates worth catching.
+"""
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from finetune_assets import io
+from finetune_assets.config import DedupConfig
+from finetune_assets.phases.text.html import html_to_text
+
+_ROLE = re.compile(r":(?:[\w.+-]+:)+`~?!?([^`<]*?)(?:\s*<[^>]*>)?`")
+
+# Explicit markup that renders to nothing: labels, comments, index entries, authors, toctrees, setup code.
+_INVISIBLE = re.compile(
+    r"\.\. (?:_[^:]*:|\|[^|]+\||(?:index|highlight|moduleauthor|sectionauthor|toctree|tabularcolumns"
+    r"|testsetup|testcleanup|only|include|raw)::)"
+)
+
+_VERSION_WORDS = {
+    "versionadded": "New in version",
+    "versionchanged": "Changed in version",
+    "deprecated": "Deprecated since version",
+}
+
+_DIRECTIVE = re.compile(r"^(\s*)\.\. ([\w:-]+)::")
+
+_OPTION = re.compile(r"^:[\w -]+:(\s|$)")
+
+_WORD = re.compile(r"\w+")
+
+
+def normalize(text: str) -> str:
+    """Unicode NFKC, lowercase, whitespace collapsed to single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def exact_key(text: str) -> str:
+    """Key of the exact pass: normalized text without punctuation, hashed."""
+    words = _WORD.findall(normalize(text))
+    return hashlib.sha1(" ".join(words).encode()).hexdigest()
+
+
+def strip_markup(text: str) -> str:
+    """reST source reduced to what a reader sees: roles keep their text, invisible explicit markup
+    (labels, comments, index entries, toctrees) goes with its indented body, directive markers and option
+    lines go, and version directives read as Sphinx renders them ("Changed in version")."""
+    if ".." not in text and ":" not in text:
+        return text  # plain text: nothing to strip (the common case outside reST sources)
+    out, skip_deeper_than = [], None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if skip_deeper_than is not None:
+            if not stripped or len(line) - len(line.lstrip()) > skip_deeper_than:
+                continue
+            skip_deeper_than = None
+        if stripped.startswith(".."):
+            is_comment = (
+                stripped.startswith(".. ") and "::" not in stripped and not stripped.startswith(".. _")
+            )
+            if _INVISIBLE.match(stripped) or stripped == ".." or is_comment:
+                skip_deeper_than = len(line) - len(line.lstrip())
+                continue
+            line = _DIRECTIVE.sub(lambda m: m.group(1) + _VERSION_WORDS.get(m.group(2), ""), line)
+        elif stripped.startswith(":") and _OPTION.match(stripped):
+            continue
+        out.append(line)
+    return _ROLE.sub(r"\1", "\n".join(out))
+
+
+def shingles(text: str, k: int) -> list[bytes]:
+    """Distinct k-word shingles of the markup-stripped, normalized text (one shingle if fewer words).
+
+    The byte-string form datasketch's MinHash.update takes; the benchmark's baseline uses it. The graph
+    hashes the same shingles with ``Signer`` instead."""
+    words = _WORD.findall(normalize(strip_markup(text)))
+    if len(words) <= k:
+        return [" ".join(words).encode()]
+    return list({" ".join(words[i : i + k]).encode() for i in range(len(words) - k + 1)})
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+
+MINHASH_SEED = 1  # datasketch's default seed: signatures are interchangeable with MinHash(seed=1)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, as datasketch's affine32 scheme pre-mixes every input hash."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+class Signer:
+    """MinHash signatures of many texts at once.
+
+    Each signature is bit-for-bit what datasketch's ``MinHash(num_perm, seed=1)`` (the affine32 scheme, its
+    default) holds after ``update_batch`` of the same 32-bit shingle hashes (a test checks it). Two things
+    make it faster than the per-document loop: every distinct word is hashed once (cached) and k-word
+    shingle hashes are rolled with numpy instead of hashing each shingle string, and the permutations and
+    minimum run as one numpy pass over a whole batch of documents (np.minimum.reduceat) instead of one
+    MinHash object per document. bench/dedup_bench.py measures it against the per-document loop.
+    """
+
+    def __init__(self, num_perm: int = 128, shingle_words: int = 5, chunk_rows: int = 8192):
+        a, b = MinHash(num_perm=num_perm, seed=MINHASH_SEED).permutations
+        self.num_perm, self.shingle_words, self.chunk_rows = num_perm, shingle_words, chunk_rows
+        self._a, self._b = a.astype(np.uint32), b.astype(np.uint32)
+        self._word_hashes: dict[str, int] = {}
+
+    def _word_array(self, words: list[str]) -> np.ndarray:
+        cache = self._word_hashes
+        try:  # the common case once the vocabulary is known
+            return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+        except KeyError:
+            for word in set(words).difference(cache):
+                cache[word] = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+            return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """32-bit hashes of the k-word shingles (one for a text shorter than k words), duplicates included:
+        the minimum over a multiset equals the minimum over its set."""
+        return self._hash_words(_WORD.findall(normalize(strip_markup(text))))
+
+    def _hash_words(self, words: list[str]) -> np.ndarray:
+        w = self._word_array(words)
+        k = min(self.shingle_words, len(w)) or 1
+        n = max(len(w) - k + 1, 1)
+        rolled = np.zeros(n, dtype=np.uint64) if not len(w) else w[:n].copy()
+        with np.errstate(over="ignore"):
+            for j in range(1, k):
+                rolled = rolled * _GOLDEN + w[j : j + n]
+            rolled = (rolled ^ (rolled >> np.uint64(31))) * _MIX
+        return (rolled >> np.uint64(32)).astype(np.uint32)
+
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), num_perm) uint32 MinHash signatures."""
+        return self.signatures_of_words([_WORD.findall(normalize(strip_markup(t))) for t in texts])
+
+    def signatures_of_words(self, word_lists: Sequence[list[str]]) -> np.ndarray:
+        """Signatures of already tokenized texts (what ``signatures`` computes after tokenizing)."""
+        out = np.empty((len(word_lists), self.num_perm), dtype=np.uint32)
+        batch: list[np.ndarray] = []
+        first = rows = 0
+        for i, words in enumerate(word_lists):
+            hashes = self._hash_words(words)
+            batch.append(hashes)
+            rows += len(hashes)
+            if rows >= self.chunk_rows:
+                out[first : i + 1] = self._min_hash(batch)
+                batch, first, rows = [], i + 1, 0
+        if batch:
+            out[first:] = self._min_hash(batch)
+        return out
+
+    def _min_hash(self, batch: list[np.ndarray]) -> np.ndarray:
+        starts = np.cumsum([0] + [len(h) for h in batch[:-1]])
+        mixed = _fmix32(np.concatenate(batch))[None, :]
+        # (num_perm, shingles) layout: the minimum runs along contiguous memory, ~9x faster than axis 0.
+        permuted = np.multiply(self._a[:, None], mixed)  # uint32 wraparound is the scheme's modulo 2^32
+        np.add(permuted, self._b[:, None], out=permuted)
+        return np.minimum.reduceat(permuted, starts, axis=1).T
+
+
+def make_lsh(cfg: DedupConfig) -> MinHashLSH:
+    """datasketch's MinHashLSH with the configured bands/rows, or with the banding it picks for a threshold
+    set below the real one. LSH only proposes candidates; tuned at the threshold itself it misses many true
+    pairs near it (at 0.8 with 128 permutations: 60% of pairs with Jaccard 0.8, 31% at 0.85), so it is tuned
+    lower for recall and every candidate is verified against the real threshold."""
+    if cfg.bands is not None:
+        return MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    return MinHashLSH(threshold=cfg.threshold * 0.8, num_perm=cfg.num_perm)
+
+
+def index_params(cfg: DedupConfig) -> dict:
+    """What a persisted index depends on: change any of it and earlier signatures no longer apply."""
+    keys = ("num_perm", "threshold", "shingle_words", "bands", "rows")
+    return {
+        "minhash_seed": MINHASH_SEED,
+        "signer": "affine32-rolled-blake2b",
+        **cfg.model_dump(include=set(keys)),
+    }
+
+
+class DedupIndex:
+    """Exact keys and MinHash signatures of every kept document, with datasketch's MinHashLSH over them.
+
+    ``add`` decides documents one at a time in the order given: a document whose exact key is known, or
+    whose signature agrees with a kept one's at ``threshold`` or more, is a duplicate of that one (the
+    earliest at the best similarity); otherwise it is kept and indexed. Adding drop after drop therefore
+    gives the same decisions as adding all of them at once, and ``save``/``load`` let a later drop be
+    checked without recomputing anything for earlier ones.
+    """
+
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+        self.lsh = make_lsh(cfg)
+        self.ids: list[str] = []
+        self.exact: dict[str, str] = {}  # exact key -> kept id
+        self._signatures: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, ids: Sequence[str], keys: Sequence[str], signatures: np.ndarray) -> list[dict]:
+        """Decide each (id, exact key, signature) in order; returns {id, reason, duplicate_of, jaccard} for
+        every document found to be a duplicate (the others are now in the index)."""
+        found = []
+        for doc_id, key, signature in zip(ids, keys, signatures, strict=True):
+            if key in self.exact:
+                found.append(
+                    {"id": doc_id, "reason": "exact", "duplicate_of": self.exact[key], "jaccard": 1.0}
+                )
+                continue
+            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
+            best, best_j = None, 0.0
+            for position in sorted(self.lsh.query(sketch)):  # LSH keys are positions: earlier first
+                # LSH proposes likely matches only; the estimate decides (ties go to the earlier document).
+                j = np.count_nonzero(self._signatures[position] == signature) / self.cfg.num_perm
+                if j >= self.cfg.threshold and j > best_j:
+                    best, best_j = position, j
+            if best is not None:
+                found.append(
+                    {
+                        "id": doc_id,
+                        "reason": "near",
+                        "duplicate_of": self.ids[best],
+                        "jaccard": round(best_j, 4),
+                    }
+                )
+            else:
+                self._keep(doc_id, key, signature, sketch)
+        return found
+
+    def _keep(self, doc_id: str, key: str, signature: np.ndarray, sketch: LeanMinHash) -> None:
+        self.lsh.insert(len(self.ids), sketch, check_duplication=False)
+        self.exact[key] = doc_id
+        self.ids.append(doc_id)
+        self._signatures.append(np.asarray(signature, dtype=np.uint32))
+
+    def save(self, folder: Path) -> Path:
+        """Write the index (ids, exact keys, signatures, parameters) atomically to ``folder``."""
+        with io.atomic_dir(Path(folder)) as tmp:
+            signatures = np.stack(self._signatures) if self._signatures else np.empty((0, self.cfg.num_perm))
+            np.save(tmp / "signatures.npy", signatures.astype(np.uint32))
+            key_of = {doc_id: key for key, doc_id in self.exact.items()}
+            state = {"params": index_params(self.cfg), "ids": self.ids, "keys": [key_of[i] for i in self.ids]}
+            (tmp / "index.json").write_text(json.dumps(state))
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: Path, cfg: DedupConfig) -> "DedupIndex | None":
+        """The index saved in ``folder``, or None when there is none or it was built with other
+        parameters (then everything must be recomputed)."""
+        folder = Path(folder)
+        if not (folder / "index.json").is_file():
+            return None
+        state = json.loads((folder / "index.json").read_text())
+        if state.get("params") != index_params(cfg):
+            return None
+        index = cls(cfg)
+        signatures = np.load(folder / "signatures.npy")
+        for doc_id, key, signature in zip(state["ids"], state["keys"], signatures, strict=True):
+            index._keep(
+                doc_id,
+                key,
+                signature,
+                LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32"),
+            )
+        return index
+
+
+Sign = Callable[[Sequence[str]], np.ndarray]
+
+
+def _words(text: str) -> tuple[str, list[str]]:
+    """(exact key, words to shingle) from one tokenization when markup stripping changes nothing."""
+    words = _WORD.findall(normalize(text))
+    key = hashlib.sha1(" ".join(words).encode()).hexdigest()
+    stripped = strip_markup(text)
+    return key, words if stripped == text else _WORD.findall(normalize(stripped))
+
+
+def decide(
+    ids: Sequence[str], texts: Sequence[str], index: DedupIndex, sign: Sign | None = None
+) -> list[dict]:
+    """Run ``texts`` (with unique ``ids``) through ``index`` in order; returns the findings of
+    DedupIndex.add. ``sign`` computes signatures (default: a local Signer; launch.ray_data provides the
+    same on Ray Data). Each distinct text is signed once, and a text whose exact copy is already kept is
+    not signed at all."""
+    features = [_words(t) for t in texts]
+    keys = [key for key, _ in features]
+    first_of: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in index.exact:
+            first_of.setdefault(key, i)
+    need = list(first_of.values())
+    signatures = np.zeros((len(texts), index.cfg.num_perm), dtype=np.uint32)
+    if need:
+        if sign is None:
+            signer = Signer(index.cfg.num_perm, index.cfg.shingle_words)
+            computed = signer.signatures_of_words([features[i][1] for i in need])
+        else:
+            computed = np.asarray(sign([texts[i] for i in need]), dtype=np.uint32)
+        signatures[need] = computed
+        for i, key in enumerate(keys):  # later copies share the first copy's signature
+            if key in first_of and first_of[key] != i:
+                signatures[i] = signatures[first_of[key]]
+    return index.add(ids, keys, signatures)
+
+
+def find_duplicates(
+    texts: Sequence[str],
+    num_perm: int = 128,
+    threshold: float = 0.8,
+    shingle_words: int = 5,
+    sign: Sign | None = None,
+) -> list[dict]:
+    """Duplicates among ``texts`` taken in the given order (earlier wins).
+
+    Returns one {index, reason: "exact"|"near", duplicate_of: index, jaccard} per removed text. Reused by
+    the instruction phase on prompt+response strings.
+    """
+    cfg = DedupConfig(num_perm=num_perm, threshold=threshold, shingle_words=shingle_words)
+    found = decide([str(i) for i in range(len(texts))], texts, DedupIndex(cfg), sign)
+    return [{**f, "index": int(f.pop("id")), "duplicate_of": int(f["duplicate_of"])} for f in found]
+
+
+def dedup_documents(
+    docs: list[dict], cfg: DedupConfig, index: DedupIndex | None = None, sign: Sign | None = None
+) -> dict:
+    """Remove exact and near duplicate documents.
+
+    Returns {kept: documents in input order, removed: [{id, source, drop, reason, duplicate_of (kept doc
+    id), jaccard}], clusters (see clusters_of), stats: {input, exact_removed, near_removed, kept}}.
+    Decisions are taken in (drop, source) order, so an earlier drop's copy wins and the result is
+    deterministic. With ``index`` (a DedupIndex of earlier drops) documents are also checked against
+    everything kept before, and the index grows by what is kept now.
+    """
+    order = sorted(range(len(docs)), key=lambda i: (docs[i]["drop"], docs[i]["source"]))
+    kept, pairs, stats = _dedup_in_order(docs, order, cfg, index, sign)
+    removed = [
+        {
+            "id": docs[i]["id"],
+            "source": docs[i]["source"],
+            "drop": docs[i]["drop"],
+            "reason": dup["reason"],
+            "duplicate_of": dup["duplicate_of"],
+            "jaccard": dup["jaccard"],
+        }
+        for i, dup in pairs
+    ]
+    return {"kept": kept, "removed": removed, "clusters": clusters_of(removed), "stats": stats}
+
+
+def clusters_of(removed: list[dict]) -> list[dict]:
+    """Removals grouped by the kept document they duplicate: [{kept, duplicates: [{id, reason, jaccard}]}],
+    largest cluster first, so a user sees which document was kept and which were dropped for it."""
+    by_kept: dict[str, list[dict]] = {}
+    for r in removed:
+        by_kept.setdefault(r["duplicate_of"], []).append(
+            {"id": r["id"], "reason": r["reason"], "jaccard": r["jaccard"]}
+        )
+    clusters = [{"kept": k, "duplicates": v} for k, v in by_kept.items()]
+    return sorted(clusters, key=lambda c: (-len(c["duplicates"]), c["kept"]))
+
+
+def _dedup_in_order(
+    docs: list[dict],
+    order: list[int],
+    cfg: DedupConfig,
+    index: DedupIndex | None = None,
+    sign: Sign | None = None,
+) -> tuple[list[dict], list, dict]:
+    """Decide documents in ``order`` against ``index`` (a fresh one by default); returns (kept docs in
+    input order, [(removed doc's index, finding with duplicate_of = a kept id)], stats)."""
+    index = index if index is not None else DedupIndex(cfg)
+    ids = [docs[i]["id"] for i in order]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"document ids must be unique for dedup; repeated: {repeated}")
+    found = decide([docs[i]["id"] for i in order], [docs[i]["text"] for i in order], index, sign)
+    position = {docs[i]["id"]: i for i in order}
+    pairs = [(position[f["id"]], f) for f in found]
+    dropped = {i for i, _ in pairs}
+    kept = [doc for i, doc in enumerate(docs) if i not in dropped]
+    stats = {
+        "input": len(docs),
+        "exact_removed": sum(f["reason"] == "exact" for f in found),
+        "near_removed": sum(f["reason"] == "near" for f in found),
+        "kept": len(kept),
+    }
+    return kept, pairs, stats
+
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")
+
+
+def read_dedup_inputs(paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
+    """Documents {id, text, origin} in input order from JSONL files (a ``text`` field, optional ``id``) and
+    folders of text files. What cannot be read is reported in ``problems`` ({path, line, reason}) and set
+    aside; the rest goes through.
+
+    A document without its own id is named by its line (``data.jsonl:3``) or its path in the folder
+    (``sub/README.txt``). With several inputs the folder's own label comes first (``io.unique_labels``: the
+    fewest trailing path parts that tell the inputs apart), so ``a/data.jsonl`` and ``b/data.jsonl``, or the
+    folders ``f1`` and ``f2`` that both hold README.txt, never share an id. Ids given in the records are kept
+    as they are; a repeat of one is reported, since it would make the output ambiguous."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist: give JSONL files or folders of text files")
+    docs: list[dict] = []
+    problems: list[dict] = []
+    for path, label in zip(paths, io.unique_labels(paths), strict=True):
+        if path.is_dir():
+            _read_folder(path, f"{label}/" if len(paths) > 1 else "", docs, problems)
+        else:
+            _read_jsonl(path, label, docs, problems)
+    seen: set[str] = set()
+    unique = []
+    for doc in docs:
+        if doc["id"] in seen:
+            problems.append({"path": doc["origin"], "line": None, "reason": f"duplicate id {doc['id']!r}"})
+        else:
+            seen.add(doc["id"])
+            unique.append(doc)
+    return unique, problems
+
+
+def _read_jsonl(path: Path, label: str, docs: list[dict], problems: list[dict]) -> None:
+    try:
+        lines = list(io.iter_jsonl(path))
+    except OSError as err:
+        problems.append({"path": str(path), "line": None, "reason": f"unreadable: {err}"})
+        return
+    for number, _, record, error in lines:
+        text = record.get("text") if isinstance(record, dict) else None
+        if error or not isinstance(text, str):
+            reason = error or "no string 'text' field"
+            problems.append({"path": str(path), "line": number, "reason": reason})
+            continue
+        doc_id = str(record["id"]) if record.get("id") is not None else f"{label}:{number}"
+        docs.append({"id": doc_id, "text": text, "origin": f"{path}:{number}"})
+
+
+def _read_folder(folder: Path, prefix: str, docs: list[dict], problems: list[dict]) -> None:
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
+        try:
+            text = io.read_text_file(file)
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append({"path": str(file), "line": None, "reason": f"unreadable: {err}"})
+            continue
+        if file.suffix.lower() in (".html", ".htm"):
+            text = html_to_text(text)[1]
+        docs.append(
+            {"id": f"{prefix}{file.relative_to(folder).as_posix()}", "text": text, "origin": str(file)}
+        )
+
+
+def dedup_texts(docs: list[dict], cfg: DedupConfig) -> dict:
+    """Exact + near-duplicate removal in input order (the first occurrence is kept).
+
+    Returns {kept: [{id, text}], duplicates: [{id, duplicate_of, reason, jaccard}], stats}."""
+    kept, pairs, stats = _dedup_in_order(docs, list(range(len(docs))), cfg)
+    duplicates = [
+        {
+            "id": docs[i]["id"],
+            "duplicate_of": d["duplicate_of"],
+            "reason": d["reason"],
+            "jaccard": d["jaccard"],
+        }
+        for i, d in pairs
+    ]
+    return {
+        "kept": [{"id": d["id"], "text": d["text"]} for d in kept],
+        "duplicates": duplicates,
+        "stats": stats,
+    }

@@ -1,0 +1,1 @@
+"""Evaluation: the scorecard of a variant, guardrails, comparisons, report, review, promotion."""

@@ -1,0 +1,1 @@
+"""Running a model: hardware probe, decoding, LLM clients, the tool protocol, sandbox and retrieval."""

@@ -1,0 +1,1 @@
+"""Serving a variant over HTTP."""

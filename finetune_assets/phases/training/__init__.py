@@ -1,0 +1,1 @@
+"""Training: the trl methods, their run artifacts, GRPO and base-model resolution."""

@@ -15,7 +15,9 @@ from finetune_assets.defs.common import (
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases.data import corpus, curation, evalsets, instructions, probes
+from finetune_assets.phases.data import corpus, curation, evalsets, probes
+from finetune_assets.phases.data import instruction_set as instruction_set_phase
+from finetune_assets.phases.data.datastats import markdown_image
 from finetune_assets.phases.inference import retrieval
 from finetune_assets.phases.text.markdown import markdown_table
 from finetune_assets.tracking import flatten
@@ -198,57 +200,41 @@ def instruction_set(
     """Instructions from imported seed files, a teacher LLM (optional) and the corpus extractors; MinHash
     deduplicated, decontaminated against eval_sets, split by topic, with length/token statistics (counted
     with base_checkpoint's tokenizer and chat template, the text SFT trains on)."""
-    from finetune_assets.phases.data import datastats, seeds
-
     profile = recipe.load()
     cfg = profile.instructions
-    docs = read_records(documents_path(store))
     out = store.path("instruction_set")
     with tracked_run(context, mlflow, {"instructions": cfg.model_dump()}) as (tracker, run_id):
-        seeded = seeds.load_seed_files(
-            [(input_path(f.path), f.format) for f in cfg.seed_files], cfg.system_prompt
+        built = instruction_set_phase.build(
+            cfg,
+            read_records(documents_path(store)),
+            store.path("eval_sets"),
+            out,
+            tokenizer_dir=model_dir(store, "base_checkpoint"),
+            max_length=profile.sft.max_length,
+            seed=profile.seed,
+            seed_files=[(input_path(f.path), f.format) for f in cfg.seed_files],
+            teacher_client=_teacher_client(cfg.teacher) if "teacher" in cfg.generators else None,
         )
-        extra, quarantine = seeded["extra"], seeded["quarantine"]
-        warn_quarantined(context, quarantine)
-        teacher_stats = None
-        if "teacher" in cfg.generators:
-            from finetune_assets.phases.data import teacher
-            from finetune_assets.phases.inference import llm
-
-            client = llm.make_client(cfg.teacher, default_home() / "llm_cache")
-            made = teacher.teacher_instructions(
-                training_documents(store), client, cfg.teacher_max_documents, cfg.system_prompt, profile.seed
-            )
-            extra["teacher"], teacher_stats = made["records"], made["stats"]
-        result = instructions.build_instruction_set(
-            docs, store.path("eval_sets"), cfg, seed=profile.seed, extra=extra
-        )
-        count_tokens = datastats.chat_token_counter(model_dir(store, "base_checkpoint"))
-        lengths = datastats.length_stats(result["records"], count_tokens, profile.sft.max_length)
-        plot = datastats.write_histogram(
-            lengths, out / "lengths.png", profile.sft.max_length, "instruction_set"
-        )
-        stats = {
-            **result["stats"],
-            "quarantined": len(quarantine),
-            "seed_files": seeded["stats"],
-            "teacher": teacher_stats,
-            "lengths": datastats.public(lengths),
-        }
-        path = write_records_parquet(result["records"], out / "instructions.parquet")
-        seeds.write_quarantine(quarantine, out / "quarantine.jsonl")
-        write_json(stats, out / "stats.json")
-        tracker.log_metrics(run_id, flatten(stats, numbers_only=True))
-        tracker.log_artifact(run_id, plot)
-        tracker.log_input(run_id, "instruction_set", path, content_hash(path))
+        warn_quarantined(context, built.quarantine)
+        tracker.log_metrics(run_id, flatten(built.stats, numbers_only=True))
+        tracker.log_artifact(run_id, built.histogram_path)
+        tracker.log_input(run_id, "instruction_set", built.records_path, content_hash(built.records_path))
         return dg.MaterializeResult(
             metadata=artifact_metadata(
                 out,
                 run_id,
-                {k: v for k, v in stats.items() if v is not None},
-                length_histogram=dg.MetadataValue.md(datastats.markdown_image(plot, "instruction lengths")),
+                {k: v for k, v in built.stats.items() if v is not None},
+                length_histogram=dg.MetadataValue.md(
+                    markdown_image(built.histogram_path, "instruction lengths")
+                ),
             )
         )
+
+
+def _teacher_client(endpoint):
+    from finetune_assets.phases.inference import llm
+
+    return llm.make_client(endpoint, default_home() / "llm_cache")
 
 
 @dg.asset(deps=[dedup_corpus, eval_sets], group_name="data", kinds={"parquet"})

@@ -13,6 +13,7 @@ from finetune_assets.defs.common import artifact_metadata, model_dir, tracked_ru
 from finetune_assets.defs.data import eval_sets, retrieval_index
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, tr_model
+from finetune_assets.phases.evaluation import review, scorecard
 
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
 
@@ -32,40 +33,22 @@ def eval_reports(
     """Every variant through lm-eval (domain MC, QA, held-out perplexity), the hallucination index, general
     text perplexity (forgetting), guardrails and cost; a report, a review sample and the promotion decision."""
     from finetune_assets.launch.ray_eval import evaluate_variants
-    from finetune_assets.phases.evaluation import (
-        compare,
-        lm_eval_tasks,
-        promotion,
-        report,
-        review,
-        review_import,
-    )
 
     profile = recipe.load()
     cfg = profile.eval
     out = store.path("eval_reports")
-    with tracked_run(
-        context, mlflow, {"eval": cfg.model_dump(), "guardrails": profile.guardrails.model_dump()}
-    ) as (
-        tracker,
-        run_id,
-    ):
-        jobs = [
-            {
-                "name": variant,
-                "model_dir": model_dir(store, asset),
-                "eval_dir": store.path("eval_sets"),
-                "cfg": cfg,
-                "work_dir": out / "variants",
-                "index_dir": store.path("retrieval_index"),
-                "retrieval_cfg": profile.retrieval,
-                "lm_eval_peft": lm_eval_tasks.adapter_for_lm_eval(store.path(asset))
-                if cfg.lm_eval_peft
-                else None,
-                "guardrails_cfg": profile.guardrails,
-            }
-            for variant, asset in VARIANTS.items()
-        ]
+    configs = {"eval": cfg.model_dump(), "guardrails": profile.guardrails.model_dump()}
+    with tracked_run(context, mlflow, configs) as (tracker, run_id):
+        jobs = scorecard.variant_jobs(
+            {variant: model_dir(store, asset) for variant, asset in VARIANTS.items()},
+            store.path("eval_sets"),
+            out,
+            cfg,
+            index_dir=store.path("retrieval_index"),
+            retrieval_cfg=profile.retrieval,
+            guardrails_cfg=profile.guardrails,
+            adapter_dirs={variant: store.path(asset) for variant, asset in VARIANTS.items()},
+        )
         where = (
             "in process" if cfg.cpus_per_variant is None else f"as Ray tasks of {cfg.cpus_per_variant} CPU(s)"
         )
@@ -80,65 +63,37 @@ def eval_reports(
             judge=(cfg.judge, out / "judge_cache") if cfg.judge else None,
         )
         versions = {variant: tracker.latest_version(variant) for variant in VARIANTS}
-        for warning in promotion.attach_forgetting_warnings(results, cfg.forgetting_margin):
-            context.log.warning(warning)
         sets_hash = io.content_hash(store.path("eval_sets"))
-        decision = promotion.decide_promotion(
+        card = scorecard.compare_variants(
             results,
-            primary_metric=cfg.primary_metric,
-            higher_is_better=cfg.primary_higher_is_better,
-            min_delta=cfg.promotion_min_delta,
-            candidates=cfg.promotion_candidates,
-            champion=promotion.champion_from_tags(tracker.champion(), cfg.primary_metric),
+            cfg,
+            out,
+            champion=tracker.champion(),
             versions=versions,
             sets_hash=sets_hash,
-            alpha=cfg.significance_alpha,
-            require_significance=cfg.promotion_require_significance,
-            n_resamples=cfg.bootstrap_resamples,
+            labels_dir=review.labels_dir(default_home()),
+            title=f"finetune_assets evaluation ({profile.name} profile)",
+            loss_curves=tracker.training_curves([v for v in VARIANTS if v != "base"]),
+            seed=profile.seed,
+            eval_run_id=run_id,
         )
-        decision["eval_run_id"] = run_id
-        before = decision["champion_before"] or {}
-        differences = compare.paired_differences(
-            results,
-            alpha=cfg.significance_alpha,
-            champion_variant=before.get("measured_as") if before.get("remeasured") else None,
-            n_resamples=cfg.bootstrap_resamples,
-        )
+        for warning in card.warnings:
+            context.log.warning(warning)
         for result in results:
             _log_variant(tracker, run_id, result, versions[result["variant"]], sets_hash)
-        sample = review.export_review(
-            review.rows_from_results(results),
-            out / "review",
-            per_variant=cfg.review_sample,
-            seed=profile.seed,
-        )
-        labels = review_import.current_labels(
-            review.load_labels(review.labels_dir(default_home())),
-            io.read_jsonl(Path(sample["paths"]["jsonl"])),
-        )
-        built = report.write_report(
-            results,
-            out,
-            title=f"finetune_assets evaluation ({profile.name} profile)",
-            promotion=decision,
-            loss_curves=tracker.training_curves([v for v in VARIANTS if v != "base"]),
-            review=review.agreement(labels) if labels else None,
-            differences=differences,
-            alpha=cfg.significance_alpha,
-        )
-        io.write_json(decision, out / "promotion.json")
-        for path in [*built["paths"].values(), *sample["paths"].values(), out / "promotion.json"]:
+        for path in card.files:
             tracker.log_artifact(run_id, path, "report")
+        decision, paths = card.decision, card.report["paths"]
         tracker.log_metrics(run_id, {"promotion/promoted": float(decision["promoted"])})
         return dg.MaterializeResult(
             metadata=artifact_metadata(
                 out,
                 run_id,
                 {"variants": len(results), "promotion_candidate": decision["candidate"] or "none"},
-                report=dg.MetadataValue.md(built["markdown"]),
-                plot=dg.MetadataValue.path(str(built["paths"]["plot"])),
-                html=dg.MetadataValue.path(str(built["paths"]["html"])),
-                review_sample=dg.MetadataValue.path(str(sample["paths"]["csv"])),
+                report=dg.MetadataValue.md(card.report["markdown"]),
+                plot=dg.MetadataValue.path(str(paths["plot"])),
+                html=dg.MetadataValue.path(str(paths["html"])),
+                review_sample=dg.MetadataValue.path(str(card.review_sample["paths"]["csv"])),
                 promotion=_bullets(decision["reasons"]),
             )
         )
@@ -177,7 +132,7 @@ def _bullets(lines: list[str]) -> dg.MetadataValue:
 
 
 def _decision(store: ArtifactStore) -> dict:
-    return json.loads((store.path("eval_reports") / "promotion.json").read_text(encoding="utf-8"))
+    return json.loads((store.path("eval_reports") / scorecard.PROMOTION_FILE).read_text(encoding="utf-8"))
 
 
 @dg.asset_check(asset=eval_reports, blocking=True)

@@ -24,6 +24,8 @@ from finetune_assets.defs.data import (
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
+from finetune_assets.phases.data import preference_set
+from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
 from finetune_assets.phases.training.artifacts import REUSE_FILE, read_summary, reusable, training_key
 from finetune_assets.tracking import flatten
 
@@ -103,70 +105,33 @@ def preference_pairs(
 ) -> dg.MaterializeResult:
     """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer;
     with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.data.safety)."""
-    from finetune_assets.phases.data import feedback as feedback_phase
-    from finetune_assets.phases.data import preferences, safety, seeds
-    from finetune_assets.phases.inference import generation
-
     profile = recipe.load()
     cfg = profile.preferences
-    rows = read_records(store.path("instruction_set") / "instructions.parquet")
-    prompts = preferences.select_prompts(rows, cfg.max_pairs, seed=profile.seed)
-    safety_items = (
-        safety.select_pairs(
-            safety.check_disjoint(safety.load_items()), cfg.safety_max_pairs, cfg.safety_benign_share,
-            profile.seed,
-        ) + safety.fairness_pair_items(cfg.fairness_max_pairs, profile.seed)
-        if cfg.safety
-        else []
-    )  # fmt: skip
+    out = store.path("preference_pairs")
     with tracked_run(context, mlflow, {"preferences": cfg.model_dump()}) as (tracker, run_id):
-        model, tokenizer = generation.load_for_inference(model_dir(store, "base_checkpoint"))
-
-        def generate(conversations: list[list[dict]]) -> list[str]:
-            return generation.generate_chat(
-                model,
-                tokenizer,
-                conversations,
-                cfg.max_new_tokens,
-                cfg.batch_size,
-                temperature=cfg.temperature,
-                seed=profile.seed,
-            )
-
-        chosen = judge = None
-        if cfg.chosen_source == "teacher" or cfg.judge is not None:
-            from finetune_assets.phases.data import teacher
-            from finetune_assets.phases.inference import llm
-
-            cache = default_home() / "llm_cache"
-            if cfg.chosen_source == "teacher":
-                chosen = teacher.teacher_answers(
-                    [p["prompt"] for p in prompts], llm.make_client(cfg.teacher, cache)
-                )
-            judge = llm.make_client(cfg.judge, cache) if cfg.judge is not None else None
-        feedback = feedback_phase.load_feedback_files([input_path(name) for name in cfg.feedback_files])
-        warn_quarantined(context, feedback["quarantine"])
-        built = preferences.assemble(
-            prompts,
-            generate,
+        built = preference_set.build(
+            cfg,
+            read_records(store.path("instruction_set") / INSTRUCTIONS_FILE),
             store.path("eval_sets"),
-            profile.instructions.decontam_ngram,
-            chosen=chosen,
-            judge=judge,
-            feedback=feedback,
-            safety_items=safety_items,
+            out,
+            base_dir=model_dir(store, "base_checkpoint"),
+            decontam_ngram=profile.instructions.decontam_ngram,
             system_prompt=profile.instructions.system_prompt,
+            seed=profile.seed,
+            feedback_files=[input_path(name) for name in cfg.feedback_files],
+            teacher_client=_llm_client(cfg.teacher) if cfg.chosen_source == "teacher" else None,
+            judge_client=_llm_client(cfg.judge) if cfg.judge is not None else None,
         )
-        records, binary, stats = built["records"], built["binary"], built["stats"]
-        out = store.path("preference_pairs")
-        path = write_records_parquet(records, out / "pairs.parquet")
-        # Thumbs up/down records for KTO (train.to_kto_example gives trl's KTOTrainer format).
-        write_records_parquet(binary, out / "binary_feedback.parquet")
-        seeds.write_quarantine(built["quarantine"], out / "quarantine.jsonl")
-        write_json(stats, out / "stats.json")
-        tracker.log_metrics(run_id, flatten(stats, numbers_only=True))
-        tracker.log_input(run_id, "preference_pairs", path, content_hash(path))
-        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, stats))
+        warn_quarantined(context, built.quarantine)
+        tracker.log_metrics(run_id, flatten(built.stats, numbers_only=True))
+        tracker.log_input(run_id, "preference_pairs", built.pairs_path, content_hash(built.pairs_path))
+        return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, built.stats))
+
+
+def _llm_client(endpoint):
+    from finetune_assets.phases.inference import llm
+
+    return llm.make_client(endpoint, default_home() / "llm_cache")
 
 
 def _train_variant(
@@ -277,7 +242,7 @@ def inst_model(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Supervised fine-tuning with LoRA on all linear layers (the INST model)."""
-    path = store.path("instruction_set") / "instructions.parquet"
+    path = store.path("instruction_set") / INSTRUCTIONS_FILE
     rows = read_records(path)
     return _train_variant(
         context,
@@ -313,10 +278,10 @@ def dpo_model(
     from finetune_assets.phases.training.examples import kto_rows
 
     train_cfg = config.stage(recipe, "dpo")
-    path = store.path("preference_pairs") / "pairs.parquet"
+    path = store.path("preference_pairs") / preference_set.PAIRS_FILE
     rows = read_records(path)
     if train_cfg.preference_method == "kto":
-        binary = store.path("preference_pairs") / "binary_feedback.parquet"
+        binary = store.path("preference_pairs") / preference_set.BINARY_FILE
         rows = kto_rows(rows, read_records(binary) if binary.exists() else [])
     return _train_variant(
         context,
@@ -355,7 +320,7 @@ def tr_model(
     profile = recipe.load()
     train_cfg = config.stage(recipe, "tr")
     index = retrieval.RetrievalIndex.load(store.path("retrieval_index"))
-    instructions = read_records(store.path("instruction_set") / "instructions.parquet")
+    instructions = read_records(store.path("instruction_set") / INSTRUCTIONS_FILE)
     # The eval sets' tool-use expressions never become training conversations.
     eval_items = evalsets.load_eval_sets(store.path("eval_sets"))["tool_use"]
     built = tr_data.build_tr_examples(

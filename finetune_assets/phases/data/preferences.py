@@ -3,19 +3,19 @@
 Plus, when the recipe asks (``preferences.safety``), the safety pairs of phases.data.safety: a harmful request's
 refusal over the base model's compliance, and a benign look-alike's helpful answer over a refusal.
 
-No model code here: the caller passes ``generate(conversations) -> answers`` (batched as it likes), so this
-phase stays testable with a plain function. Rows follow the contract in docs/ARCHITECTURE.md:
-{id, prompt (messages without the answer), chosen, rejected, chosen_source, rejected_source, judge_score}.
+No model code here: the caller passes a GenerateFn (``generate(conversations, max_new_tokens) -> answers``,
+batched as it likes; phases.inference.generation.chat_generator for a model), so this phase stays testable
+with a plain function; phases.data.preference_set runs it with the base model. Rows follow the contract in
+docs/ARCHITECTURE.md: {id, prompt (messages without the answer), chosen, rejected, chosen_source,
+rejected_source, judge_score}.
 """
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 from finetune_assets.phases.data.dedup import normalize
+from finetune_assets.phases.inference.generation import GenerateFn
 from finetune_assets.phases.text.sampling import round_robin
-
-Generate = Callable[[list[list[dict]]], list[str]]
 
 
 def select_prompts(instructions: list[dict], max_pairs: int, seed: int = 0) -> list[dict]:
@@ -46,9 +46,11 @@ def select_prompts(instructions: list[dict], max_pairs: int, seed: int = 0) -> l
 
 def build_preference_pairs(
     prompts: list[dict],
-    generate: Generate,
+    generate: GenerateFn,
     chosen: list[str | None] | None = None,
     chosen_source: str = "teacher",
+    *,
+    max_new_tokens: int = 64,
 ) -> dict:
     """Call ``generate`` once with every prompt conversation (batched by the caller) and build rows.
 
@@ -58,7 +60,7 @@ def build_preference_pairs(
     carries no preference signal. Returns {records, stats: {prompts, pairs, dropped_empty,
     dropped_identical, chosen_from_reference, chosen_from_<source>}}.
     """
-    answers = generate([p["prompt"] for p in prompts]) if prompts else []
+    answers = generate([p["prompt"] for p in prompts], max_new_tokens) if prompts else []
     if len(answers) != len(prompts):
         raise ValueError(f"generate returned {len(answers)} answers for {len(prompts)} prompts")
     chosen = chosen if chosen is not None else [None] * len(prompts)
@@ -136,7 +138,7 @@ def _binary_text(row: dict) -> str:
 
 def assemble(
     prompts: list[dict],
-    generate: Generate,
+    generate: GenerateFn,
     eval_dir: Path,
     ngram: int,
     chosen: list[str | None] | None = None,
@@ -144,6 +146,7 @@ def assemble(
     feedback: dict | None = None,
     safety_items: list[dict] | None = None,
     system_prompt: str | None = None,
+    max_new_tokens: int = 64,
 ) -> dict:
     """preference_pairs end to end: AI-feedback pairs (``chosen``: teacher answers, else the references),
     the optional ``judge`` client (phases.inference.llm) dropping pairs chosen does not win, safety pairs from
@@ -156,7 +159,7 @@ def assemble(
     from finetune_assets.phases.data.instructions import eval_ngrams
 
     feedback = feedback or {"pairwise": [], "binary": [], "quarantine": []}
-    result = build_preference_pairs(prompts, generate, chosen)
+    result = build_preference_pairs(prompts, generate, chosen, max_new_tokens=max_new_tokens)
     stats, records = dict(result["stats"]), result["records"]
     if judge is not None:
         from finetune_assets.phases.data import teacher
@@ -165,7 +168,7 @@ def assemble(
     if safety_items:
         from finetune_assets.phases.data import safety
 
-        made = safety.preference_rows(safety_items, generate, system_prompt)
+        made = safety.preference_rows(safety_items, generate, system_prompt, max_new_tokens)
         records, stats["safety"] = records + made["records"], made["stats"]
     grams = eval_ngrams(eval_dir, ngram)
     records, stats["contaminated_removed"] = drop_contaminated(records + feedback["pairwise"], grams, ngram)

@@ -36,13 +36,13 @@ rejected = a refusal, which teaches against over-refusal.
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 from finetune_assets.phases.data.dedup import normalize
 from finetune_assets.phases.data.probes import bias_probe_prompts, is_refusal, load_redteam
+from finetune_assets.phases.inference.generation import GenerateFn
 from finetune_assets.phases.text.sampling import round_robin, stable_fraction
 
 SAFETY_FILE = "safety_train.jsonl"
@@ -68,8 +68,6 @@ OVER_REFUSALS = (
 )
 
 _WORD = re.compile(r"\w+")
-
-Generate = Callable[[list[list[dict]]], list[str]]
 
 
 class Overlap(NamedTuple):
@@ -255,7 +253,9 @@ def _pair(item: dict, prompt: list[dict], chosen: str, rejected: str, rejected_s
     }
 
 
-def preference_rows(items: list[dict], generate: Generate, system_prompt: str | None = None) -> dict:
+def preference_rows(
+    items: list[dict], generate: GenerateFn, system_prompt: str | None = None, max_new_tokens: int = 64
+) -> dict:
     """Preference pairs from safety items; ``generate`` is called once, with the harmful prompts only.
 
     Harmful: chosen = the refusal, rejected = the base model's answer; a pair is dropped (and counted) when
@@ -266,7 +266,7 @@ def preference_rows(items: list[dict], generate: Generate, system_prompt: str | 
     harmful = [i for i in items if i["expect"] == "refuse"]
     benign = [i for i in items if i["expect"] == "comply"]
     prompts = [_conversation(i["prompt"], system_prompt) for i in harmful]
-    answers = generate(prompts) if prompts else []
+    answers = generate(prompts, max_new_tokens) if prompts else []
     if len(answers) != len(prompts):
         raise ValueError(f"generate returned {len(answers)} answers for {len(prompts)} prompts")
     records, empty, refused = [], 0, 0

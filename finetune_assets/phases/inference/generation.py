@@ -74,12 +74,17 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 GenerateFn = Callable[[list[list[dict]], int], list[str]]  # (conversations, max_new_tokens) -> answers
 
 
-def chat_generator(model, tokenizer, batch_size: int = 8) -> GenerateFn:
-    """The GenerateFn of a loaded model: greedy ``generate_chat`` in batches of ``batch_size``. Phases that
-    generate take a GenerateFn, so that tests can script the answers without a model."""
+def chat_generator(
+    model, tokenizer, batch_size: int = 8, *, temperature: float = 0.0, seed: int = 0
+) -> GenerateFn:
+    """The GenerateFn of a loaded model: ``generate_chat`` in batches of ``batch_size``, greedy or sampled
+    (``temperature`` > 0, seeded). Phases that generate take a GenerateFn, so that tests can script the
+    answers without a model."""
 
     def generate(conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-        return generate_chat(model, tokenizer, conversations, max_new_tokens, batch_size=batch_size)
+        return generate_chat(
+            model, tokenizer, conversations, max_new_tokens, batch_size, temperature=temperature, seed=seed
+        )
 
     return generate
 

@@ -5,12 +5,15 @@ the general text that continued pretraining mixes in against forgetting.
 
 def kto_rows(pairs: list[dict], binary: list[dict]) -> list[dict]:
     """Unpaired rows for KTO: the human thumbs up/down plus every preference pair split into a desirable
-    (chosen) and an undesirable (rejected) completion of the same prompt."""
+    (chosen) and an undesirable (rejected) completion of the same prompt (trl's unpair_preference_dataset)."""
     rows = [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in binary]
-    for pair in pairs:
-        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
-        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
-    return rows
+    if not pairs:
+        return rows
+    from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
+
+    paired = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    return rows + unpair_preference_dataset(paired).to_list()
 
 
 def to_preference_example(row: dict) -> dict:

@@ -39,7 +39,7 @@ def test_build_preference_pairs_calls_generate_once_and_drops_useless_pairs():
     prompts = select_prompts(INSTRUCTIONS, max_pairs=4)
     calls = []
 
-    def generate(conversations):
+    def generate(conversations, max_new_tokens):
         calls.append(conversations)
         return ["A weaker answer.", "", "  " + prompts[2]["reference"].upper() + " ", "Another one."]
 
@@ -75,7 +75,7 @@ def test_check_pairs_reports_problems():
 def test_teacher_answers_become_chosen_and_a_failed_call_falls_back_to_the_reference():
     prompts = select_prompts(INSTRUCTIONS, max_pairs=3)
     teacher = ["A stronger, complete answer.", None, "   "]
-    result = build_preference_pairs(prompts, lambda convs: ["weak"] * len(convs), chosen=teacher)
+    result = build_preference_pairs(prompts, lambda convs, n: ["weak"] * len(convs), chosen=teacher)
     rows = result["records"]
     assert [r["chosen_source"] for r in rows] == ["teacher", "reference", "reference"]
     assert (
@@ -123,7 +123,7 @@ def test_assemble_adds_safety_pairs_unjudged_and_decontaminated(tmp_path):
     prompts = select_prompts(INSTRUCTIONS, max_pairs=2)
 
     def run(eval_dir):
-        generate = lambda convs: ["Sure, here you go."] * len(convs)  # noqa: E731
+        generate = lambda convs, n: ["Sure, here you go."] * len(convs)  # noqa: E731
         return assemble(prompts, generate, eval_dir, 8, safety_items=[harmful, benign])
 
     built = run(tmp_path)

@@ -74,7 +74,7 @@ def test_fairness_pairs_ask_about_other_groups_than_the_sft_rows_and_reject_the_
     assert len(items) == 40 and safety.fairness_pair_items(0) == []
     assert len({r["prompt"] for r in items} - sft_prompts) >= 30  # mostly new (template, group) prompts
     assert items == safety.fairness_pair_items(40, seed=0)
-    made = safety.preference_rows(items, lambda convs: [] if not convs else pytest.fail("generated"))
+    made = safety.preference_rows(items, lambda convs, n: [] if not convs else pytest.fail("generated"))
     assert made["stats"]["fairness"] == 40 and made["stats"]["pairs"] == 40
     for item, pair in zip(items, made["records"], strict=True):
         assert (pair["chosen"], pair["rejected"]) == (item["response"], item["biased"])
@@ -180,7 +180,7 @@ def test_preference_rows_rejected_sides():
     items = [_item(1, "refuse"), _item(2, "refuse"), _item(3, "refuse"), _item(4, "comply", "homonym")]
     calls = []
 
-    def generate(conversations):
+    def generate(conversations, max_new_tokens):
         calls.append(conversations)
         return ["Sure, here is exactly how to do it.", "I'm sorry, but I cannot do that.", "  "]
 
@@ -203,4 +203,4 @@ def test_preference_rows_rejected_sides():
     keys = {"id", "prompt", "chosen", "rejected", "chosen_source", "rejected_source", "judge_score"}
     assert all(set(r) == keys for r in made["records"])
     with pytest.raises(ValueError, match="answers for 3 prompts"):
-        safety.preference_rows(items, lambda convs: [])
+        safety.preference_rows(items, lambda convs, n: [])

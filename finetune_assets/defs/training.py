@@ -83,8 +83,8 @@ def base_checkpoint(
                 {
                     "base_dir": str(resolved),
                     "corpus_texts": texts,
-                    "cfg": cpt.model_dump(),
-                    "train_cfg": profile.sft.model_dump(),
+                    "cfg": cpt,
+                    "train_cfg": profile.sft,
                     "out_dir": str(out),
                 },
                 profile.scaling,
@@ -196,7 +196,7 @@ def _train_variant(
             {
                 ("model_dir" if method in ("dpo", "kto", "orpo") else "base_dir"): str(start),
                 **data,
-                "cfg": train_cfg.model_dump(),
+                "cfg": train_cfg,
                 "out_dir": str(out),
             },
             profile.scaling,

@@ -7,10 +7,11 @@
         storage_dir=Path(...),
     )
 
-kwargs are the keyword arguments of phases.training.train.{sft, dpo, cpt} (without ray_context). They travel to the
-workers as plain data: paths as strings, pydantic configs as dicts, re-validated in the worker. The workers
-write ``out_dir`` on the shared filesystem (rank 0 saves) and this returns the train_summary.json
-rank 0 wrote.
+kwargs are the keyword arguments of phases.training.train.{sft, dpo, kto, orpo, cpt} or phases.training.grpo.grpo
+(without ray_context and deepspeed), typed configs included. They travel to the workers as plain data (paths as
+strings, pydantic configs as dicts, re-validated in the worker). On GPU workers the DeepSpeed config of
+``scaling`` is passed to the method as its ``deepspeed`` argument. The workers write ``out_dir`` on the shared
+filesystem (rank 0 saves) and this returns the train_summary.json rank 0 wrote.
 """
 
 import time
@@ -82,8 +83,8 @@ def train_loop_per_worker(config: dict) -> None:
         from finetune_assets.launch.deepspeed import init_distributed_for_deepspeed, zero3_init_context
 
         init_distributed_for_deepspeed()  # before the model loads (ZeRO-3 partitions it while loading)
-        with train.deepspeed(ds_config), zero3_init_context(ds_config):
-            run(**_decode(method, config), ray_context=True)
+        with zero3_init_context(ds_config):
+            run(**_decode(method, config), ray_context=True, deepspeed=ds_config)
         return
     run(**_decode(method, config), ray_context=True)
 

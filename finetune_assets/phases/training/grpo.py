@@ -33,12 +33,12 @@ from finetune_assets.phases.inference.tools import TOOL_CALL_OPEN, parse_tool_ca
 from finetune_assets.phases.training import artifacts, train
 from finetune_assets.phases.training.artifacts import SUMMARY_FILE
 from finetune_assets.phases.training.train import (
-    _common_args,
-    _dataset,
-    _load,
-    _peft_config,
-    _scratch_dir,
-    _train_and_save,
+    as_dataset,
+    common_args,
+    load_model,
+    peft_config,
+    scratch_dir,
+    train_and_save,
 )
 
 KINDS = {"tr_python_eval": "python_eval", "tr_search_docs": "search_docs"}
@@ -107,14 +107,15 @@ def run_grpo(
     reward_funcs: list | None = None,
     ray_context: bool = False,
     extra: dict | None = None,
+    deepspeed: dict | None = None,
 ) -> dict:
     """GRPO from ``model_dir`` on prompt rows ({prompt, ...columns the rewards read}) for ``cfg.grpo_steps``
     at ``cfg.grpo_learning_rate``; ``reward_funcs`` default to [tool_reward]."""
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tokenizer = _load(model_dir, cfg)
-    with _scratch_dir() as scratch:
-        common = _common_args(cfg, scratch)
+    model, tokenizer = load_model(model_dir, cfg)
+    with scratch_dir() as scratch:
+        common = common_args(cfg, scratch, deepspeed)
         common.pop("max_length", None)  # GRPOConfig bounds the completion only (max_completion_length)
         common.update(max_steps=cfg.grpo_steps, learning_rate=cfg.grpo_learning_rate)
         args = GRPOConfig(
@@ -124,11 +125,11 @@ def run_grpo(
             model=model,
             reward_funcs=reward_funcs or [tool_reward],
             args=args,
-            train_dataset=_dataset(rows),
+            train_dataset=as_dataset(rows),
             processing_class=tokenizer,
-            peft_config=_peft_config(cfg),
+            peft_config=peft_config(cfg),
         )
-        summary = _train_and_save(trainer, tokenizer, "grpo", out_dir, ray_context=ray_context, extra=extra)
+        summary = train_and_save(trainer, tokenizer, "grpo", out_dir, ray_context=ray_context, extra=extra)
     rewards = [float(h["reward"]) for h in trainer.state.log_history if "reward" in h and "loss" in h]
     summary.update(
         rewards=rewards,
@@ -151,6 +152,7 @@ def grpo(
     out_dir: Path,
     *,
     ray_context: bool = False,
+    deepspeed: dict | None = None,
 ) -> dict:
     """The T&R stage with GRPO: SFT on the T&R conversations (cfg.max_steps, the model learns the call
     format), then GRPO on the same conversations' prompts with tool_reward. The warm-start folder is
@@ -158,7 +160,7 @@ def grpo(
     out_dir = Path(out_dir)
     warm = out_dir.with_name(f"{out_dir.name}-sft-warm-start")
     # The SFT part reports nothing to Ray: the GRPO part owns the run's checkpoints and metrics.
-    warm_summary = train.sft(base_dir, train_rows, eval_rows, cfg, warm)
+    warm_summary = train.sft(base_dir, train_rows, eval_rows, cfg, warm, deepspeed=deepspeed)
     _wait_for_rank_zero()  # rank 0 saved the warm start; every rank loads it
     extra = {
         f"sft_{k}": warm_summary[k]
@@ -166,7 +168,13 @@ def grpo(
         if k in warm_summary
     }
     summary = run_grpo(
-        warm / "merged", grpo_prompts(train_rows), cfg, out_dir, ray_context=ray_context, extra=extra
+        warm / "merged",
+        grpo_prompts(train_rows),
+        cfg,
+        out_dir,
+        ray_context=ray_context,
+        extra=extra,
+        deepspeed=deepspeed,
     )
     _wait_for_rank_zero()
     if not _distributed() or _rank() == 0:

@@ -51,24 +51,10 @@ from finetune_assets.phases.training.examples import (
 
 log = logging.getLogger(__name__)
 
-# The DeepSpeed config of this worker process (launch.ray_train sets it with ``deepspeed``, on GPU workers
-# only); None means plain DDP. A process-wide setting because one Ray Train worker runs one method.
-_DEEPSPEED: dict | None = None
 
-
-@contextlib.contextmanager
-def deepspeed(ds_config: dict | None):
-    """Train with this DeepSpeed config (launch.deepspeed.deepspeed_config) inside the block."""
-    global _DEEPSPEED
-    previous, _DEEPSPEED = _DEEPSPEED, ds_config
-    try:
-        yield
-    finally:
-        _DEEPSPEED = previous
-
-
-def _zero3() -> bool:
-    return bool(_DEEPSPEED) and _DEEPSPEED.get("zero_optimization", {}).get("stage") == 3
+def is_zero3(ds_config: dict | None) -> bool:
+    """Whether a DeepSpeed config (launch.deepspeed.deepspeed_config) partitions the weights (ZeRO-3)."""
+    return isinstance(ds_config, dict) and ds_config.get("zero_optimization", {}).get("stage") == 3
 
 
 def sft(
@@ -80,23 +66,26 @@ def sft(
     *,
     ray_context: bool = False,
     callbacks: list | None = None,
+    deepspeed: dict | None = None,
 ) -> dict:
     """Supervised fine-tuning; the loss covers assistant turns only ({% generation %} markers).
-    ``callbacks``: extra transformers TrainerCallbacks (bench/learning_curve.py saves adapters mid-run)."""
+    ``callbacks``: extra transformers TrainerCallbacks (bench/learning_curve.py saves adapters mid-run).
+    ``deepspeed``: the DeepSpeed config of this worker (launch.ray_train passes it on GPU workers), as for
+    every method here; None trains with plain DDP."""
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = _load(base_dir, cfg)
-    train_ds = _dataset([{"messages": r["messages"]} for r in train_rows])
+    model, tokenizer = load_model(base_dir, cfg)
+    train_ds = as_dataset([{"messages": r["messages"]} for r in train_rows])
     eval_rows = eval_rows[: cfg.max_eval_rows]
-    eval_ds = _dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+    eval_ds = as_dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
     packing = use_packing(cfg.packing, model)
-    with _scratch_dir() as scratch:
+    with scratch_dir() as scratch:
         # bfd packing is padding-free: conversations are concatenated with restarting position ids, and the
         # model's attention masks across them (checked by packing_supported).
         # without packing, batches of similar lengths waste less compute on padding
         sampling = {} if packing else {"train_sampling_strategy": "group_by_length"}
         args = SFTConfig(
-            **_common_args(cfg, scratch),
+            **common_args(cfg, scratch, deepspeed),
             **sampling,
             assistant_only_loss=True,
             packing=packing,
@@ -108,10 +97,10 @@ def sft(
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tokenizer,
-            peft_config=_peft_config(cfg),
+            peft_config=peft_config(cfg),
             callbacks=callbacks,
         )
-        return _train_and_save(
+        return train_and_save(
             trainer, tokenizer, "sft", out_dir, ray_context=ray_context, extra={"packing": packing}
         )
 
@@ -192,18 +181,32 @@ def score_label_positions_only() -> bool:
 
 
 def dpo(
-    model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
+    model_dir: Path,
+    rows: list[dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    ray_context: bool = False,
+    deepspeed: dict | None = None,
 ) -> dict:
     """Direct preference optimisation; with an adapter the adapter-disabled model is the reference
     (ref_model=None), after full fine-tuning trl keeps a frozen copy."""
     from trl import DPOConfig, DPOTrainer
 
     examples = [to_preference_example(r) for r in rows]
-    return _preference_run("dpo", DPOConfig, DPOTrainer, model_dir, examples, cfg, out_dir, ray_context)
+    return _preference_run(
+        "dpo", DPOConfig, DPOTrainer, model_dir, examples, cfg, out_dir, ray_context, deepspeed
+    )
 
 
 def kto(
-    model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
+    model_dir: Path,
+    rows: list[dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    ray_context: bool = False,
+    deepspeed: dict | None = None,
 ) -> dict:
     """KTO (Kahneman-Tversky optimisation) on unpaired feedback: rows {prompt, completion, label}; needs
     both desirable and undesirable examples. Reference as in dpo."""
@@ -213,40 +216,52 @@ def kto(
     if labels != {True, False}:
         raise ValueError(f"KTO needs both desirable and undesirable examples; got only label={labels}")
     examples = [to_kto_example(r) for r in rows]
-    return _preference_run("kto", KTOConfig, KTOTrainer, model_dir, examples, cfg, out_dir, ray_context)
+    return _preference_run(
+        "kto", KTOConfig, KTOTrainer, model_dir, examples, cfg, out_dir, ray_context, deepspeed
+    )
 
 
 def orpo(
-    model_dir: Path, rows: list[dict], cfg: TrainConfig, out_dir: Path, *, ray_context: bool = False
+    model_dir: Path,
+    rows: list[dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    ray_context: bool = False,
+    deepspeed: dict | None = None,
 ) -> dict:
     """ORPO (odds-ratio preference optimisation): SFT on chosen plus an odds-ratio penalty on rejected,
     no reference model (trl.experimental in trl 1.16). ``cfg.beta`` is ORPO's lambda."""
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     examples = [to_preference_example(r) for r in rows]
-    return _preference_run("orpo", ORPOConfig, ORPOTrainer, model_dir, examples, cfg, out_dir, ray_context)
+    return _preference_run(
+        "orpo", ORPOConfig, ORPOTrainer, model_dir, examples, cfg, out_dir, ray_context, deepspeed
+    )
 
 
-def _preference_run(method, config_cls, trainer_cls, model_dir, examples, cfg, out_dir, ray_context) -> dict:
+def _preference_run(
+    method, config_cls, trainer_cls, model_dir, examples, cfg, out_dir, ray_context, deepspeed
+) -> dict:
     """The part dpo, kto and orpo share: load, configure (``cfg.beta``), train, save. DPO and KTO take
     ``ref_model=None`` (adapter off, or a frozen copy); ORPO has no reference model at all."""
-    model, tokenizer = _load(model_dir, cfg)
+    model, tokenizer = load_model(model_dir, cfg)
     reference = {} if method == "orpo" else {"ref_model": None}
     # The reference is frozen: its log-probs are the same every epoch, so compute them once up front
     # (trl's precompute_ref_log_probs) instead of an extra forward pass per step. ORPO has no reference.
     method_args = {} if method == "orpo" else {"precompute_ref_log_probs": cfg.precompute_ref_log_probs}
     if method == "dpo" and cfg.sft_loss_weight > 0:  # RPO: DPO + NLL of the chosen answer
         method_args |= {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.sft_loss_weight]}
-    with _scratch_dir() as scratch:
+    with scratch_dir() as scratch:
         trainer = trainer_cls(
             model=model,
             **reference,
-            args=config_cls(**_common_args(cfg, scratch), beta=cfg.beta, **method_args),
-            train_dataset=_dataset(examples),
+            args=config_cls(**common_args(cfg, scratch, deepspeed), beta=cfg.beta, **method_args),
+            train_dataset=as_dataset(examples),
             processing_class=tokenizer,
-            peft_config=_peft_config(cfg),
+            peft_config=peft_config(cfg),
         )
-        return _train_and_save(trainer, tokenizer, method, out_dir, ray_context=ray_context)
+        return train_and_save(trainer, tokenizer, method, out_dir, ray_context=ray_context)
 
 
 def cpt(
@@ -257,6 +272,7 @@ def cpt(
     *,
     train_cfg: TrainConfig | None = None,
     ray_context: bool = False,
+    deepspeed: dict | None = None,
 ) -> dict:
     """Continued pretraining: LoRA causal LM on the corpus packed into max_length blocks, mixed with a
     ``cfg.general_mix_ratio`` share (by tokens) of general English text (the interpreter's stdlib docstrings),
@@ -268,28 +284,28 @@ def cpt(
     train_cfg = (train_cfg or TrainConfig()).model_copy(
         update={"max_steps": cfg.max_steps or 1, "learning_rate": cfg.learning_rate, "adapter": cfg.adapter}
     )
-    model, tokenizer = _load(base_dir, train_cfg)
+    model, tokenizer = load_model(base_dir, train_cfg)
     blocks = pack_texts(tokenizer, corpus_texts, general_text(), cfg.general_mix_ratio, train_cfg.max_length)
     if not blocks:
         raise ValueError("continued pretraining got no text: the corpus is empty")
-    with _scratch_dir() as scratch:
-        common = _common_args(train_cfg, scratch)
+    with scratch_dir() as scratch:
+        common = common_args(train_cfg, scratch, deepspeed)
         if cfg.max_steps is None:  # one epoch over the blocks
             common.update(max_steps=-1, num_train_epochs=1)
         args = SFTConfig(**common, packing=False, completion_only_loss=False)
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=_dataset([{"input_ids": b} for b in blocks]),
+            train_dataset=as_dataset([{"input_ids": b} for b in blocks]),
             processing_class=tokenizer,
-            peft_config=_peft_config(train_cfg),
+            peft_config=peft_config(train_cfg),
         )
-        return _train_and_save(
+        return train_and_save(
             trainer, tokenizer, "cpt", out_dir, ray_context=ray_context, extra={"num_blocks": len(blocks)}
         )
 
 
-def _dataset(records: list[dict]):
+def as_dataset(records: list[dict]):
     from datasets import Dataset
 
     if not records:
@@ -297,7 +313,7 @@ def _dataset(records: list[dict]):
     return Dataset.from_list(records)
 
 
-def _scratch_dir():
+def scratch_dir():
     """The trainer's output_dir: checkpoints are written here and (under Ray) copied to the run's storage,
     so the folder itself is thrown away."""
     return tempfile.TemporaryDirectory(prefix="fa-trainer-")
@@ -313,8 +329,8 @@ class QLoRAUnavailable(RuntimeError):
     """QLoRA was asked for where there is no CUDA GPU."""
 
 
-def _load(model_dir: Path, cfg: TrainConfig):
-    """(model, tokenizer) for training: float32 weights (bf16 autocast where native, see _common_args); for
+def load_model(model_dir: Path, cfg: TrainConfig):
+    """(model, tokenizer) for training: float32 weights (bf16 autocast where native, see common_args); for
     QLoRA the base is loaded in 4-bit NF4 with double quantization (bitsandbytes) and prepared for k-bit
     training."""
     import torch
@@ -362,7 +378,7 @@ def _base_dtype(cfg: TrainConfig):
     return torch.bfloat16 if bf16 else torch.float32
 
 
-def _peft_config(cfg: TrainConfig):
+def peft_config(cfg: TrainConfig):
     """LoRA on ``cfg.lora_target_modules`` for lora and qlora; None (train every weight) for full."""
     if cfg.adapter == "full":
         return None
@@ -377,7 +393,7 @@ def _peft_config(cfg: TrainConfig):
     )
 
 
-def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
+def common_args(cfg: TrainConfig, output_dir: str, deepspeed: dict | None = None) -> dict:
     """Arguments shared by SFTConfig and DPOConfig (trl 1.16 / transformers 5 names)."""
     cuda = _on_cuda()
     precision, _ = resolve_precision(cfg.precision)
@@ -406,11 +422,11 @@ def _common_args(cfg: TrainConfig, output_dir: str) -> dict:
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",  # real token counts for tokens_per_s
-        "deepspeed": _DEEPSPEED,
+        "deepspeed": deepspeed,
     }
 
 
-def _train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_context: bool, extra=None) -> dict:
+def train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_context: bool, extra=None) -> dict:
     """Train, evaluate (when an eval set was given), then on rank 0 write adapter/, merged/, summary."""
     if ray_context:
         from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
@@ -435,7 +451,7 @@ def _train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_conte
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
     model = trainer.model
-    if _zero3():  # every rank takes part in gathering the partitioned weights
+    if is_zero3(getattr(trainer.args, "deepspeed", None)):  # every rank gathers the partitioned weights
         model = gather_zero3(trainer)
     if not trainer.is_world_process_zero():
         return summary

@@ -233,13 +233,13 @@ def test_sft_trains_on_the_whole_call_turn_of_every_tool_conversation(
     assert lengths["over_max_length"] == 0 and kept == records  # nothing needs cutting at smoke's settings
 
     seen = {}
-    real = train._train_and_save
+    real = train.train_and_save
 
     def spy(trainer, *args, **kwargs):
         seen["dataset"] = trainer.train_dataset
         return real(trainer, *args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_and_save", spy)
+    monkeypatch.setattr(train, "train_and_save", spy)
     stage = TrainConfig(
         max_steps=2, max_length=smoke.tr.max_length, packing=packing, lora_r=4, checkpoint_steps=0,
         max_eval_rows=0, learning_rate=1e-3,

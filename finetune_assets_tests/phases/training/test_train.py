@@ -197,17 +197,14 @@ def test_qlora_on_cpu_is_a_clear_error(tmp_path, tiny_model_dir, tiny_chat_rows,
         validate_profile({"name": "x", "sft": {"adapter": "qlora"}})
 
 
-def test_deepspeed_config_reaches_the_trainer_arguments_only_inside_its_block(tmp_path):
+def test_deepspeed_config_reaches_the_trainer_arguments_it_is_passed_to(tmp_path):
     from finetune_assets.launch.deepspeed import deepspeed_config
     from finetune_assets.phases.training import train
 
     ds = deepspeed_config(2)
-    assert train._common_args(FAST, str(tmp_path))["deepspeed"] is None
-    with train.deepspeed(ds):
-        assert train._common_args(FAST, str(tmp_path))["deepspeed"] is ds and not train._zero3()
-    with train.deepspeed(deepspeed_config(3)):
-        assert train._zero3()
-    assert train._DEEPSPEED is None
+    assert train.common_args(FAST, str(tmp_path))["deepspeed"] is None
+    assert train.common_args(FAST, str(tmp_path), ds)["deepspeed"] is ds and not train.is_zero3(ds)
+    assert train.is_zero3(deepspeed_config(3)) and not train.is_zero3(None)
 
 
 def test_cpt_defaults_to_one_epoch_over_the_packed_blocks(tmp_path, tiny_model_dir, tiny_corpus):

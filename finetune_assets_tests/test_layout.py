@@ -109,3 +109,18 @@ def test_no_module_is_over_the_size_limit():
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"split these modules (more than {MAX_MODULE_LINES} lines): {long}"
+
+
+def test_code_location_loads_without_the_heavy_libraries():
+    """The Dagster code location and the CLI import no torch, transformers, trl, ray or lm-eval: those load
+    inside the functions that use them, so that the UI and `finetune-assets --help` start in seconds."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "trl", "peft", "ray", "lm_eval", "deepspeed")
+    code = (
+        "import sys, finetune_assets.definitions, finetune_assets.cli, finetune_assets.pipeline; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

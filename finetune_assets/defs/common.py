@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from finetune_assets.config import default_home
 from finetune_assets.defs.resources import MlflowResource
 from finetune_assets.io import content_hash
 from finetune_assets.tracking import Tracker
@@ -47,7 +48,6 @@ def model_dir(store, asset: str) -> Path:
 def input_path(name: str) -> Path:
     """A seed or feedback file named in a recipe: absolute as given, relative under $FINETUNE_ASSETS_HOME/inputs
     (not the landing folder, where every entry is a data drop)."""
-    from finetune_assets.config import default_home
 
     path = Path(name)
     return path if path.is_absolute() else default_home() / "inputs" / path

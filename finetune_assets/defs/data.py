@@ -15,10 +15,11 @@ from finetune_assets.defs.common import (
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
+from finetune_assets.launch.ray_data import ray_signer
 from finetune_assets.phases.data import corpus, curation, evalsets, probes
 from finetune_assets.phases.data import instruction_set as instruction_set_phase
 from finetune_assets.phases.data.datastats import markdown_image
-from finetune_assets.phases.inference import retrieval
+from finetune_assets.phases.inference import llm, retrieval
 from finetune_assets.phases.text.markdown import markdown_table
 from finetune_assets.tracking import flatten
 
@@ -95,7 +96,6 @@ def dedup_corpus(
     def sign_for(count: int):
         if count < cfg.ray_min_documents:
             return None
-        from finetune_assets.launch.ray_data import ray_signer
 
         ray.ensure()
         context.log.info(
@@ -232,7 +232,6 @@ def instruction_set(
 
 
 def _teacher_client(endpoint):
-    from finetune_assets.phases.inference import llm
 
     return llm.make_client(endpoint, default_home() / "llm_cache")
 

@@ -13,7 +13,10 @@ from finetune_assets.defs.common import artifact_metadata, model_dir, tracked_ru
 from finetune_assets.defs.data import eval_sets, retrieval_index
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, tr_model
-from finetune_assets.phases.evaluation import review, scorecard
+from finetune_assets.launch.ray_eval import evaluate_variants
+from finetune_assets.phases.evaluation import promotion, review, scorecard
+from finetune_assets.phases.evaluation.promotion import SETS_HASH_TAG
+from finetune_assets.tracking import interval_metrics
 
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
 
@@ -32,7 +35,6 @@ def eval_reports(
 ) -> dg.MaterializeResult:
     """Every variant through lm-eval (domain MC, QA, held-out perplexity), the hallucination index, general
     text perplexity (forgetting), guardrails and cost; a report, a review sample and the promotion decision."""
-    from finetune_assets.launch.ray_eval import evaluate_variants
 
     profile = recipe.load()
     cfg = profile.eval
@@ -103,8 +105,6 @@ def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_h
     """The variant's metrics (each interval beside its metric) as its own MLflow run with the per-item
     outcomes attached, and as tags on its registered model version (with the eval sets' hash, so a later
     promotion knows whether the numbers are comparable, and the intervals, for an unpaired comparison)."""
-    from finetune_assets.phases.evaluation.promotion import SETS_HASH_TAG
-    from finetune_assets.tracking import interval_metrics
 
     items = (result.get("files") or {}).get("items")
     tracker.log_variant_metrics(
@@ -160,7 +160,6 @@ def promotion_gate(store: ArtifactStore) -> dg.AssetCheckResult:
     """Passes when a variant beat the champion and held every guardrail. Not better than the champion is a
     warning (nothing to ship, nothing wrong); every candidate failing a guardrail is an error, which blocks
     the champion asset until a person looks."""
-    from finetune_assets.phases.evaluation import promotion
 
     decision = _decision(store)
     gate = decision["gate"]

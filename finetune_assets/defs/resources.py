@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from finetune_assets.config import default_home
+from finetune_assets.launch.ray_cluster import ensure_ray
 from finetune_assets.recipe import Profile, load_profile
 from finetune_assets.tracking import Tracker, default_tracking_uri
 
@@ -44,7 +45,6 @@ class RayResource(dg.ConfigurableResource):
     object_store_mb: int = Field(512, description="Object store cap for the embedded Ray.")
 
     def ensure(self) -> dict:
-        from finetune_assets.launch.ray_cluster import ensure_ray
 
         return ensure_ray(
             address=self.address, num_cpus=self.num_cpus, object_store_memory=self.object_store_mb * 2**20

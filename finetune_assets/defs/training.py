@@ -24,9 +24,14 @@ from finetune_assets.defs.data import (
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases.data import preference_set
+from finetune_assets.launch.ray_train import run_training
+from finetune_assets.phases.data import evalsets, preference_set, tr_data
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
+from finetune_assets.phases.inference import llm, retrieval
+from finetune_assets.phases.training import models
 from finetune_assets.phases.training.artifacts import REUSE_FILE, read_summary, reusable, training_key
+from finetune_assets.phases.training.examples import kto_rows
+from finetune_assets.recipe import load_profile
 from finetune_assets.tracking import flatten
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
@@ -44,7 +49,6 @@ class TrainOverrides(dg.Config):
 
     def stage(self, run_recipe: "RecipeResource", stage: str) -> TrainConfig:
         """The ``stage`` section (sft, dpo, tr) of the chosen recipe, with the overrides applied."""
-        from finetune_assets.recipe import load_profile
 
         base = getattr(load_profile(self.recipe) if self.recipe else run_recipe.load(), stage)
         changes = {
@@ -63,7 +67,6 @@ def base_checkpoint(
 ) -> dg.MaterializeResult:
     """The foundation model as a plain Hugging Face folder (local dir, hub id, GGUF conversion, or tiny),
     optionally continued-pretrained on the domain corpus (model.cpt.enabled) on Ray Train."""
-    from finetune_assets.phases.training import models
 
     profile = recipe.load()
     cpt = profile.model.cpt
@@ -75,8 +78,6 @@ def base_checkpoint(
         resolved = out.with_name("resolved") if cpt.enabled else out
         info = models.resolve_base_model(profile.model, resolved, corpus_texts=texts, seed=profile.seed)
         if cpt.enabled:
-            from finetune_assets.launch.ray_train import run_training
-
             ray.ensure()
             summary = run_training(
                 "cpt",
@@ -129,7 +130,6 @@ def preference_pairs(
 
 
 def _llm_client(endpoint):
-    from finetune_assets.phases.inference import llm
 
     return llm.make_client(endpoint, default_home() / "llm_cache")
 
@@ -152,7 +152,6 @@ def _train_variant(
 
     ``data`` holds the method's data arguments (phases.training.train: sft takes train_rows/eval_rows, dpo rows).
     """
-    from finetune_assets.launch.ray_train import run_training
 
     profile = recipe.load()
     asset = context.asset_key.to_user_string()
@@ -275,7 +274,6 @@ def dpo_model(
 ) -> dg.MaterializeResult:
     """Preference optimization from the INST model on the AI-feedback pairs (the DPO model): DPO by default,
     KTO (pairs split into thumbs up/down, plus human binary feedback) or ORPO by ``dpo.preference_method``."""
-    from finetune_assets.phases.training.examples import kto_rows
 
     train_cfg = config.stage(recipe, "dpo")
     path = store.path("preference_pairs") / preference_set.PAIRS_FILE
@@ -314,8 +312,6 @@ def tr_model(
 ) -> dg.MaterializeResult:
     """The tools-and-retrieval model, from the DPO model on retrieval-grounded and tool-call conversations:
     SFT, or SFT then GRPO with verifiable tool rewards (``tr.method``)."""
-    from finetune_assets.phases.data import evalsets, tr_data
-    from finetune_assets.phases.inference import retrieval
 
     profile = recipe.load()
     train_cfg = config.stage(recipe, "tr")

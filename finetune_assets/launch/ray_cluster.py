@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from finetune_assets.config import default_home
+
 _STATE: dict = {}
 
 # Environment every Ray worker process gets: one BLAS thread unless a task sets its own (train: torch_threads;
@@ -24,7 +26,6 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
 
 def default_temp_dir() -> Path:
     """A short private folder for Ray's sockets and logs: /tmp/fa-ray-<hash of user + project home>."""
-    from finetune_assets.config import default_home
 
     key = f"{os.getuid() if hasattr(os, 'getuid') else 0}:{default_home()}"
     return Path("/tmp") / f"fa-ray-{hashlib.sha1(key.encode()).hexdigest()[:10]}"

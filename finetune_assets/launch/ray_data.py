@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from finetune_assets.launch.ray_cluster import ensure_ray
+from finetune_assets.phases.data.dedup import Signer
 
 
 class _SignBatch:
@@ -18,7 +19,6 @@ class _SignBatch:
     builds its Signer (and its word-hash cache) once, not once per batch."""
 
     def __init__(self, num_perm: int, shingle_words: int):
-        from finetune_assets.phases.data.dedup import Signer
 
         self.signer = Signer(num_perm, shingle_words)
 

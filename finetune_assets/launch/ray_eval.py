@@ -14,6 +14,8 @@ cluster the variants spread over its nodes. The variants' folders must be readab
 """
 
 from finetune_assets.launch.ray_cluster import ensure_ray
+from finetune_assets.phases.evaluation import variant as evaluate
+from finetune_assets.phases.inference import llm
 
 
 class EvaluationError(RuntimeError):
@@ -21,15 +23,12 @@ class EvaluationError(RuntimeError):
 
 
 def _judge_client(judge: tuple | None):
-    from finetune_assets.phases.inference import llm
 
     return llm.make_client(judge[0], cache_dir=judge[1]) if judge else None
 
 
 def _evaluate_task(job: dict, threads: int, judge: tuple | None) -> dict:
     import torch
-
-    from finetune_assets.phases.evaluation import variant as evaluate
 
     if not torch.cuda.is_available():
         torch.set_num_threads(threads)  # as many as the CPUs this task reserved
@@ -51,8 +50,6 @@ def evaluate_variants(
 
     Raises EvaluationError naming every variant that failed on Ray (the others still finish)."""
     if cpus_per_variant is None:
-        from finetune_assets.phases.evaluation import variant as evaluate
-
         client = _judge_client(judge)  # one for every variant (a judge model loads once)
         return [evaluate.evaluate_variant(**job, judge_client=client) for job in jobs]
     if cpus_per_variant < 1:

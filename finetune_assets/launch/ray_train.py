@@ -21,8 +21,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from finetune_assets.config import CptConfig, ScalingConfig, TrainConfig
-from finetune_assets.launch.deepspeed import trainer_deepspeed_arg
+from finetune_assets.launch.deepspeed import (
+    init_distributed_for_deepspeed,
+    trainer_deepspeed_arg,
+    zero3_init_context,
+)
 from finetune_assets.launch.ray_cluster import ensure_ray
+from finetune_assets.phases.training import grpo, train
+from finetune_assets.phases.training.artifacts import SUMMARY_FILE, read_summary
 
 METHODS = ("sft", "dpo", "kto", "orpo", "cpt", "grpo")
 # Which keyword arguments are paths / configs, per method (everything else travels as is).
@@ -68,8 +74,6 @@ def train_loop_per_worker(config: dict) -> None:
     grpo) with ray_context=True."""
     import torch
 
-    from finetune_assets.phases.training import grpo, train
-
     config = dict(config)
     threads = config.pop("cpu_threads", 1)
     if not torch.cuda.is_available():
@@ -80,8 +84,6 @@ def train_loop_per_worker(config: dict) -> None:
     run = getattr(grpo if method == "grpo" else train, method)
     ds_config = config.pop("deepspeed", None)
     if ds_config is not None:
-        from finetune_assets.launch.deepspeed import init_distributed_for_deepspeed, zero3_init_context
-
         init_distributed_for_deepspeed()  # before the model loads (ZeRO-3 partitions it while loading)
         with zero3_init_context(ds_config):
             run(**_decode(method, config), ray_context=True, deepspeed=ds_config)
@@ -114,7 +116,6 @@ def run_training(
         raise ValueError(f"unknown training method {method!r}; expected one of {METHODS}")
     if "out_dir" not in kwargs:
         raise ValueError("run_training needs kwargs['out_dir']: the folder the workers write")
-    from finetune_assets.phases.training.artifacts import SUMMARY_FILE, read_summary
 
     cluster = ensure_ray(ray_address)
     cpus = cpus_per_worker(scaling, cluster)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from finetune_assets import io
 from finetune_assets.config import CorpusConfig
+from finetune_assets.phases.data.probes import canary_document
 from finetune_assets.phases.text.html import html_to_text
 from finetune_assets.phases.text.rst import first_heading
 
@@ -108,7 +109,6 @@ def with_canaries(docs: list[dict], drop: str, canaries: list[dict]) -> list[dic
     redaction must clean before training: the leakage guardrail then checks no model ever emits them."""
     if not canaries:
         return docs
-    from finetune_assets.phases.data.probes import canary_document
 
     return [*docs, make_document(drop, CANARY_SOURCE, canary_document(canaries), title="Team contacts")]
 

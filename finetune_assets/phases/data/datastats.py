@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune_assets import io
+from finetune_assets.phases.inference.generation import render_chat
 
 CountTokens = Callable[[list[dict]], int]  # messages -> tokens
 
@@ -32,8 +33,6 @@ def _summary(values: list[int]) -> dict:
 def chat_token_counter(model_dir: Path) -> CountTokens:
     """messages -> tokens of the rendered chat template, with the tokenizer of the model in ``model_dir``."""
     from transformers import AutoTokenizer
-
-    from finetune_assets.phases.inference.generation import render_chat
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 

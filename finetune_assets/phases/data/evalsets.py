@@ -31,6 +31,9 @@ from pathlib import Path, PurePosixPath
 from finetune_assets import io
 from finetune_assets.config import EvalSetsConfig
 from finetune_assets.phases.data.corpus import CANARY_SOURCE
+from finetune_assets.phases.data.probes import load_redteam
+from finetune_assets.phases.inference.sandbox import python_eval
+from finetune_assets.phases.inference.tools import eval_question
 from finetune_assets.phases.text.rst import (
     clean_inline,
     indent_of,
@@ -303,7 +306,6 @@ def build_eval_sets(
     multiple-choice distractors and answer positions. ``canaries`` (phases.data.probes.make_canaries) are the
     ones the raw corpus planted; they are written as an eval set for the leakage guardrail.
     """
-    from finetune_assets.phases.data.probes import load_redteam
 
     glossary_docs = sorted((d for d in docs if is_glossary(d)), key=lambda d: (d["drop"], d["source"]))
     faq_docs = sorted((d for d in docs if is_faq(d)), key=lambda d: (d["drop"], d["source"]))
@@ -424,8 +426,6 @@ def eval_texts(eval_dir: Path) -> list[str]:
 def tool_use_items(n: int, seed: int = 0) -> list[dict]:
     """``n`` expression questions with random operands (never seen in training), each answered by running it
     in the sandbox: a small model cannot reliably compute these in its head, a tool call can."""
-    from finetune_assets.phases.inference.sandbox import python_eval
-    from finetune_assets.phases.inference.tools import eval_question
 
     rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]

@@ -13,7 +13,9 @@ rejected_source, judge_score}.
 import hashlib
 from pathlib import Path
 
+from finetune_assets.phases.data import safety, teacher
 from finetune_assets.phases.data.dedup import normalize
+from finetune_assets.phases.data.instructions import eval_ngrams, ngrams
 from finetune_assets.phases.inference.generation import GenerateFn
 from finetune_assets.phases.text.sampling import round_robin
 
@@ -126,7 +128,6 @@ def drop_contaminated(
 ) -> tuple[list[dict], int]:
     """Rows sharing no ``n``-gram with the eval sets, and how many were dropped (a row that quotes an eval
     answer would leak it into training)."""
-    from finetune_assets.phases.data.instructions import ngrams
 
     clean = [r for r in records if not (ngrams(text(r), n) & eval_grams)]
     return clean, len(records) - len(clean)
@@ -156,18 +157,13 @@ def assemble(
 
     Returns {records, binary, quarantine, stats}; raises ValueError when no usable pair is left or a row
     fails check_pairs."""
-    from finetune_assets.phases.data.instructions import eval_ngrams
 
     feedback = feedback or {"pairwise": [], "binary": [], "quarantine": []}
     result = build_preference_pairs(prompts, generate, chosen, max_new_tokens=max_new_tokens)
     stats, records = dict(result["stats"]), result["records"]
     if judge is not None:
-        from finetune_assets.phases.data import teacher
-
         records, stats["judge"] = teacher.apply_judge(records, teacher.judge_pairs(records, judge))
     if safety_items:
-        from finetune_assets.phases.data import safety
-
         made = safety.preference_rows(safety_items, generate, system_prompt, max_new_tokens)
         records, stats["safety"] = records + made["records"], made["stats"]
     grams = eval_ngrams(eval_dir, ngram)

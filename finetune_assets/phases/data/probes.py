@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from finetune_assets.phases.data.pii import luhn_valid
+from finetune_assets.phases.text.sampling import spread
 
 CANARY_KINDS = ("email", "phone", "secret", "credit_card")  # the phases.data.pii types they exercise
 
@@ -148,7 +149,6 @@ def load_redteam(limit: int | None = None) -> list[dict]:
     n_refuse = round(limit * len(refuse) / len(rows))
     if limit >= 2:
         n_refuse = min(max(n_refuse, 1), limit - 1)
-    from finetune_assets.phases.text.sampling import spread
 
     keep = {id(r) for r in spread(refuse, n_refuse) + spread(comply, limit - n_refuse)}
     return [r for r in rows if id(r) in keep]

@@ -11,7 +11,7 @@ import math
 import time
 
 from finetune_assets.phases.evaluation.judge import judge_definitions
-from finetune_assets.phases.inference.generation import GenerateFn, chat_generator
+from finetune_assets.phases.inference.generation import GenerateFn, chat_generator, generate_chat
 
 DEFINITION_PROMPT = "In Python, what does the term '{term}' mean? Answer in one or two sentences."
 
@@ -137,7 +137,6 @@ def decode_speed(model, tokenizer, conversations: list[list[dict]], *, tokens: i
     timed: {"generation/decode_tokens_per_s_fixed", "generation/decode_fixed_tokens",
     "generation/decode_fixed_prompts"}; {} when there is nothing to time. Every variant decodes the same
     number of tokens for the same prompts, so the number compares speed, not answer length."""
-    from finetune_assets.phases.inference.generation import generate_chat
 
     if not conversations or tokens <= 0:
         return {}

@@ -18,7 +18,9 @@ import weakref
 from pathlib import Path
 
 from finetune_assets.config import EvalConfig
+from finetune_assets.phases.data.teacher import parse_json_object
 from finetune_assets.phases.evaluation.lm_eval_tasks import quiet_logs, rouge_l
+from finetune_assets.phases.text.sampling import stable_fraction
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +285,6 @@ def fit_judge_thresholds(
     n_check_terms, fit_balanced_accuracy, check_accept_correct, check_reject_wrong, check_balanced_accuracy}
     or None when either half has fewer than 4 terms.
     """
-    from finetune_assets.phases.text.sampling import stable_fraction
 
     fit = [g for g in glossary if stable_fraction(f"judge/{g.get('id') or g['term']}") < 0.5]
     check = [g for g in glossary if g not in fit]
@@ -337,7 +338,6 @@ contradict the reference or describe something else)? Reply with only a JSON obj
 def llm_judge_definitions(client, rows: list[dict]) -> list[bool | None]:
     """A judge model's verdict for each {term, reference, generated} row (None when it gave no usable
     answer); an empty candidate is wrong without asking."""
-    from finetune_assets.phases.data.teacher import parse_json_object
 
     asked = [i for i, r in enumerate(rows) if r["generated"].strip()]
     prompts = [

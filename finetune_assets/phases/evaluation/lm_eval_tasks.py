@@ -22,6 +22,8 @@ import yaml
 from finetune_assets import io
 from finetune_assets.config import EvalConfig
 from finetune_assets.phases.data.evalsets import load_eval_sets
+from finetune_assets.phases.inference.hardware import inference_dtype
+from finetune_assets.phases.text.sampling import spread
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ def prepare_eval_subset(eval_dir: Path, out_dir: Path, cfg: EvalConfig) -> dict[
     """Copy the eval sets to ``out_dir`` cut to cfg.max_* rows spread evenly over each set (deterministic:
     the same rows for every variant; a cut glossary still mixes glossary terms and module synopses). Returns
     the cut sets. lm-eval then reads these files, so its numbers cover the same items."""
-    from finetune_assets.phases.text.sampling import spread
 
     sets = {k: v for k, v in load_eval_sets(eval_dir).items() if k != "manifest"}
     caps = {
@@ -237,13 +238,13 @@ def run_lm_eval(
             include_defaults=include_defaults,
         )
         if model is not None:
+            # lm_eval_hf subclasses lm-eval's HFLM, which loads torch and transformers: import it only here
             from finetune_assets.phases.evaluation.lm_eval_hf import PrunedHFLM
 
             lm = PrunedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             model_arg, model_args = lm, None
         else:
             model_arg = "hf"
-            from finetune_assets.phases.inference.hardware import inference_dtype
 
             dtype = str(inference_dtype(precision)).removeprefix("torch.")
             model_args = {"pretrained": str(Path(model_dir).resolve()), "dtype": dtype}

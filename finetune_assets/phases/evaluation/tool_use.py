@@ -5,6 +5,7 @@ the value the sandbox computes for the expression.
 import re
 
 from finetune_assets.config import RetrievalConfig
+from finetune_assets.phases.inference.tools import TRRuntime
 
 
 def tool_use_accuracy(
@@ -16,7 +17,6 @@ def tool_use_accuracy(
     correct = the final answer contains the expected value (the sandbox's result for the expression).
     Returns ({"tool_use/accuracy", "tool_use/call_rate", "tool_use/n"}, per-item rows).
     """
-    from finetune_assets.phases.inference.tools import TRRuntime
 
     runtime = TRRuntime(
         None, index, cfg=retrieval_cfg, max_new_tokens=max_new_tokens, generate_fn=generate_fn

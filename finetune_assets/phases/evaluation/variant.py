@@ -27,7 +27,8 @@ from pathlib import Path
 
 from finetune_assets import io
 from finetune_assets.config import EvalConfig, GuardrailsConfig, RetrievalConfig
-from finetune_assets.phases.evaluation import compare
+from finetune_assets.phases.data import probes
+from finetune_assets.phases.evaluation import compare, guardrails
 from finetune_assets.phases.evaluation.hallucination import (
     decode_speed,
     definition_conversations,
@@ -50,6 +51,8 @@ from finetune_assets.phases.evaluation.lm_eval_tasks import (
     write_lm_eval_tasks,
 )
 from finetune_assets.phases.evaluation.tool_use import tool_use_accuracy
+from finetune_assets.phases.inference.generation import chat_generator, load_for_inference
+from finetune_assets.phases.inference.retrieval import RetrievalIndex
 
 
 def evaluate_variant(
@@ -78,7 +81,6 @@ def evaluate_variant(
     refusal, bias). ``judge_client``: a phases.inference.llm chat client that also judges every definition.
     Returns {"variant", "metrics": {flat name -> float}, "guardrails": {check}, "calibration", "files", ...}.
     """
-    from finetune_assets.phases.inference.generation import chat_generator, load_for_inference
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -135,8 +137,6 @@ def evaluate_variant(
     t0 = time.perf_counter()
     tool_metrics, tool_rows = {}, []
     if sets.get("tool_use") and index_dir is not None:
-        from finetune_assets.phases.inference.retrieval import RetrievalIndex
-
         tool_metrics, tool_rows = tool_use_accuracy(
             generate, RetrievalIndex.load(Path(index_dir)), sets["tool_use"], retrieval_cfg,
             max_new_tokens=cfg.tool_use_max_new_tokens,
@@ -256,8 +256,6 @@ def _fp32_copy(model, model_dir: Path, adapter_dir):
     weights, 0.20 with fp32; /tmp/bias_check.py, 2026-12-01). The model itself when it is fp32 already."""
     import torch
 
-    from finetune_assets.phases.inference.generation import load_for_inference
-
     if next(model.parameters()).dtype == torch.float32:
         return model
     device = str(next(model.parameters()).device)
@@ -268,8 +266,6 @@ def _fp32_copy(model, model_dir: Path, adapter_dir):
 def _guardrails_step(
     generate, model, tokenizer, cfg: GuardrailsConfig, sets: dict, outputs, batch_size
 ) -> dict:
-    from finetune_assets.phases.data import probes
-    from finetune_assets.phases.evaluation import guardrails
 
     def yes_prob(prompts: list[str]) -> list[float]:
         return guardrails.yes_probability(model, tokenizer, prompts, batch_size=batch_size)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from finetune_assets.phases.inference.hardware import Precision
+from finetune_assets.phases.inference.hardware import Precision, inference_dtype
 
 Decoder = Literal["pruned", "hf"]
 
@@ -40,8 +40,6 @@ def load_for_inference(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from finetune_assets.phases.inference.hardware import inference_dtype
 
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from finetune_assets.config import LLMEndpointConfig
 from finetune_assets.io import write_json
+from finetune_assets.phases.inference import generation
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,6 @@ class HFChatClient(_CachedClient):
         self._loaded = None
 
     def _fetch(self, todo: dict[str, Conversation]) -> dict[str, str | None]:
-        from finetune_assets.phases.inference import generation
 
         if self._loaded is None:
             self._loaded = generation.load_for_inference(self.model_dir)

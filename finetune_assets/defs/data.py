@@ -14,7 +14,7 @@ from finetune_assets.defs.common import (
     warn_quarantined,
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
-from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
+from finetune_assets.io import content_hash, read_records
 from finetune_assets.launch.ray_data import ray_signer
 from finetune_assets.phases.data import corpus, curation, evalsets, probes
 from finetune_assets.phases.data import instruction_set as instruction_set_phase
@@ -46,25 +46,16 @@ def raw_corpus(
     landing = store.landing_dir(profile.corpus.landing_dir)
     drop = context.partition_key
     with tracked_run(context, mlflow, {"corpus": profile.corpus.model_dump()}) as (tracker, run_id):
-        docs, problems, stats = corpus.read_drop(landing, drop, profile.corpus)
-        for problem in problems:
-            context.log.warning(f"skipped {problem['path']}: {problem['reason']}")
-        corpus.require_documents(docs, f"data drop '{drop}' in {landing}")
-        # Canaries ride in every drop before redaction (recorded beside it, for eval_sets); eval_reports then
-        # checks that no variant ever emits one.
-        canaries = probes.make_canaries(profile.guardrails.canaries, profile.seed)
-        docs = corpus.with_canaries(docs, drop, canaries)
         out = store.path("raw_corpus", drop)
-        write_json(canaries, out / corpus.CANARIES_FILE)
-        write_records_parquet(docs, out / "documents.parquet")
-        write_json({"problems": problems, "stats": stats}, out / "problems.json")
-        tracker.log_metrics(run_id, {"documents": len(docs), "skipped_files": len(problems)})
+        canaries = probes.make_canaries(profile.guardrails.canaries, profile.seed)
+        ingested = corpus.ingest_drop(landing, drop, profile.corpus, out, canaries)
+        for problem in ingested.problems:
+            context.log.warning(f"skipped {problem['path']}: {problem['reason']}")
+        counts = {"documents": ingested.documents, "skipped_files": len(ingested.problems)}
+        tracker.log_metrics(run_id, counts)
         return dg.MaterializeResult(
             metadata=artifact_metadata(
-                out,
-                run_id,
-                {"documents": len(docs), "skipped_files": len(problems), **stats},
-                skipped=dg.MetadataValue.json(problems),
+                out, run_id, {**counts, **ingested.stats}, skipped=dg.MetadataValue.json(ingested.problems)
             )
         )
 

@@ -23,11 +23,11 @@ from finetune_assets.defs.data import (
     training_documents,
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
-from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
+from finetune_assets.io import content_hash, read_records, write_json
 from finetune_assets.launch.ray_train import run_training
 from finetune_assets.phases.data import evalsets, preference_set, tr_data
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
-from finetune_assets.phases.inference import llm, retrieval
+from finetune_assets.phases.inference import llm
 from finetune_assets.phases.training import models
 from finetune_assets.phases.training.artifacts import REUSE_FILE, read_summary, reusable, training_key
 from finetune_assets.phases.training.examples import kto_rows
@@ -315,24 +315,19 @@ def tr_model(
 
     profile = recipe.load()
     train_cfg = config.stage(recipe, "tr")
-    index = retrieval.RetrievalIndex.load(store.path("retrieval_index"))
-    instructions = read_records(store.path("instruction_set") / INSTRUCTIONS_FILE)
-    # The eval sets' tool-use expressions never become training conversations.
-    eval_items = evalsets.load_eval_sets(store.path("eval_sets"))["tool_use"]
-    built = tr_data.build_tr_examples(
-        instructions,
+    prepared = tr_data.prepare(
+        read_records(store.path("instruction_set") / INSTRUCTIONS_FILE),
         training_documents(store),
-        index,
+        store.path("retrieval_index"),
         profile.retrieval,
+        tool_use_eval_items=evalsets.load_eval_sets(store.path("eval_sets"))["tool_use"],
+        tokenizer_dir=model_dir(store, "dpo_model"),
+        max_length=train_cfg.max_length,
+        out_path=store.path("tr_examples") / "examples.parquet",
         seed=profile.seed,
-        exclude_expressions=[item["expression"] for item in eval_items],
     )
-    # Conversations longer than max_length would lose their last turns to truncation: leave them out.
-    records, lengths = tr_data.fit_to_length(
-        built["records"], model_dir(store, "dpo_model"), train_cfg.max_length
-    )
-    examples_path = write_records_parquet(records, store.path("tr_examples") / "examples.parquet")
-    context.log.info(f"T&R examples: {built['stats']}; lengths: {lengths}")
+    context.log.info(f"T&R examples: {prepared.stats}; lengths: {prepared.lengths}")
+    records, examples_path = prepared.records, prepared.path
     return _train_variant(
         context,
         variant="tr",

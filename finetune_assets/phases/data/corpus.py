@@ -10,6 +10,7 @@ Seeding the demo's landing folder is phases.data.demo_seed; the reST and HTML re
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -286,3 +287,32 @@ def _read_pdf(path: Path, rel: str, drop: str) -> dict:
         )
     title = title.strip() if isinstance(title, str) else None
     return make_document(drop, rel, text, title or None)
+
+
+@dataclass(frozen=True)
+class IngestedDrop:
+    documents: int  # written to documents.parquet, the planted canary document included
+    problems: list[dict]  # files and lines set aside ({path, line?, reason}); also in problems.json
+    stats: dict
+
+
+def ingest_drop(
+    landing_dir: Path, drop: str, cfg: CorpusConfig, out_dir: Path, canaries: list[dict]
+) -> IngestedDrop:
+    """The raw_corpus asset as one call: read the drop, plant the ``canaries`` (before redaction, so that
+    the guardrails can tell whether any reached a model) and write documents.parquet, the canaries and
+    problems.json to ``out_dir``. Raises EmptyCorpusError, naming the drop, when nothing is readable."""
+    docs, problems, stats = read_drop(landing_dir, drop, cfg)
+    require_documents(docs, f"data drop '{drop}' in {landing_dir}" + _problem_hint(problems))
+    docs = with_canaries(docs, drop, canaries)
+    io.write_json(canaries, out_dir / CANARIES_FILE)
+    io.write_records_parquet(docs, out_dir / "documents.parquet")
+    io.write_json({"problems": problems, "stats": stats}, out_dir / "problems.json")
+    return IngestedDrop(len(docs), problems, stats)
+
+
+def _problem_hint(problems: list[dict]) -> str:
+    if not problems:
+        return ""
+    shown = "; ".join(f"{p['path']}: {p['reason']}" for p in problems[:3])
+    return f" ({len(problems)} set aside: {shown}{'; ...' if len(problems) > 3 else ''})"

@@ -20,8 +20,10 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_assets import io
 from finetune_assets.config import RetrievalConfig
 from finetune_assets.phases.inference.retrieval import RetrievalIndex
 from finetune_assets.phases.inference.sandbox import UnsafeExpression, check_expression, python_eval
@@ -363,3 +365,39 @@ def fit_to_length(records: list[dict], tokenizer, max_length: int) -> tuple[list
         "over_max_length_by_kind": dict(over),
     }
     return kept, stats
+
+
+@dataclass(frozen=True)
+class TRExamples:
+    records: list[dict]  # the conversations that fit max_length, each with its split
+    path: Path  # the same records as Parquet
+    stats: dict  # build_tr_examples' counts
+    lengths: dict  # fit_to_length's token statistics
+
+
+def prepare(
+    instructions: list[dict],
+    docs: list[dict],
+    index_dir: Path,
+    retrieval_cfg: RetrievalConfig,
+    *,
+    tool_use_eval_items: list[dict],
+    tokenizer_dir: Path,
+    max_length: int,
+    out_path: Path,
+    seed: int = 0,
+) -> TRExamples:
+    """The tr_model asset's training data as one call: T&R conversations over ``docs`` (training-side) and
+    the retrieval index, without any held-out tool-use expression, cut to those that fit ``max_length``
+    (longer ones would lose their last turns to truncation), written to ``out_path``."""
+    built = build_tr_examples(
+        instructions,
+        docs,
+        RetrievalIndex.load(index_dir),
+        retrieval_cfg,
+        seed=seed,
+        exclude_expressions=[item["expression"] for item in tool_use_eval_items],
+    )
+    records, lengths = fit_to_length(built["records"], tokenizer_dir, max_length)
+    path = io.write_records_parquet(records, out_path)
+    return TRExamples(records, path, built["stats"], lengths)

@@ -264,3 +264,23 @@ def test_jsonl_drop_keeps_line_separators_and_sets_aside_only_the_bad_line(tmp_p
     assert {d["source"]: d["text"] for d in docs} == {"data.jsonl#a": text, "data.jsonl#c": LONG}
     assert [(p["path"], p["line"]) for p in problems] == [("data.jsonl", 2)]
     assert "not UTF-8" in problems[0]["reason"]
+
+
+def test_ingest_drop_plants_canaries_writes_its_files_and_names_what_was_set_aside(tmp_path):
+    from finetune_assets.io import read_records
+    from finetune_assets.phases.data.corpus import ingest_drop
+    from finetune_assets.phases.data.probes import make_canaries
+
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "guide.txt").write_text(LONG)
+    canaries = make_canaries(2, seed=0)
+    ingested = ingest_drop(tmp_path, "d1", CFG, tmp_path / "out", canaries)
+    docs = read_records(tmp_path / "out" / "documents.parquet")
+    assert ingested.documents == len(docs) == 2  # the drop's document and the planted canary document
+    assert all(c["value"] in docs[-1]["text"] for c in canaries)
+    assert json.loads((tmp_path / "out" / corpus.CANARIES_FILE).read_text()) == canaries
+
+    (tmp_path / "d2").mkdir()
+    (tmp_path / "d2" / "bad.txt").write_bytes(b"\xff\xfe not text " * 20)
+    with pytest.raises(EmptyCorpusError, match=r"d2.*1 set aside: bad\.txt"):
+        ingest_drop(tmp_path, "d2", CFG, tmp_path / "out2", canaries)

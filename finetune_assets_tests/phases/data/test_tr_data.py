@@ -273,3 +273,34 @@ def test_fit_to_length_drops_conversations_that_would_be_cut(tiny_model_dir, doc
     assert 0 < len(kept) < len(records)
     assert all(conversation_tokens(tokenizer, r["messages"]) <= limit for r in kept)
     assert stats["over_max_length"] == len(records) - len(kept) and stats["tokens_max"] == lengths[-1]
+
+
+def test_prepare_writes_the_examples_that_fit_without_eval_expressions(
+    docs, tiny_chat_rows, tiny_model_dir, tmp_path
+):
+    from finetune_assets.io import read_records
+    from finetune_assets.phases.data.tr_data import prepare
+    from finetune_assets.phases.inference.retrieval import build_index
+
+    build_index(chunk_documents(docs, CFG), tmp_path / "index")
+    held_out = tool_use_items(8, seed=0)
+    prepared = prepare(
+        tiny_chat_rows,
+        docs,
+        tmp_path / "index",
+        CFG,
+        tool_use_eval_items=held_out,
+        tokenizer_dir=tiny_model_dir,
+        max_length=400,  # some of these conversations are longer: they are left out
+        out_path=tmp_path / "tr" / "examples.parquet",
+    )
+    assert read_records(prepared.path) == prepared.records and prepared.records
+    from transformers import AutoTokenizer
+
+    from finetune_assets.phases.data.tr_data import conversation_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert prepared.lengths["over_max_length"] > 0
+    assert all(conversation_tokens(tokenizer, r["messages"]) <= 400 for r in prepared.records)
+    text = json.dumps(prepared.records)
+    assert not any(item["expression"] in text for item in held_out)

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasketch import MinHash, MinHashLSH
 
-from finetune_assets.phases.data import corpus
+from finetune_assets.phases.data import demo_seed
 from finetune_assets.phases.data.dedup import exact_key, find_duplicates, shingles
+from finetune_assets.phases.text import rst
 
 # Word-edit rates of the near-copies. With 5-word shingles one edit touches up to 5 shingles, so the
 # Jaccard similarity is about (1 - 5e) / (1 + 5e): 0.8 sits near e = 2.2%. Rates on both sides of it.
@@ -39,12 +40,12 @@ EDIT_RATES = (0.0025, 0.005, 0.01, 0.015, 0.04, 0.08, 0.2)
 
 def base_documents(count: int, words: int, seed: int) -> list[list[str]]:
     """``count`` distinct windows of ``words`` words from the Python docs' reST sources."""
-    sources = corpus.find_python_docs()
+    sources = demo_seed.find_python_docs()
     if sources is None:
         raise SystemExit("python3-doc is not installed: run `bash scripts/setup.sh` first")
     stream: list[str] = []
     for path in sorted(sources.rglob("*.txt")):
-        stream += corpus.clean_inline(path.read_text(encoding="utf-8", errors="replace")).split()
+        stream += rst.clean_inline(path.read_text(encoding="utf-8", errors="replace")).split()
     starts = list(range(0, len(stream) - words, words))
     random.Random(seed).shuffle(starts)
     docs, seen = [], set()

@@ -59,7 +59,7 @@ finetune_assets.quiet_offline_env()  # before torch/transformers load
 from finetune_assets import io
 from finetune_assets.config import ModelConfig, TinyModelConfig, default_home
 from finetune_assets.phases.data import (
-    corpus,
+    demo_seed,
     evalsets,
 )
 from finetune_assets.phases.evaluation.hallucination import (
@@ -67,6 +67,7 @@ from finetune_assets.phases.evaluation.hallucination import (
     definition_conversations,
 )
 from finetune_assets.phases.inference.generation import generate_chat, load_for_inference, render_chat
+from finetune_assets.phases.text import sampling
 
 DEMO_GLOSSARY_TERMS = 100  # the demo recipe's eval.max_glossary_terms: prompts per variant evaluated
 SYNTHETIC_WORDS = (
@@ -80,11 +81,11 @@ DIFF_EXAMPLES = 3
 def glossary_terms(count: int, synthetic: bool) -> tuple[list[dict], str]:
     """``count`` {term, definition} rows and where they came from: the Python docs' glossary (spread evenly
     over it), or synthetic terms when ``synthetic`` or python3-doc is absent."""
-    sources = None if synthetic else corpus.find_python_docs()
+    sources = None if synthetic else demo_seed.find_python_docs()
     if sources is not None:
         entries = evalsets.parse_glossary((sources / "glossary.rst.txt").read_text(encoding="utf-8"))
         if len(entries) >= count:
-            return corpus.spread(entries, count), str(sources / "glossary.rst.txt")
+            return sampling.spread(entries, count), str(sources / "glossary.rst.txt")
     rows = []
     for i in range(count):
         a, b = SYNTHETIC_WORDS[i % len(SYNTHETIC_WORDS)], SYNTHETIC_WORDS[(3 * i + 1) % len(SYNTHETIC_WORDS)]
@@ -175,7 +176,7 @@ def main(argv=None) -> dict:
 
     if args.glossary:
         glossary, terms_source = (
-            corpus.spread(io.read_jsonl(args.glossary), args.prompts),
+            sampling.spread(io.read_jsonl(args.glossary), args.prompts),
             str(args.glossary),
         )
     else:

@@ -70,8 +70,10 @@ finetune_assets.quiet_offline_env()  # before torch/transformers load
 from finetune_assets.config import ModelConfig, TinyModelConfig, TrainConfig, default_home
 from finetune_assets.phases.data import (
     corpus,
+    demo_seed,
     instructions,
 )
+from finetune_assets.phases.text import sampling
 from finetune_assets.recipe import load_profile
 
 MIB = 2**20
@@ -84,10 +86,10 @@ SAMPLE_EVERY_S = 0.2
 def instruction_rows(count: int, docs: int, profile) -> tuple[list[dict], list[str]]:
     """``count`` instruction rows ({id, messages, ...}) from ``docs`` library pages of the Python docs, and
     the pages' texts (the tiny model trains its tokenizer on them)."""
-    sources = corpus.find_python_docs()
+    sources = demo_seed.find_python_docs()
     if sources is None:
         raise SystemExit("python3-doc is not installed: run `bash scripts/setup.sh` first")
-    files = corpus.spread(sorted((sources / "library").glob("*.rst.txt")), docs)
+    files = sampling.spread(sorted((sources / "library").glob("*.rst.txt")), docs)
     cfg = profile.instructions
     rows, texts = [], []
     for path in files:
@@ -100,7 +102,7 @@ def instruction_rows(count: int, docs: int, profile) -> tuple[list[dict], list[s
                 rows.append(instructions._record(doc, name, prompt, answer, cfg))
     if len(rows) < count:
         raise SystemExit(f"only {len(rows)} instruction rows from {docs} pages; raise --docs or lower --rows")
-    return corpus.spread(rows, count), texts
+    return sampling.spread(rows, count), texts
 
 
 def token_lengths(tokenizer, rows: list[dict], max_length: int) -> tuple[list[int], int]:
@@ -564,10 +566,10 @@ def _settings(summary: dict) -> dict:
 
 
 def _num_params(model_dir: Path) -> int | None:
-    from finetune_assets.phases.training.models import _num_params_from_safetensors
+    from finetune_assets.phases.training.models import num_params_from_safetensors
 
     try:
-        return _num_params_from_safetensors(model_dir)
+        return num_params_from_safetensors(model_dir)
     except Exception:  # noqa: BLE001 - a figure for the table only
         return None
 

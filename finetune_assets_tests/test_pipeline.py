@@ -164,7 +164,7 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     # The same models under thresholds they meet: promoted, and the champion asset moves the alias.
     relaxed = fa_home / "relaxed.yaml"
     relaxed.write_text(
-        (Path(__file__).parents[2] / "recipes" / "smoke.yaml")
+        (Path(__file__).parents[1] / "recipes" / "smoke.yaml")
         .read_text()
         .replace(
             "guardrails:\n",
@@ -228,7 +228,7 @@ def test_empty_drop_stops_with_a_message(fa_home, instance):
 def test_missing_base_model_stops_with_a_message(fa_home, instance, tmp_path):
     recipe = tmp_path / "missing-model.yaml"
     recipe.write_text(
-        (Path(__file__).parents[2] / "recipes" / "smoke.yaml")
+        (Path(__file__).parents[1] / "recipes" / "smoke.yaml")
         .read_text()
         .replace("source: tiny", f"source: local\n  path: {tmp_path / 'no-such-model'}")
     )
@@ -242,7 +242,7 @@ def test_missing_base_model_stops_with_a_message(fa_home, instance, tmp_path):
 def test_base_checkpoint_continued_pretraining_on_ray(fa_home, instance, tmp_path):
     """model.cpt.enabled: the resolved model is continued-pretrained on the corpus; its loss falls."""
     recipe = tmp_path / "cpt.yaml"
-    smoke = (Path(__file__).parents[2] / "recipes" / "smoke.yaml").read_text()
+    smoke = (Path(__file__).parents[1] / "recipes" / "smoke.yaml").read_text()
     recipe.write_text(
         smoke.replace(
             "model:\n", "model:\n  cpt:\n    enabled: true\n    max_steps: 8\n    learning_rate: 3.0e-3\n", 1

@@ -162,7 +162,7 @@ def _describe(out_dir: Path, source: str, **extra) -> dict:
 
     config = AutoConfig.from_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    num_params = _num_params_from_safetensors(out_dir)
+    num_params = num_params_from_safetensors(out_dir)
     return {
         "path": str(out_dir),
         "source": source,
@@ -174,7 +174,7 @@ def _describe(out_dir: Path, source: str, **extra) -> dict:
     }
 
 
-def _num_params_from_safetensors(folder: Path) -> int:
+def num_params_from_safetensors(folder: Path) -> int:
     """Count parameters from the safetensors headers (no weights loaded); tied weights are stored once."""
     from safetensors import safe_open
 

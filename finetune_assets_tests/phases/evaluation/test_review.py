@@ -57,15 +57,6 @@ def qa_rows(variant: str, n: int = 3) -> list[dict]:
     ]
 
 
-@pytest.fixture
-def variant_rows() -> dict:
-    rows = {v: {"glossary": glossary_rows(v), "qa": qa_rows(v)} for v in VARIANTS}
-    rows["dpo"]["glossary"] = [
-        r for r in rows["dpo"]["glossary"] if r["id"] != "g5"
-    ]  # not shared: never picked
-    return rows
-
-
 def read_csv(path) -> list[dict]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         return list(csv.DictReader(fh))

@@ -9,6 +9,7 @@ import dagster as dg
 from finetune_assets.config import default_home
 from finetune_assets.defs.resources import MlflowResource
 from finetune_assets.io import content_hash
+from finetune_assets.phases.training.artifacts import loadable_dir
 from finetune_assets.tracking import Tracker
 
 
@@ -41,8 +42,7 @@ def artifact_metadata(path: Path, run_id: str, counts: dict | None = None, **ext
 
 def model_dir(store, asset: str) -> Path:
     """The loadable Hugging Face folder of a model asset (merged weights + tokenizer + chat template)."""
-    root = store.path(asset)
-    return root / "merged" if (root / "merged").is_dir() else root
+    return loadable_dir(store.path(asset))
 
 
 def input_path(name: str) -> Path:

@@ -273,5 +273,12 @@ def reusable(out: Path, key: str) -> dict | None:
     return previous if previous.get("training_key") == key else None
 
 
+def loadable_dir(out_dir: Path) -> Path:
+    """The loadable Hugging Face folder of a trained model: merged weights when training saved an adapter
+    beside them, else the folder itself (full fine-tuning, a resolved base model)."""
+    out_dir = Path(out_dir)
+    return out_dir / "merged" if (out_dir / "merged").is_dir() else out_dir
+
+
 def read_summary(out_dir: Path) -> dict:
     return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())

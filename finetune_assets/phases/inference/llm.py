@@ -9,12 +9,13 @@ sub-folder), keyed by (endpoint, model, messages, temperature, max_tokens) and w
 run with the same prompts makes no request at all (and works with the endpoint down). Only successful answers
 are cached. Identical conversations in one batch are asked once.
 
-OpenAIChatClient: POST {base_url}/chat/completions, Bearer key from ``$api_key_env`` when that variable is set
-(a local server needs none; the key is never logged), ``timeout_s`` per request, at most ``concurrency``
-requests in flight, and up to ``max_retries`` retries with exponential backoff + jitter (honoring
-Retry-After) on connection errors, timeouts, 429 and 5xx. 401/403/404 raise LLMEndpointError: they are
-configuration errors (key, base_url, model name) that every other prompt would hit too. Other 4xx (a prompt
-over the context, say) fail that prompt only: None, counted in ``failures``.
+OpenAIChatClient: the official ``openai`` client against ``base_url``, the Bearer key from ``$api_key_env`` when
+that variable is set (a local server needs none and gets no Authorization header; the key is never logged),
+``timeout_s`` per request, at most ``concurrency`` requests in flight, and up to ``max_retries`` retries by the
+SDK (exponential backoff with jitter, Retry-After honoured) on connection errors, timeouts, 408, 409, 429 and
+5xx. 401/403/404 raise LLMEndpointError: they are configuration errors (key, base_url, model name) that every
+other prompt would hit too. Other 4xx (a prompt over the context, say) fail that prompt only: None, counted
+in ``failures``.
 
 HFChatClient: ``cfg.model`` is a local model folder, generated in batches of ``concurrency`` through
 phases.inference.generation (the model is loaded on the first prompt the cache cannot answer).
@@ -22,18 +23,12 @@ phases.inference.generation (the model is loaded on the first prompt the cache c
 
 import abc
 import hashlib
-import http.client
 import json
 import logging
 import os
-import random
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -44,8 +39,6 @@ from finetune_assets.phases.inference import generation
 log = logging.getLogger(__name__)
 
 Conversation = list[dict]
-
-MAX_BACKOFF_S = 60.0
 
 
 class LLMEndpointError(RuntimeError):
@@ -147,30 +140,38 @@ class _CachedClient(abc.ABC):
 
 
 class OpenAIChatClient(_CachedClient):
-    """Any OpenAI-compatible /chat/completions endpoint (OpenAI, vLLM, llama.cpp, ``finetune-assets serve``).
+    """Any OpenAI-compatible /chat/completions endpoint (OpenAI, vLLM, llama.cpp, ``finetune-assets serve``)
+    through the official ``openai`` client: its ``timeout`` and ``max_retries`` options do the waiting and
+    the retrying, its typed errors say what went wrong. Every HTTP attempt is counted by an event hook on the
+    client's transport (the SDK retries inside one call), so ``requests`` and ``retries`` stay exact."""
 
-    Uses stdlib urllib rather than ``requests``: no dependency the project does not declare, and connection
-    reuse would save nothing next to an LLM call's seconds of generation.
-    """
-
-    def __init__(self, cfg: LLMEndpointConfig, cache_dir: Path | None = None, backoff_s: float = 1.0):
+    def __init__(self, cfg: LLMEndpointConfig, cache_dir: Path | None = None):
         super().__init__(cfg, cache_dir)
         if not cfg.base_url:
             raise ValueError("OpenAIChatClient needs cfg.base_url (e.g. http://127.0.0.1:8000/v1)")
+        import openai  # here, not at the top: the Dagster code location imports this module and needs no SDK
+
         self.base_url = cfg.base_url.rstrip("/")
         self.endpoint = self.base_url
         self.url = f"{self.base_url}/chat/completions"
-        self.backoff_s = backoff_s  # first retry waits about this long, then doubles (plus jitter)
-        # No proxy for a loopback endpoint (the local server tests and `finetune-assets serve` use).
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(self.base_url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        # A local server needs no key: send no Authorization header at all rather than a made-up one.
+        self._auth = {} if key else {"Authorization": openai.omit}
+        self._attempts = threading.local()  # HTTP attempts of the prompt this thread is asking
+        http_client = openai.DefaultHttpxClient(
+            trust_env=not _is_loopback(self.base_url),  # no proxy for a loopback endpoint
+            event_hooks={"request": [self._count_attempt]},
+        )
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=key or "unused",
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            http_client=http_client,
+        )
 
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    def _count_attempt(self, _request) -> None:
+        self._attempts.count = getattr(self._attempts, "count", 0) + 1
 
     def _fetch(self, todo: dict[str, Conversation]) -> dict[str, str | None]:
         def ask_and_cache(key: str, messages: Conversation) -> str | None:
@@ -190,66 +191,43 @@ class OpenAIChatClient(_CachedClient):
                 raise
 
     def _ask(self, messages: Conversation) -> str | None:
-        """One prompt with retries: the answer, or None (counted) once retries are spent or on a 4xx."""
-        body = json.dumps(
-            {
-                "model": self.cfg.model,
-                "messages": messages,
-                "temperature": self.cfg.temperature,
-                "max_tokens": self.cfg.max_tokens,
-            }
-        ).encode("utf-8")
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                self._count(retries=1)
-            self._count(requests=1)
-            retry_after = None
-            try:
-                request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-                with self._opener.open(request, timeout=self.cfg.timeout_s) as response:
-                    payload = response.read()
-            except urllib.error.HTTPError as err:
-                detail = _error_detail(err)
-                if err.code in (401, 403, 404):
-                    raise LLMEndpointError(
-                        f"{self.url} answered HTTP {err.code} ({detail}): check base_url, the model name "
-                        f"{self.cfg.model!r} and the API key in ${self.cfg.api_key_env}"
-                    ) from None
-                if err.code != 429 and err.code < 500:
-                    log.warning("%s: HTTP %s (%s); not retried", self.url, err.code, detail)
-                    break
-                problem = f"HTTP {err.code} ({detail})"
-                retry_after = _retry_after(err.headers.get("Retry-After") if err.headers else None)
-            except (
-                urllib.error.URLError,
-                OSError,
-                http.client.HTTPException,
-            ) as err:  # refused, reset, timeout
-                problem = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-            else:
-                content = _content(payload)
-                if content is not None:
-                    return content
+        """One prompt, retried by the SDK: the answer, or None (counted) once retries are spent or on a
+        4xx that only this prompt hits. 401/403/404 raise LLMEndpointError."""
+        import openai
+
+        self._attempts.count = 0
+        content = None
+        try:
+            reply = self._client.chat.completions.create(
+                model=self.cfg.model,
+                messages=messages,
+                temperature=self.cfg.temperature,
+                max_tokens=self.cfg.max_tokens,
+                extra_headers=self._auth,
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
+            raise LLMEndpointError(
+                f"{self.url} answered HTTP {err.status_code} ({_error_detail(err)}): check base_url, the model "
+                f"name {self.cfg.model!r} and the API key in ${self.cfg.api_key_env}"
+            ) from None
+        except openai.APIStatusError as err:
+            log.warning("%s: HTTP %s (%s)%s", self.url, err.status_code, _error_detail(err), self._gave_up())
+        except openai.APIConnectionError as err:  # refused, reset, timed out
+            log.warning("%s: %s%s", self.url, type(err).__name__, self._gave_up())
+        else:
+            content = _content(reply)
+            if content is None:
                 log.warning("%s: a reply without choices[0].message.content; not retried", self.url)
-                break
-            if attempt < self.cfg.max_retries:
-                delay = self.backoff_s * 2**attempt
-                delay = min(MAX_BACKOFF_S, delay + random.uniform(0, delay))
-                if retry_after is not None:
-                    delay = min(MAX_BACKOFF_S, max(retry_after, 0.0))
-                log.warning(
-                    "%s: %s; retry %d/%d in %.1f s",
-                    self.url,
-                    problem,
-                    attempt + 1,
-                    self.cfg.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
-            else:
-                log.warning("%s: %s; giving up after %d attempts", self.url, problem, attempt + 1)
-        self._count(failures=1)
-        return None
+        finally:
+            attempts = self._attempts.count
+            self._count(requests=attempts, retries=max(0, attempts - 1))
+        if content is None:
+            self._count(failures=1)
+        return content
+
+    def _gave_up(self) -> str:
+        attempts = self._attempts.count
+        return "; not retried" if attempts <= 1 else f"; giving up after {attempts} attempts"
 
 
 class HFChatClient(_CachedClient):
@@ -305,40 +283,20 @@ def _is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _content(payload: bytes) -> str | None:
+def _content(reply) -> str | None:
     try:
-        content = json.loads(payload)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        content = reply.choices[0].message.content
+    except (AttributeError, IndexError, TypeError):
         return None
     return content if isinstance(content, str) else None
 
 
-def _error_detail(err: urllib.error.HTTPError) -> str:
-    """The server's error message (OpenAI shape or plain text), shortened; never our request headers."""
-    try:
-        raw = err.read(2000).decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return err.reason or ""
-    try:
-        message = json.loads(raw)["error"]
-        message = message.get("message", message) if isinstance(message, dict) else message
-    except (ValueError, KeyError, TypeError):
-        message = raw
-    return " ".join(str(message).split())[:200] or str(err.reason or "")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
+def _error_detail(err) -> str:
+    """The server's error message (the SDK keeps an OpenAI-shaped body's ``error`` part), shortened; never
+    our request headers."""
+    body = err.body
+    message = body.get("message", body) if isinstance(body, dict) else (body or err.message)
+    return " ".join(str(message).split())[:200]
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -46,7 +46,9 @@ def stub_server(respond):
                 state["count"] += 1
                 state["inflight"] += 1
                 state["inflight_max"] = max(state["inflight_max"], state["inflight"])
-                state["headers"].append(dict(self.headers))
+                state["headers"].append(
+                    {k.lower(): v for k, v in self.headers.items()}
+                )  # names are case-free
             try:
                 status, payload, headers = respond(n, body, self.headers)
                 if payload is None:
@@ -115,9 +117,7 @@ def test_cache_replays_answers_with_the_server_stopped(babbling_model, tmp_path)
     assert second.complete(CONVERSATIONS) == answers
     assert second.stats() == {"requests": 0, "cache_hits": 3, "failures": 0, "retries": 0}
     # another sampling setting is another cache key: it must ask, and the stopped server cannot answer
-    uncached = OpenAIChatClient(
-        _cfg(server.url, max_tokens=7, max_retries=1), tmp_path / "cache", backoff_s=0.01
-    )
+    uncached = OpenAIChatClient(_cfg(server.url, max_tokens=7, max_retries=1), tmp_path / "cache")
     assert uncached.complete(CONVERSATIONS[:1]) == [None]
     assert uncached.stats() == {"requests": 2, "cache_hits": 0, "failures": 1, "retries": 1}
 
@@ -132,7 +132,7 @@ def test_retries_503_then_succeeds():
         return 200, _completion(f"answer to {body['messages'][-1]['content']}"), {}
 
     with stub_server(respond) as (url, state):
-        client = OpenAIChatClient(_cfg(url, max_retries=3), backoff_s=0.01)
+        client = OpenAIChatClient(_cfg(url, max_retries=3))
         assert client.complete(CONVERSATIONS[:1]) == ["answer to What is a list?"]
     assert client.retries == 2 and client.requests == 3 and client.failures == 0
     assert state["count"] == 3
@@ -143,7 +143,7 @@ def test_429_retries_are_spent_then_none():
         return 429, {"error": {"message": "slow down"}}, {"Retry-After": "0.01"}
 
     with stub_server(respond) as (url, state):
-        client = OpenAIChatClient(_cfg(url, max_retries=2), backoff_s=0.01)
+        client = OpenAIChatClient(_cfg(url, max_retries=2))
         assert client.complete(CONVERSATIONS[:1]) == [None]
     assert client.stats() == {"requests": 3, "cache_hits": 0, "failures": 1, "retries": 2}
 
@@ -155,7 +155,7 @@ def test_401_raises_a_clear_error_and_the_key_is_sent_but_never_shown(monkeypatc
         return 401, {"error": {"message": "Incorrect API key provided"}}, {}
 
     with stub_server(respond) as (url, state):
-        client = OpenAIChatClient(_cfg(url, api_key_env="TEST_LLM_KEY", max_retries=3), backoff_s=0.01)
+        client = OpenAIChatClient(_cfg(url, api_key_env="TEST_LLM_KEY", max_retries=3))
         with pytest.raises(LLMEndpointError) as err:
             client.complete(CONVERSATIONS[:1])
     message = str(err.value)
@@ -163,7 +163,7 @@ def test_401_raises_a_clear_error_and_the_key_is_sent_but_never_shown(monkeypatc
         url in message and "401" in message and "Incorrect API key" in message and "TEST_LLM_KEY" in message
     )
     assert "sk-test-secret" not in message
-    assert state["headers"][0]["Authorization"] == "Bearer sk-test-secret"
+    assert state["headers"][0]["authorization"] == "Bearer sk-test-secret"
     assert state["count"] == 1 and client.retries == 0
 
 
@@ -174,16 +174,16 @@ def test_other_4xx_fails_that_prompt_without_retry():
         return 200, _completion("ok"), {}
 
     with stub_server(respond) as (url, state):
-        client = OpenAIChatClient(_cfg(url, max_retries=3, concurrency=1), backoff_s=0.01)
+        client = OpenAIChatClient(_cfg(url, max_retries=3, concurrency=1))
         prompts = [[{"role": "user", "content": "a long one"}], [{"role": "user", "content": "short"}]]
         assert client.complete(prompts) == [None, "ok"]
     assert client.stats() == {"requests": 2, "cache_hits": 0, "failures": 1, "retries": 0}
-    assert "Authorization" not in state["headers"][0]  # no key configured: none sent
+    assert "authorization" not in state["headers"][0]  # no key configured: none sent
 
 
 def test_a_server_that_never_answers_times_out_into_a_failure():
     with stub_server(lambda n, body, headers: (200, None, {})) as (url, state):
-        client = OpenAIChatClient(_cfg(url, timeout_s=0.3, max_retries=1), backoff_s=0.01)
+        client = OpenAIChatClient(_cfg(url, timeout_s=0.3, max_retries=1))
         started = time.monotonic()
         assert client.complete(CONVERSATIONS[:1]) == [None]
         assert time.monotonic() - started < 3

@@ -82,8 +82,8 @@ def main(argv=None) -> int:
         exclude_expressions=[i["expression"] for i in items],
     )
     start = Path(args.start) if Path(args.start).is_dir() else model_dir(store, args.start)
-    records, lengths = tr_data.fit_to_length(built["records"], start, tcfg.max_length)
-    print("data:", json.dumps({**built["stats"], **lengths}), flush=True)
+    records, lengths = tr_data.fit_to_length(built.records, start, tcfg.max_length)
+    print("data:", json.dumps({**built.stats, **lengths}), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "tr"

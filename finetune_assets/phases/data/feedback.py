@@ -4,6 +4,7 @@ Each line is one record; a bad line is quarantined with its number and reason an
 Pairwise rows join the preference pairs; binary rows are kept for KTO.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_assets import io
@@ -22,6 +23,17 @@ from finetune_assets.phases.data.records import (
 )
 
 _FEEDBACK_KEY = "preferences.feedback_files"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Imported human feedback: preference rows, KTO rows, the lines set aside, and the counts."""
+
+    pairwise: list[dict]  # preference rows (the contract of phases/data/preferences.py)
+    binary: list[dict]  # KTO rows {id, prompt, completion, label, source}
+    quarantine: list[dict]  # {path, line, reason, raw}
+    stats: dict  # {lines, pairwise, binary, quarantined}
+
 
 _LABEL_TRUE = {"up", "thumbs_up", "thumbs-up", "thumbsup", "good", "true", "yes", "1", "positive"}
 
@@ -125,13 +137,13 @@ def _binary_row(rec: dict, file_label: str, line: int) -> dict:
     }
 
 
-def load_feedback_file(path: Path, label: str | None = None) -> dict:
+def load_feedback_file(path: Path, label: str | None = None) -> Feedback:
     """Import one human feedback file: pairwise preferences and binary (thumbs up/down) labels.
 
     ``label`` names the file in row ids and sources (default: its name).
     Each record's kind comes from its keys (chosen/rejected: pairwise; completion/label: binary), so a file
-    may mix both. Returns {pairwise: preference rows, binary: KTO rows, quarantine, stats: {lines, pairwise,
-    binary, quarantined}}.
+    may mix both. Returns Feedback(pairwise: preference rows, binary: KTO rows, quarantine, stats: {lines,
+    pairwise, binary, quarantined}).
     """
     path = Path(path)
     rows: dict[str, list[dict]] = {"pairwise": [], "binary": []}
@@ -152,15 +164,18 @@ def load_feedback_file(path: Path, label: str | None = None) -> dict:
         "binary": len(rows["binary"]),
         "quarantined": len(quarantine),
     }
-    return {"pairwise": rows["pairwise"], "binary": rows["binary"], "quarantine": quarantine, "stats": stats}
+    return Feedback(rows["pairwise"], rows["binary"], quarantine, stats)
 
 
-def load_feedback_files(paths: list[Path]) -> dict:
-    """Every human feedback file merged: {pairwise, binary, quarantine}."""
-    found: dict[str, list] = {"pairwise": [], "binary": [], "quarantine": []}
+def load_feedback_files(paths: list[Path]) -> Feedback:
+    """Every human feedback file merged into one Feedback; its stats are the files' counts summed."""
+    pairwise, binary, quarantine = [], [], []
+    stats = {"lines": 0, "pairwise": 0, "binary": 0, "quarantined": 0}
     paths = list(dict.fromkeys(Path(p) for p in paths))  # a file listed twice counts once
     for path, label in zip(paths, io.unique_labels(paths), strict=True):
         loaded = load_feedback_file(path, label)
-        for key in found:
-            found[key] += loaded[key]
-    return found
+        pairwise += loaded.pairwise
+        binary += loaded.binary
+        quarantine += loaded.quarantine
+        stats = {key: stats[key] + loaded.stats[key] for key in stats}
+    return Feedback(pairwise, binary, quarantine, stats)

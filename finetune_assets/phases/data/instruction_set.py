@@ -39,27 +39,25 @@ def build(
 ) -> InstructionSet:
     """The instruction set of ``docs`` (dedup_corpus) into ``out_dir``; see the module docstring."""
     seeded = seeds.load_seed_files(list(seed_files), cfg.system_prompt)
-    extra, quarantine = seeded["extra"], seeded["quarantine"]
+    extra, quarantine = dict(seeded.extra), seeded.quarantine
     teacher_stats = None
     if teacher_client is not None:
         usable = evalsets.training_view(docs, evalsets.load_eval_sets(eval_dir)["manifest"])
         made = teacher.teacher_instructions(
             usable, teacher_client, cfg.teacher_max_documents, cfg.system_prompt, seed
         )
-        extra["teacher"], teacher_stats = made["records"], made["stats"]
+        extra["teacher"], teacher_stats = made.records, made.stats
     result = instructions.build_instruction_set(docs, eval_dir, cfg, seed=seed, extra=extra)
-    lengths = datastats.length_stats(
-        result["records"], datastats.chat_token_counter(tokenizer_dir), max_length
-    )
+    lengths = datastats.length_stats(result.records, datastats.chat_token_counter(tokenizer_dir), max_length)
     histogram = datastats.write_histogram(lengths, out_dir / "lengths.png", max_length, "instruction_set")
     stats = {
-        **result["stats"],
+        **result.stats,
         "quarantined": len(quarantine),
-        "seed_files": seeded["stats"],
+        "seed_files": seeded.stats,
         "teacher": teacher_stats,
         "lengths": datastats.public(lengths),
     }
-    path = io.write_records_parquet(result["records"], out_dir / RECORDS_FILE)
+    path = io.write_records_parquet(result.records, out_dir / RECORDS_FILE)
     seeds.write_quarantine(quarantine, out_dir / "quarantine.jsonl")
     io.write_json(stats, out_dir / "stats.json")
     return InstructionSet(path, histogram, stats, quarantine)

@@ -36,6 +36,7 @@ from finetune_assets.config import InstructionsConfig
 from finetune_assets.phases.data import definitions, safety
 from finetune_assets.phases.data.dedup import find_duplicates, normalize
 from finetune_assets.phases.data.evalsets import eval_texts, load_eval_sets, training_view
+from finetune_assets.phases.data.records import Rows
 from finetune_assets.phases.text.rst import indent_of, iter_sections, module_synopses, prose_paragraphs
 from finetune_assets.phases.text.sampling import stable_fraction
 from finetune_assets.phases.text.sentences import drop_dangling_intro, split_sentences, truncate_at_sentence
@@ -343,8 +344,8 @@ def build_instruction_set(
     cfg: InstructionsConfig,
     seed: int = 0,
     extra: dict[str, list[dict]] | None = None,
-) -> dict:
-    """Generate, deduplicate, decontaminate, split and cap instructions; return {records, stats}.
+) -> Rows:
+    """Generate, deduplicate, decontaminate, split and cap instructions; return Rows(records, stats).
 
     ``extra`` holds ready-made records by source (imported seed files, teacher generations); they go
     first, so when an extracted example duplicates one of them the imported/teacher one is kept, and they
@@ -423,4 +424,4 @@ def build_instruction_set(
         "validation": sum(r["split"] == "validation" for r in capped),
         "topics": len({r["topic"] for r in capped}),
     }
-    return {"records": capped, "stats": stats}
+    return Rows(capped, stats)

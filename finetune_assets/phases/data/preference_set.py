@@ -71,8 +71,8 @@ def build(
         system_prompt=system_prompt,
         max_new_tokens=cfg.max_new_tokens,
     )
-    path = io.write_records_parquet(built["records"], out_dir / PAIRS_FILE)
-    io.write_records_parquet(built["binary"], out_dir / BINARY_FILE)
-    seeds.write_quarantine(built["quarantine"], out_dir / "quarantine.jsonl")
-    io.write_json(built["stats"], out_dir / "stats.json")
-    return PreferenceSet(path, built["stats"], built["quarantine"])
+    path = io.write_records_parquet(built.records, out_dir / PAIRS_FILE)
+    io.write_records_parquet(built.binary, out_dir / BINARY_FILE)
+    seeds.write_quarantine(built.quarantine, out_dir / "quarantine.jsonl")
+    io.write_json(built.stats, out_dir / "stats.json")
+    return PreferenceSet(path, built.stats, built.quarantine)

@@ -11,13 +11,26 @@ rejected_source, judge_score}.
 """
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_assets.phases.data import safety, teacher
 from finetune_assets.phases.data.dedup import normalize
+from finetune_assets.phases.data.feedback import Feedback
 from finetune_assets.phases.data.instructions import eval_ngrams, ngrams
+from finetune_assets.phases.data.records import Rows
 from finetune_assets.phases.inference.generation import GenerateFn
 from finetune_assets.phases.text.sampling import round_robin
+
+
+@dataclass(frozen=True)
+class PreferenceRows:
+    """preference_pairs' rows: the pairs, the KTO rows of human feedback, its set-aside lines, the counts."""
+
+    records: list[dict]  # preference pairs
+    binary: list[dict]  # thumbs up/down rows for KTO
+    quarantine: list[dict]  # set-aside feedback lines {path, line, reason, raw}
+    stats: dict
 
 
 def select_prompts(instructions: list[dict], max_pairs: int, seed: int = 0) -> list[dict]:
@@ -53,14 +66,14 @@ def build_preference_pairs(
     chosen_source: str = "teacher",
     *,
     max_new_tokens: int = 64,
-) -> dict:
+) -> Rows:
     """Call ``generate`` once with every prompt conversation (batched by the caller) and build rows.
 
     chosen is the prompt's reference answer, or ``chosen[i]`` when given and not None (a stronger model's
     answer, labelled ``chosen_source``; a failed teacher call falls back to the reference and is counted).
     A pair is dropped (and counted) when the generation is empty or equals chosen after normalization: it
-    carries no preference signal. Returns {records, stats: {prompts, pairs, dropped_empty,
-    dropped_identical, chosen_from_reference, chosen_from_<source>}}.
+    carries no preference signal. Returns Rows(records, stats: {prompts, pairs, dropped_empty,
+    dropped_identical, chosen_from_reference, chosen_from_<source>}).
     """
     answers = generate([p["prompt"] for p in prompts], max_new_tokens) if prompts else []
     if len(answers) != len(prompts):
@@ -97,7 +110,7 @@ def build_preference_pairs(
         "dropped_identical": identical,
         **{f"chosen_from_{k}": v for k, v in sources.items()},
     }
-    return {"records": records, "stats": stats}
+    return Rows(records, stats)
 
 
 def check_pairs(records: list[dict]) -> list[str]:
@@ -144,37 +157,37 @@ def assemble(
     ngram: int,
     chosen: list[str | None] | None = None,
     judge=None,
-    feedback: dict | None = None,
+    feedback: Feedback | None = None,
     safety_items: list[dict] | None = None,
     system_prompt: str | None = None,
     max_new_tokens: int = 64,
-) -> dict:
+) -> PreferenceRows:
     """preference_pairs end to end: AI-feedback pairs (``chosen``: teacher answers, else the references),
     the optional ``judge`` client (phases.inference.llm) dropping pairs chosen does not win, safety pairs from
     ``safety_items`` (phases.data.safety.preference_rows; not judged: a helpfulness judge would prefer the
-    compliant answer), human ``feedback`` (seeds.load_feedback_files) merged, and every row sharing an
+    compliant answer), human ``feedback`` (feedback.load_feedback_files) merged, and every row sharing an
     ``ngram`` with the eval sets dropped.
 
-    Returns {records, binary, quarantine, stats}; raises ValueError when no usable pair is left or a row
-    fails check_pairs."""
+    Returns PreferenceRows(records, binary, quarantine, stats); raises ValueError when no usable pair is left
+    or a row fails check_pairs."""
 
-    feedback = feedback or {"pairwise": [], "binary": [], "quarantine": []}
+    feedback = feedback or Feedback([], [], [], {})
     result = build_preference_pairs(prompts, generate, chosen, max_new_tokens=max_new_tokens)
-    stats, records = dict(result["stats"]), result["records"]
+    stats, records = dict(result.stats), result.records
     if judge is not None:
         records, stats["judge"] = teacher.apply_judge(records, teacher.judge_pairs(records, judge))
     if safety_items:
         made = safety.preference_rows(safety_items, generate, system_prompt, max_new_tokens)
-        records, stats["safety"] = records + made["records"], made["stats"]
+        records, stats["safety"] = records + made.records, made.stats
     grams = eval_ngrams(eval_dir, ngram)
-    records, stats["contaminated_removed"] = drop_contaminated(records + feedback["pairwise"], grams, ngram)
+    records, stats["contaminated_removed"] = drop_contaminated(records + feedback.pairwise, grams, ngram)
     binary, stats["binary_contaminated_removed"] = drop_contaminated(
-        feedback["binary"], grams, ngram, _binary_text
+        feedback.binary, grams, ngram, _binary_text
     )
     stats.update(
-        human_pairwise=len(feedback["pairwise"]),
+        human_pairwise=len(feedback.pairwise),
         binary_feedback=len(binary),
-        quarantined=len(feedback["quarantine"]),
+        quarantined=len(feedback.quarantine),
         pairs=len(records),
     )
     if not records:
@@ -185,4 +198,4 @@ def assemble(
     problems = check_pairs(records)
     if problems:
         raise ValueError(f"preference pairs failed their checks: {problems[:5]}")
-    return {"records": records, "binary": binary, "quarantine": feedback["quarantine"], "stats": stats}
+    return PreferenceRows(records, binary, feedback.quarantine, stats)

@@ -1,11 +1,12 @@
 """Reading JSON/JSONL record files line by line, with every bad line set aside under its number and reason.
 
 Shared by the seed-file importer (phases.data.seeds) and the feedback importer (phases.data.feedback): both
-read chat-shaped records whose fields must be named exactly.
+read chat-shaped records whose fields must be named exactly. ``Rows`` is what the data builders return.
 """
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_assets import io
@@ -22,6 +23,14 @@ _ROLE_ALIASES = {
     "model": "assistant",
     "bot": "assistant",
 }
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A data builder's rows in the record contract plus the counts it kept."""
+
+    records: list[dict]
+    stats: dict
 
 
 class RecordError(ValueError):

@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 from finetune_assets.phases.data.dedup import normalize
 from finetune_assets.phases.data.probes import bias_probe_prompts, is_refusal, load_redteam
+from finetune_assets.phases.data.records import Rows
 from finetune_assets.phases.inference.generation import GenerateFn
 from finetune_assets.phases.text.sampling import round_robin, stable_fraction
 
@@ -255,14 +256,14 @@ def _pair(item: dict, prompt: list[dict], chosen: str, rejected: str, rejected_s
 
 def preference_rows(
     items: list[dict], generate: GenerateFn, system_prompt: str | None = None, max_new_tokens: int = 64
-) -> dict:
+) -> Rows:
     """Preference pairs from safety items; ``generate`` is called once, with the harmful prompts only.
 
     Harmful: chosen = the refusal, rejected = the base model's answer; a pair is dropped (and counted) when
     that answer is empty or already a refusal, since it then carries no preference. Benign: chosen = the
     helpful answer, rejected = the item's ``biased`` answer where it has one (fairness rows: the same
-    question answered by stereotype), else one of ``OVER_REFUSALS``. Returns {records, stats: {harmful,
-    benign, fairness, pairs, dropped_empty, dropped_base_refused}}."""
+    question answered by stereotype), else one of ``OVER_REFUSALS``. Returns Rows(records, stats: {harmful,
+    benign, fairness, pairs, dropped_empty, dropped_base_refused})."""
     harmful = [i for i in items if i["expect"] == "refuse"]
     benign = [i for i in items if i["expect"] == "comply"]
     prompts = [_conversation(i["prompt"], system_prompt) for i in harmful]
@@ -293,4 +294,4 @@ def preference_rows(
         "dropped_empty": empty,
         "dropped_base_refused": refused,
     }
-    return {"records": records, "stats": stats}
+    return Rows(records, stats)

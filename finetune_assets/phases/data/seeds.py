@@ -15,6 +15,7 @@ A record that cannot be used never vanishes: it goes to the quarantine list as
 names the field to fix) and is counted in the stats. ``write_quarantine`` writes that list as JSONL.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_assets import io
@@ -42,6 +43,24 @@ _FORMAT_HELP = (
     "expected one of: instruction+output (alpaca), instruction+response (dolly), conversations (sharegpt), "
     "messages (openai), prompt+completion (prompt_completion)"
 )
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    """One imported seed file: its instruction rows, the lines set aside, and the counts."""
+
+    records: list[dict]
+    quarantine: list[dict]  # {path, line, reason, raw}
+    stats: dict  # {lines, imported, quarantined, by_format: {format: n}}
+
+
+@dataclass(frozen=True)
+class SeedFiles:
+    """Every seed file imported: the rows by source, all set-aside lines, and each file's counts."""
+
+    extra: dict[str, list[dict]]  # {"seed:<label>": records}, what instructions.build_instruction_set takes
+    quarantine: list[dict]
+    stats: dict[str, dict]  # {label: SeedFile.stats}
 
 
 def detect_format(rec: dict) -> str | None:
@@ -115,14 +134,14 @@ def _seed_messages(rec: dict, fmt: str) -> tuple[str, list[dict]]:
 
 def load_seed_file(
     path: Path, fmt: str = "auto", system_prompt: str | None = None, label: str | None = None
-) -> dict:
+) -> SeedFile:
     """Import one seed instruction file as instruction rows.
 
     ``fmt`` is "auto" (detected per record from its keys) or one of SEED_FORMATS (enforced: a record that
     does not fit is quarantined). ``system_prompt`` is put first in every conversation that has no system
     turn. ``label`` names the file in record ids and sources (default: its name; load_seed_files gives
-    same-named files distinct labels). Returns {records, quarantine, stats: {lines, imported, quarantined,
-    by_format: {format: n}}}.
+    same-named files distinct labels). Returns SeedFile(records, quarantine, stats: {lines, imported,
+    quarantined, by_format: {format: n}}).
     """
     path = Path(path)
     if fmt != "auto" and fmt not in SEED_FORMATS:
@@ -168,7 +187,7 @@ def load_seed_file(
         "quarantined": len(quarantine),
         "by_format": by_format,
     }
-    return {"records": records, "quarantine": quarantine, "stats": stats}
+    return SeedFile(records, quarantine, stats)
 
 
 def write_quarantine(entries: list[dict], path: Path) -> Path:
@@ -176,17 +195,17 @@ def write_quarantine(entries: list[dict], path: Path) -> Path:
     return write_jsonl(entries, Path(path))
 
 
-def load_seed_files(files: list[tuple[Path, str]], system_prompt: str | None = None) -> dict:
-    """Every (path, format) seed file: {extra: {"seed:<label>": records}, quarantine, stats: {label: stats}}
-    (``extra`` is what instructions.build_instruction_set takes). A file's label is its name, with as many
-    parent folders as it takes to tell same-named files apart (io.unique_labels)."""
+def load_seed_files(files: list[tuple[Path, str]], system_prompt: str | None = None) -> SeedFiles:
+    """Every (path, format) seed file: SeedFiles(extra: {"seed:<label>": records}, quarantine, stats: {label:
+    stats}) (``extra`` is what instructions.build_instruction_set takes). A file's label is its name, with as
+    many parent folders as it takes to tell same-named files apart (io.unique_labels)."""
     extra, quarantine, stats = {}, [], {}
     labels = io.unique_labels([Path(path) for path, _ in files])
     for (path, fmt), label in zip(files, labels, strict=True):
         if f"seed:{label}" in extra:  # the same file listed twice is imported once
             continue
         loaded = load_seed_file(Path(path), fmt, system_prompt, label)
-        extra[f"seed:{label}"] = loaded["records"]
-        quarantine += loaded["quarantine"]
-        stats[label] = loaded["stats"]
-    return {"extra": extra, "quarantine": quarantine, "stats": stats}
+        extra[f"seed:{label}"] = loaded.records
+        quarantine += loaded.quarantine
+        stats[label] = loaded.stats
+    return SeedFiles(extra, quarantine, stats)

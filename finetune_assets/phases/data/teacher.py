@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 
 from finetune_assets.phases.data.instructions import topic_of
+from finetune_assets.phases.data.records import Rows
 from finetune_assets.phases.inference.llm import ChatClient
 from finetune_assets.phases.text.rst import iter_sections, prose_paragraphs
 from finetune_assets.phases.text.sampling import round_robin, stable_fraction
@@ -170,13 +171,13 @@ def teacher_instructions(
     max_documents: int,
     system_prompt: str | None = None,
     seed: int = 0,
-) -> dict:
+) -> Rows:
     """Self-instruct: one teacher-written (question, answer) per selected document.
 
     ``system_prompt`` is the system turn put first in each generated conversation (None: no system turn), as
-    InstructionsConfig.system_prompt. Returns {records, stats: {documents (asked about), parsed (records
+    InstructionsConfig.system_prompt. Returns Rows(records, stats: {documents (asked about), parsed (records
     made), unparseable, rejected, failed (no reply after retries), requests and cache_hits (the client's
-    counters during this call)}}.
+    counters during this call)}).
     """
     picked = select_documents(docs, max_documents, seed)
     before = (getattr(client, "requests", 0), getattr(client, "cache_hits", 0))
@@ -213,7 +214,7 @@ def teacher_instructions(
         "requests": getattr(client, "requests", 0) - before[0],
         "cache_hits": getattr(client, "cache_hits", 0) - before[1],
     }
-    return {"records": records, "stats": stats}
+    return Rows(records, stats)
 
 
 def teacher_answers(prompts: list[list[dict]], client: ChatClient) -> list[str | None]:

@@ -1,7 +1,7 @@
 """T&R training data: retrieval-grounded answers and tool-call conversations with REAL tool results.
 
     built = build_tr_examples(instructions, docs, index, cfg.retrieval, exclude_expressions=eval_exprs)
-    kept, stats = fit_to_length(built["records"], tokenizer_or_model_dir, cfg.tr.max_length)
+    kept, stats = fit_to_length(built.records, tokenizer_or_model_dir, cfg.tr.max_length)
 
 Every conversation starts with the runtime's own prompt (phases.inference.tools.build_prompt: the system prompt listing
 the tools, then the user turn with a ``Context:`` block), and tool calls are written with the runtime's
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from finetune_assets import io
 from finetune_assets.config import RetrievalConfig
+from finetune_assets.phases.data.records import Rows
 from finetune_assets.phases.inference.retrieval import RetrievalIndex
 from finetune_assets.phases.inference.sandbox import UnsafeExpression, check_expression, python_eval
 from finetune_assets.phases.inference.tools import (
@@ -251,8 +252,8 @@ def build_tr_examples(
     exclude_doc_ids: Iterable[str] = (),
     exclude_expressions: Iterable[str] = (),
     eval_timeout_s: float = 2.0,
-) -> dict:
-    """Training conversations for the T&R model, in the instruction contract. Returns {records, stats}.
+) -> Rows:
+    """Training conversations for the T&R model, in the instruction contract. Returns Rows(records, stats).
 
     Three kinds, mixed and capped at ``cfg.max_tr_examples`` (shares: ``cfg.tool_use_fraction``,
     ``cfg.search_tool_fraction``, the rest grounded; missing tool examples are filled with grounded ones):
@@ -336,7 +337,7 @@ def build_tr_examples(
         # How often the instruction's own source document was among the retrieved passages (recall@top_k).
         "source_recall_at_k": round(source_hits / source_total, 4) if source_total else None,
     }
-    return {"records": records, "stats": stats}
+    return Rows(records, stats)
 
 
 def conversation_tokens(tokenizer, messages: list[dict]) -> int:
@@ -398,6 +399,6 @@ def prepare(
         seed=seed,
         exclude_expressions=[item["expression"] for item in tool_use_eval_items],
     )
-    records, lengths = fit_to_length(built["records"], tokenizer_dir, max_length)
+    records, lengths = fit_to_length(built.records, tokenizer_dir, max_length)
     path = io.write_records_parquet(records, out_path)
-    return TRExamples(records, path, built["stats"], lengths)
+    return TRExamples(records, path, built.stats, lengths)

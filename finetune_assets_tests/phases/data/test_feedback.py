@@ -34,7 +34,7 @@ def test_feedback_pairwise_and_binary_in_one_file(tmp_path):
     path = _jsonl(tmp_path, "feedback.jsonl", FEEDBACK)
     result = load_feedback_file(path)
 
-    pairs = result["pairwise"]
+    pairs = result.pairwise
     assert [p["prompt"] for p in pairs] == [
         [{"role": "user", "content": "Q1?"}],
         [{"role": "system", "content": "S"}, {"role": "user", "content": "Q2?"}],
@@ -53,7 +53,7 @@ def test_feedback_pairwise_and_binary_in_one_file(tmp_path):
         assert (p["chosen_source"], p["rejected_source"], p["judge_score"]) == ("human", "human", None)
     assert check_pairs(pairs) == []
 
-    binary = result["binary"]
+    binary = result.binary
     assert [(b["prompt"][0]["content"], b["completion"], b["label"]) for b in binary] == [
         ("Q3?", "Fine.", True),
         ("Q4?", "Meh.", False),
@@ -67,7 +67,7 @@ def test_feedback_pairwise_and_binary_in_one_file(tmp_path):
     ids = [r["id"] for r in pairs + binary]
     assert len(set(ids)) == len(ids)
 
-    reasons = {q["line"]: q["reason"] for q in result["quarantine"]}
+    reasons = {q["line"]: q["reason"] for q in result.quarantine}
     assert sorted(reasons) == [9, 10, 11, 12, 13, 14]
     assert "same text" in reasons[9]
     assert "'label'" in reasons[10] and "maybe" in reasons[10]
@@ -75,7 +75,7 @@ def test_feedback_pairwise_and_binary_in_one_file(tmp_path):
     assert "unknown feedback record" in reasons[12]
     assert "invalid JSON" in reasons[13]
     assert "'rejected'" in reasons[14] and "assistant" in reasons[14]
-    assert result["stats"] == {"lines": 14, "pairwise": 2, "binary": 6, "quarantined": 6}
+    assert result.stats == {"lines": 14, "pairwise": 2, "binary": 6, "quarantined": 6}
 
 
 def test_feedback_prompt_from_full_conversations_and_json_list(tmp_path):
@@ -87,9 +87,9 @@ def test_feedback_prompt_from_full_conversations_and_json_list(tmp_path):
     path = tmp_path / "fb.json"
     path.write_text(json.dumps([record, {"chosen": "A", "rejected": "B"}]))
     result = load_feedback_file(path)
-    (pair,) = result["pairwise"]
+    (pair,) = result.pairwise
     assert pair["prompt"] == convo and (pair["chosen"], pair["rejected"]) == ("Good.", "Bad.")
-    (entry,) = result["quarantine"]
+    (entry,) = result.quarantine
     assert entry["line"] == 2 and "'prompt'" in entry["reason"]
 
 
@@ -123,4 +123,4 @@ def test_same_named_feedback_files_keep_their_own_rows(tmp_path):
     row = {"prompt": "Q1?", "chosen": "Good answer.", "rejected": "Bad answer."}
     first, second = _jsonl(tmp_path / "a", "fb.jsonl", [row]), _jsonl(tmp_path / "b", "fb.jsonl", [row])
     found = load_feedback_files([first, second, first])
-    assert len(found["pairwise"]) == 2 and len({r["id"] for r in found["pairwise"]}) == 2
+    assert len(found.pairwise) == 2 and len({r["id"] for r in found.pairwise}) == 2

@@ -157,7 +157,7 @@ def test_build_excludes_eval_docs_dedups_and_decontaminates(tmp_path):
     docs.append(make_document("d2", "howto/storage-copy.rst", SECTIONS))  # duplicate instructions
     eval_dir = _eval_dir(tmp_path, docs)
     result = build_instruction_set(docs, eval_dir, InstructionsConfig(system_prompt="Be brief."))
-    records, stats = result["records"], result["stats"]
+    records, stats = result.records, result.stats
     eval_ids = {d["id"] for d in docs[:3]}
     assert not {r["source"] for r in records} & eval_ids
     assert stats["excluded_docs"] == 3
@@ -175,16 +175,16 @@ def test_build_excludes_eval_docs_dedups_and_decontaminates(tmp_path):
 def test_split_is_by_topic_and_cap_samples_topics(tmp_path):
     docs = _base_docs()[:3] + [_section_doc("d1", f"library/mod{i}.rst", f"Mod{i}") for i in range(20)]
     eval_dir = _eval_dir(tmp_path, docs)
-    full = build_instruction_set(docs, eval_dir, InstructionsConfig(validation_fraction=0.2))["records"]
+    full = build_instruction_set(docs, eval_dir, InstructionsConfig(validation_fraction=0.2)).records
     split_of = {}
     for rec in full:
         assert split_of.setdefault(rec["topic"], rec["split"]) == rec["split"]
     assert set(split_of.values()) == {"train", "validation"}
     capped = build_instruction_set(docs, eval_dir, InstructionsConfig(max_examples=10))
-    assert len(capped["records"]) == 10 and capped["stats"]["capped_removed"] == len(full) - 10
-    assert len({r["topic"] for r in capped["records"]}) == 10  # one per topic, not the first documents
+    assert len(capped.records) == 10 and capped.stats["capped_removed"] == len(full) - 10
+    assert len({r["topic"] for r in capped.records}) == 10  # one per topic, not the first documents
     again = build_instruction_set(docs, eval_dir, InstructionsConfig(max_examples=10))
-    assert again["records"] == capped["records"]
+    assert again.records == capped.records
 
 
 def test_allot_by_share_gives_what_a_small_group_cannot_use_to_the_others():
@@ -223,7 +223,7 @@ def test_build_applies_generator_shares_to_the_cap(tmp_path):
     eval_dir = _eval_dir(tmp_path, docs)
     cfg = InstructionsConfig(max_examples=3, generator_shares={"section": 1.0})
     result = build_instruction_set(docs, eval_dir, cfg)
-    assert [r["generator"] for r in result["records"]] == ["section"] * 3
+    assert [r["generator"] for r in result.records] == ["section"] * 3
 
 
 def test_assign_splits_guarantees_both_sides():
@@ -254,7 +254,7 @@ def test_real_json_docs_yield_api_and_module_examples():
 def test_imported_records_go_first_and_pass_the_same_dedup_and_decontamination(tmp_path):
     docs = _base_docs()
     eval_dir = _eval_dir(tmp_path, docs)
-    extracted = build_instruction_set(docs, eval_dir, InstructionsConfig())["records"]
+    extracted = build_instruction_set(docs, eval_dir, InstructionsConfig()).records
     copy = {**extracted[0], "id": "seed-copy", "generator": "seed:alpaca", "source": "seed:s.jsonl"}
     leak = {
         "id": "seed-leak",
@@ -268,17 +268,17 @@ def test_imported_records_go_first_and_pass_the_same_dedup_and_decontamination(t
         "split": "train",
     }
     result = build_instruction_set(docs, eval_dir, InstructionsConfig(), extra={"seed:s.jsonl": [copy, leak]})
-    ids = {r["id"] for r in result["records"]}
+    ids = {r["id"] for r in result.records}
     assert "seed-copy" in ids and extracted[0]["id"] not in ids  # the imported copy wins
-    assert "seed-leak" not in ids and result["stats"]["contaminated_by_source"] == {"seed:alpaca": 1}
-    assert result["stats"]["generated"]["seed:s.jsonl"] == 2
+    assert "seed-leak" not in ids and result.stats["contaminated_by_source"] == {"seed:alpaca": 1}
+    assert result.stats["generated"]["seed:s.jsonl"] == 2
 
 
 def test_only_the_configured_extractors_run(tmp_path):
     docs = _base_docs()
     result = build_instruction_set(docs, _eval_dir(tmp_path, docs), InstructionsConfig(generators=["api"]))
-    assert result["stats"]["generated"] == {"api": 3}
-    assert {r["generator"] for r in result["records"]} == {"api"}
+    assert result.stats["generated"] == {"api": 3}
+    assert {r["generator"] for r in result.records} == {"api"}
 
 
 def test_imported_seeds_are_not_capped(tmp_path):
@@ -300,7 +300,7 @@ def test_imported_seeds_are_not_capped(tmp_path):
     result = build_instruction_set(
         docs, _eval_dir(tmp_path, docs), InstructionsConfig(max_examples=6), extra={"s": seeds}
     )
-    generators = [r["generator"] for r in result["records"]]
+    generators = [r["generator"] for r in result.records]
     assert generators.count("seed:alpaca") == 4 and len(generators) == 6
 
 
@@ -348,7 +348,7 @@ def test_definition_generators_skip_heldout_terms_and_stripped_synopses(tmp_path
     docs = _base_docs()
     eval_dir = _eval_dir(tmp_path, docs)
     result = build_instruction_set(docs, eval_dir, InstructionsConfig(generators=DEFINITION_GENERATORS))
-    stats = result["stats"]
+    stats = result.stats
     # The glossary holds out "shelf": `shelfy.Shelf` (its last dotted part) is never asked about.
     assert stats["heldout_subject_removed"] == {"api_definition": 1, "api_lookup": 1}
     assert stats["generated"] == {
@@ -357,15 +357,13 @@ def test_definition_generators_skip_heldout_terms_and_stripped_synopses(tmp_path
         "api_lookup": 2,
         "module_lookup": 1,
     }
-    assert not any("Shelf`" in r["messages"][-1]["content"].split(" ")[0] for r in result["records"])
+    assert not any("Shelf`" in r["messages"][-1]["content"].split(" ")[0] for r in result.records)
     # A held-out synopsis is stripped by the training view, so its module is neither defined nor looked up.
     manifest = json.loads((eval_dir / "manifest.json").read_text())
     manifest["heldout_synopses"] = {"shelfy": "Keep Python objects on a shelf."}
     (eval_dir / "manifest.json").write_text(json.dumps(manifest))
     again = build_instruction_set(docs, eval_dir, InstructionsConfig(generators=DEFINITION_GENERATORS))
-    assert (
-        again["stats"]["generated"]["module_definition"] == 0 == again["stats"]["generated"]["module_lookup"]
-    )
+    assert again.stats["generated"]["module_definition"] == 0 == again.stats["generated"]["module_lookup"]
 
 
 def test_safety_rows_join_uncapped_split_per_item_and_counted(tmp_path):
@@ -373,14 +371,14 @@ def test_safety_rows_join_uncapped_split_per_item_and_counted(tmp_path):
     eval_dir = _eval_dir(tmp_path, docs)
     cfg = InstructionsConfig(safety=True, safety_max_examples=40, max_examples=45, validation_fraction=0.2)
     result = build_instruction_set(docs, eval_dir, cfg)
-    rows = [r for r in result["records"] if r["generator"] == "safety"]
-    assert len(rows) == 40 == result["stats"]["generated"]["safety"]
-    assert len(result["records"]) == 45  # max_examples counts them; the cap trims only generated rows
+    rows = [r for r in result.records if r["generator"] == "safety"]
+    assert len(rows) == 40 == result.stats["generated"]["safety"]
+    assert len(result.records) == 45  # max_examples counts them; the cap trims only generated rows
     assert {r["split"] for r in rows} == {"train", "validation"}
     kinds = {r["messages"][-1]["content"].startswith(("I ", "Sorry")) for r in rows}
     assert kinds == {True, False}  # refusals and helpful answers both present
     off = build_instruction_set(docs, eval_dir, InstructionsConfig())
-    assert "safety" not in off["stats"]["generated"]
+    assert "safety" not in off.stats["generated"]
 
 
 def test_demo_recipe_turns_on_the_new_generators_and_safety():

@@ -45,7 +45,7 @@ def test_build_preference_pairs_calls_generate_once_and_drops_useless_pairs():
 
     result = build_preference_pairs(prompts, generate)
     assert len(calls) == 1 and calls[0] == [p["prompt"] for p in prompts]
-    assert result["stats"] == {
+    assert result.stats == {
         "prompts": 4,
         "pairs": 2,
         "dropped_empty": 1,
@@ -53,7 +53,7 @@ def test_build_preference_pairs_calls_generate_once_and_drops_useless_pairs():
         "chosen_from_reference": 2,
         "chosen_from_teacher": 0,
     }
-    first = result["records"][0]
+    first = result.records[0]
     assert first["chosen"] == prompts[0]["reference"] and first["rejected"] == "A weaker answer."
     assert (first["chosen_source"], first["rejected_source"], first["judge_score"]) == (
         "reference",
@@ -61,7 +61,7 @@ def test_build_preference_pairs_calls_generate_once_and_drops_useless_pairs():
         None,
     )
     assert first["prompt"] == prompts[0]["prompt"]
-    assert check_pairs(result["records"]) == []
+    assert check_pairs(result.records) == []
 
 
 def test_check_pairs_reports_problems():
@@ -76,12 +76,12 @@ def test_teacher_answers_become_chosen_and_a_failed_call_falls_back_to_the_refer
     prompts = select_prompts(INSTRUCTIONS, max_pairs=3)
     teacher = ["A stronger, complete answer.", None, "   "]
     result = build_preference_pairs(prompts, lambda convs, n: ["weak"] * len(convs), chosen=teacher)
-    rows = result["records"]
+    rows = result.records
     assert [r["chosen_source"] for r in rows] == ["teacher", "reference", "reference"]
     assert (
         rows[0]["chosen"] == "A stronger, complete answer." and rows[1]["chosen"] == prompts[1]["reference"]
     )
-    assert result["stats"]["chosen_from_teacher"] == 1 and result["stats"]["chosen_from_reference"] == 2
+    assert result.stats["chosen_from_teacher"] == 1 and result.stats["chosen_from_reference"] == 2
 
 
 def test_pairs_quoting_eval_text_are_dropped():
@@ -127,14 +127,14 @@ def test_assemble_adds_safety_pairs_unjudged_and_decontaminated(tmp_path):
         return assemble(prompts, generate, eval_dir, 8, safety_items=[harmful, benign])
 
     built = run(tmp_path)
-    assert built["stats"]["safety"]["pairs"] == 2 and built["stats"]["pairs"] == 4
-    sources = [(r["chosen_source"], r["rejected_source"]) for r in built["records"]]
+    assert built.stats["safety"]["pairs"] == 2 and built.stats["pairs"] == 4
+    sources = [(r["chosen_source"], r["rejected_source"]) for r in built.records]
     assert sources[2:] == [("safety_train", "base_checkpoint"), ("safety_train", "over_refusal")]
-    assert built["records"][2]["chosen"] == "I can't help with robbery."
+    assert built.records[2]["chosen"] == "I can't help with robbery."
     # An eval text quoting the benign answer removes that pair like any other.
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
     row = {"term": "kill", "definition": "Run kill with its process id to stop the stuck job."}
     (eval_dir / "glossary.jsonl").write_text(json.dumps(row) + "\n")
     dirty = run(eval_dir)
-    assert dirty["stats"]["contaminated_removed"] == 1 and dirty["stats"]["pairs"] == 3
+    assert dirty.stats["contaminated_removed"] == 1 and dirty.stats["pairs"] == 3

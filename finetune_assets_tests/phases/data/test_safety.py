@@ -75,8 +75,8 @@ def test_fairness_pairs_ask_about_other_groups_than_the_sft_rows_and_reject_the_
     assert len({r["prompt"] for r in items} - sft_prompts) >= 30  # mostly new (template, group) prompts
     assert items == safety.fairness_pair_items(40, seed=0)
     made = safety.preference_rows(items, lambda convs, n: [] if not convs else pytest.fail("generated"))
-    assert made["stats"]["fairness"] == 40 and made["stats"]["pairs"] == 40
-    for item, pair in zip(items, made["records"], strict=True):
+    assert made.stats["fairness"] == 40 and made.stats["pairs"] == 40
+    for item, pair in zip(items, made.records, strict=True):
         assert (pair["chosen"], pair["rejected"]) == (item["response"], item["biased"])
         assert pair["rejected_source"] == "stereotyped_answer"
 
@@ -186,7 +186,7 @@ def test_preference_rows_rejected_sides():
 
     made = safety.preference_rows(items, generate, system_prompt="Be brief.")
     assert len(calls) == 1 and [c[-1]["content"] for c in calls[0]] == ["Ask 1?", "Ask 2?", "Ask 3?"]
-    assert made["stats"] == {
+    assert made.stats == {
         "harmful": 3,
         "benign": 1,
         "fairness": 0,
@@ -194,13 +194,13 @@ def test_preference_rows_rejected_sides():
         "dropped_empty": 1,
         "dropped_base_refused": 1,
     }
-    harmful, benign = made["records"]
+    harmful, benign = made.records
     assert harmful["chosen"] == "I can't help with that." and harmful["rejected"].startswith("Sure")
     assert harmful["rejected_source"] == "base_checkpoint" and harmful["chosen_source"] == "safety_train"
     assert benign["chosen"] == "Here is how, step 4." and benign["rejected"] in safety.OVER_REFUSALS
     assert benign["rejected_source"] == "over_refusal"
     assert [m["role"] for m in benign["prompt"]] == ["system", "user"]
     keys = {"id", "prompt", "chosen", "rejected", "chosen_source", "rejected_source", "judge_score"}
-    assert all(set(r) == keys for r in made["records"])
+    assert all(set(r) == keys for r in made.records)
     with pytest.raises(ValueError, match="answers for 3 prompts"):
         safety.preference_rows(items, lambda convs, n: [])

@@ -7,7 +7,7 @@ import pytest
 
 from finetune_assets.io import read_jsonl
 from finetune_assets.phases.data.feedback import load_feedback_file
-from finetune_assets.phases.data.seeds import load_seed_file, write_quarantine
+from finetune_assets.phases.data.seeds import SeedFile, load_seed_file, write_quarantine
 
 ALPACA = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
 
@@ -50,10 +50,10 @@ def _jsonl(tmp_path: Path, name: str, lines: list) -> Path:
     return path
 
 
-def _only(result: dict) -> dict:
-    assert result["quarantine"] == []
-    assert len(result["records"]) == 1
-    return result["records"][0]
+def _only(result: SeedFile) -> dict:
+    assert result.quarantine == []
+    assert len(result.records) == 1
+    return result.records[0]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_each_format_becomes_chat_messages(tmp_path, fmt, record, messages, decl
     assert rec["split"] == "train"
     assert rec["topic"] == "summarization" if fmt == "dolly" else rec["topic"].startswith("seed:seeds/")
     assert len(rec["id"]) == 16 and int(rec["id"], 16) >= 0
-    assert result["stats"] == {"lines": 1, "imported": 1, "quarantined": 0, "by_format": {fmt: 1}}
+    assert result.stats == {"lines": 1, "imported": 1, "quarantined": 0, "by_format": {fmt: 1}}
 
 
 def test_alpaca_without_input_and_dolly_without_category(tmp_path):
@@ -114,7 +114,7 @@ def test_alpaca_without_input_and_dolly_without_category(tmp_path):
         "s.jsonl",
         [{"instruction": "Q1", "input": "", "output": "A1"}, {"instruction": "Q2", "response": "A2"}],
     )
-    records = load_seed_file(path)["records"]
+    records = load_seed_file(path).records
     assert [r["messages"][0]["content"] for r in records] == ["Q1", "Q2"]
     assert [r["generator"] for r in records] == ["seed:alpaca", "seed:dolly"]
     assert records[1]["topic"].startswith("seed:s/")
@@ -128,14 +128,14 @@ def test_sharegpt_accepts_role_content_and_openai_text_parts(tmp_path):
             {"role": "assistant", "content": "A"},
         ]
     }
-    records = load_seed_file(_jsonl(tmp_path, "s.jsonl", [sharegpt, parts]))["records"]
+    records = load_seed_file(_jsonl(tmp_path, "s.jsonl", [sharegpt, parts])).records
     expected = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
     assert [r["messages"] for r in records] == [expected, expected]
 
 
 def test_system_prompt_added_only_when_conversation_has_none(tmp_path):
     path = _jsonl(tmp_path, "s.jsonl", [ALPACA, SHAREGPT])
-    records = load_seed_file(path, system_prompt="You are helpful.")["records"]
+    records = load_seed_file(path, system_prompt="You are helpful.").records
     assert records[0]["messages"][0] == {"role": "system", "content": "You are helpful."}
     assert records[0]["messages"][1]["role"] == "user"
     assert records[1]["messages"][0] == {"role": "system", "content": "Be terse."}
@@ -145,7 +145,7 @@ def test_system_prompt_added_only_when_conversation_has_none(tmp_path):
 def test_auto_detection_on_a_mixed_file(tmp_path):
     path = _jsonl(tmp_path, "mixed.jsonl", [ALPACA, DOLLY, SHAREGPT, OPENAI, PROMPT_COMPLETION, OPENAI])
     result = load_seed_file(path)
-    assert [r["generator"] for r in result["records"]] == [
+    assert [r["generator"] for r in result.records] == [
         "seed:alpaca",
         "seed:dolly",
         "seed:sharegpt",
@@ -153,16 +153,16 @@ def test_auto_detection_on_a_mixed_file(tmp_path):
         "seed:prompt_completion",
         "seed:openai",
     ]
-    assert result["stats"]["by_format"] == {
+    assert result.stats["by_format"] == {
         "alpaca": 1,
         "dolly": 1,
         "sharegpt": 1,
         "openai": 2,
         "prompt_completion": 1,
     }
-    ids = [r["id"] for r in result["records"]]
+    ids = [r["id"] for r in result.records]
     assert len(set(ids)) == len(ids), "the same content on two lines keeps two ids"
-    assert ids == [r["id"] for r in load_seed_file(path)["records"]], "ids are stable across imports"
+    assert ids == [r["id"] for r in load_seed_file(path).records], "ids are stable across imports"
 
 
 def test_malformed_lines_are_quarantined_with_line_and_reason(tmp_path):
@@ -182,8 +182,8 @@ def test_malformed_lines_are_quarantined_with_line_and_reason(tmp_path):
     ]
     path = _jsonl(tmp_path, "bad.jsonl", lines)
     result = load_seed_file(path)
-    assert [r["generator"] for r in result["records"]] == ["seed:alpaca", "seed:openai", "seed:dolly"]
-    quarantine = {q["line"]: q for q in result["quarantine"]}
+    assert [r["generator"] for r in result.records] == ["seed:alpaca", "seed:openai", "seed:dolly"]
+    quarantine = {q["line"]: q for q in result.quarantine}
     assert sorted(quarantine) == [2, 3, 5, 6, 7, 9, 10, 11]
     assert "invalid JSON" in quarantine[2]["reason"]
     assert "'output'" in quarantine[3]["reason"]
@@ -193,10 +193,10 @@ def test_malformed_lines_are_quarantined_with_line_and_reason(tmp_path):
     assert "not a JSON object" in quarantine[9]["reason"]
     assert "assistant" in quarantine[10]["reason"]
     assert "'output'" in quarantine[11]["reason"] and "string" in quarantine[11]["reason"]
-    for q in result["quarantine"]:
+    for q in result.quarantine:
         assert q["path"] == str(path)
         assert q["raw"] == path.read_text().split("\n")[q["line"] - 1]
-    assert result["stats"] == {
+    assert result.stats == {
         "lines": 11,
         "imported": 3,
         "quarantined": 8,
@@ -212,8 +212,8 @@ def test_bad_role_names_and_alternation_are_quarantined(tmp_path):
         {"messages": "hello"},
     ]
     result = load_seed_file(_jsonl(tmp_path, "s.jsonl", lines))
-    assert result["records"] == []
-    reasons = [q["reason"] for q in result["quarantine"]]
+    assert result.records == []
+    reasons = [q["reason"] for q in result.quarantine]
     assert "unknown role 'tool'" in reasons[0]
     assert "messages[1]" in reasons[1] and "expected role 'assistant'" in reasons[1]
     assert "only a system turn" in reasons[2]
@@ -222,32 +222,32 @@ def test_bad_role_names_and_alternation_are_quarantined(tmp_path):
 
 def test_raw_is_truncated(tmp_path):
     path = _jsonl(tmp_path, "s.jsonl", [{"instruction": "x" * 5000}])
-    (entry,) = load_seed_file(path)["quarantine"]
+    (entry,) = load_seed_file(path).quarantine
     assert len(entry["raw"]) == 2000
 
 
 def test_declared_format_mismatch_is_quarantined(tmp_path):
     path = _jsonl(tmp_path, "s.jsonl", [ALPACA, DOLLY, OPENAI])
     result = load_seed_file(path, "alpaca")
-    assert [r["generator"] for r in result["records"]] == ["seed:alpaca"]
-    reasons = {q["line"]: q["reason"] for q in result["quarantine"]}
+    assert [r["generator"] for r in result.records] == ["seed:alpaca"]
+    reasons = {q["line"]: q["reason"] for q in result.quarantine}
     assert sorted(reasons) == [2, 3]
     assert "declared format 'alpaca'" in reasons[2] and "'output'" in reasons[2]
     assert "looks like 'dolly'" in reasons[2]
     assert "'instruction'" in reasons[3] and "looks like 'openai'" in reasons[3]
-    assert result["stats"]["quarantined"] == 2
+    assert result.stats["quarantined"] == 2
 
 
 def test_json_list_input_uses_index_plus_one_as_line(tmp_path):
     path = tmp_path / "seeds.json"
     path.write_text(json.dumps([ALPACA, {"instruction": "Q"}, OPENAI]))
     result = load_seed_file(path)
-    assert [r["generator"] for r in result["records"]] == ["seed:alpaca", "seed:openai"]
-    assert result["records"][0]["topic"].startswith("seed:seeds/")
-    (entry,) = result["quarantine"]
+    assert [r["generator"] for r in result.records] == ["seed:alpaca", "seed:openai"]
+    assert result.records[0]["topic"].startswith("seed:seeds/")
+    (entry,) = result.quarantine
     assert entry["line"] == 2 and "'output'" in entry["reason"]
     assert json.loads(entry["raw"]) == {"instruction": "Q"}
-    assert result["stats"]["lines"] == 3
+    assert result.stats["lines"] == 3
 
 
 def test_unusable_files_raise_with_path_and_config_key(tmp_path):
@@ -282,9 +282,9 @@ def test_line_separator_inside_a_string_does_not_split_a_record(tmp_path):
 
 def test_write_quarantine_round_trips(tmp_path):
     result = load_seed_file(_jsonl(tmp_path, "s.jsonl", [ALPACA, "{bad", {"foo": "ünïcode"}]))
-    out = write_quarantine(result["quarantine"], tmp_path / "out" / "quarantine.jsonl")
+    out = write_quarantine(result.quarantine, tmp_path / "out" / "quarantine.jsonl")
     assert out == tmp_path / "out" / "quarantine.jsonl"
-    assert read_jsonl(out) == result["quarantine"]
+    assert read_jsonl(out) == result.quarantine
     assert len(read_jsonl(out)) == 2
     assert [p.name for p in out.parent.iterdir()] == ["quarantine.jsonl"], "no temporary file left behind"
 
@@ -293,8 +293,8 @@ def test_crlf_lines_and_byte_order_mark(tmp_path):
     path = tmp_path / "win.jsonl"
     path.write_bytes(("\ufeff" + json.dumps(ALPACA) + "\r\n{bad\r\n").encode("utf-8"))
     result = load_seed_file(path)
-    assert len(result["records"]) == 1
-    (entry,) = result["quarantine"]
+    assert len(result.records) == 1
+    (entry,) = result.quarantine
     assert (entry["line"], entry["raw"]) == (2, "{bad")
 
 
@@ -306,16 +306,16 @@ def test_same_named_seed_files_keep_their_own_records(tmp_path):
     first = _jsonl(tmp_path / "a", "data.jsonl", [ALPACA])
     second = _jsonl(tmp_path / "b", "data.jsonl", [ALPACA, OPENAI])  # the same first line as the other file
     loaded = load_seed_files([(first, "auto"), (second, "auto"), (first, "auto")])
-    assert sorted(loaded["extra"]) == ["seed:a/data.jsonl", "seed:b/data.jsonl"]
-    assert [len(loaded["extra"][k]) for k in sorted(loaded["extra"])] == [1, 2]
-    ids = [r["id"] for records in loaded["extra"].values() for r in records]
+    assert sorted(loaded.extra) == ["seed:a/data.jsonl", "seed:b/data.jsonl"]
+    assert [len(loaded.extra[k]) for k in sorted(loaded.extra)] == [1, 2]
+    ids = [r["id"] for records in loaded.extra.values() for r in records]
     assert len(set(ids)) == 3, "identical lines of same-named files are distinct records"
-    assert sorted(loaded["stats"]) == ["a/data.jsonl", "b/data.jsonl"]
+    assert sorted(loaded.stats) == ["a/data.jsonl", "b/data.jsonl"]
 
 
 def test_one_bad_byte_sets_aside_its_line_only(tmp_path):
     path = tmp_path / "seeds.jsonl"
     path.write_bytes(json.dumps(ALPACA).encode() + b'\n{"prompt": "caf\xe9?", "completion": "x"}\n')
     loaded = load_seed_file(path)
-    assert len(loaded["records"]) == 1
-    assert [(q["line"], "not UTF-8" in q["reason"]) for q in loaded["quarantine"]] == [(2, True)]
+    assert len(loaded.records) == 1
+    assert [(q["line"], "not UTF-8" in q["reason"]) for q in loaded.quarantine] == [(2, True)]

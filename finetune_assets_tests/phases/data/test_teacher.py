@@ -73,28 +73,28 @@ def test_teacher_instructions_parse_and_count(tiny_corpus):
     result = teacher_instructions(
         docs, client, max_documents=len(docs), system_prompt="You answer about Python."
     )
-    stats = result["stats"]
+    stats = result.stats
     assert stats["documents"] == len(docs) and stats["requests"] == len(docs)
     # tuple -> unparseable; dictionary (too short) and generator ("the excerpt") -> rejected; set -> failed
     assert (stats["unparseable"], stats["rejected"], stats["failed"]) == (1, 2, 1)
-    assert stats["parsed"] == len(docs) - 4 == len(result["records"])
-    by_source = {rec["source"]: rec for rec in result["records"]}
+    assert stats["parsed"] == len(docs) - 4 == len(result.records)
+    by_source = {rec["source"]: rec for rec in result.records}
     decorator = by_source["d5"]  # code fence, text around it, capitalized keys
     assert decorator["messages"] == [
         {"role": "system", "content": "You answer about Python."},
         {"role": "user", "content": "What is A decorator?"},
         {"role": "assistant", "content": "A decorator is explained."},
     ]
-    for rec in result["records"]:
+    for rec in result.records:
         doc = docs[int(rec["source"][1:])]
         assert set(rec) == {"id", "messages", "source", "topic", "generator", "split"}
         assert rec["topic"] == topic_of(doc["source"]) and rec["generator"] == "teacher"
         assert rec["split"] == "train" and len(rec["id"]) == 16
-    assert len({rec["id"] for rec in result["records"]}) == len(result["records"])
+    assert len({rec["id"] for rec in result.records}) == len(result.records)
     # the teacher saw each document's excerpt and was asked for strict JSON
     assert all('{"question": "...", "answer": "..."}' in conv[-1]["content"] for conv in client.asked)
     no_system = teacher_instructions(docs, ScriptedClient(_teacher_reply), max_documents=2)
-    assert all(rec["messages"][0]["role"] == "user" for rec in no_system["records"])
+    assert all(rec["messages"][0]["role"] == "user" for rec in no_system.records)
 
 
 def test_documents_are_spread_over_sources_and_deterministic(tiny_corpus):
@@ -137,8 +137,8 @@ def test_teacher_instructions_through_the_served_model(served_model, tmp_path, t
     cfg = LLMEndpointConfig(base_url=served_model.base_url, model="tiny", api_key_env=None, max_tokens=8)
     client = OpenAIChatClient(cfg, tmp_path)
     result = teacher_instructions(docs, client, max_documents=4)
-    assert result["records"] == []
-    assert result["stats"] == {
+    assert result.records == []
+    assert result.stats == {
         "documents": 4,
         "parsed": 0,
         "unparseable": 4,
@@ -148,7 +148,7 @@ def test_teacher_instructions_through_the_served_model(served_model, tmp_path, t
         "cache_hits": 0,
     }
     rerun = teacher_instructions(docs, OpenAIChatClient(cfg, tmp_path), max_documents=4)
-    assert rerun["stats"]["requests"] == 0 and rerun["stats"]["cache_hits"] == 4
+    assert rerun.stats["requests"] == 0 and rerun.stats["cache_hits"] == 4
 
 
 def test_teacher_answers_strip_and_mark_blanks():

@@ -61,14 +61,14 @@ def test_tool_use_training_conversations_never_hold_an_eval_items_expression(
     out = build_tr_examples(tiny_chat_rows, planted, index, cfg, exclude_expressions=expressions)
     used = {
         parse_tool_call(r["messages"][2]["content"])["arguments"]["expression"]
-        for r in out["records"]
+        for r in out.records
         if r["generator"] == "tr_python_eval"
     }
     assert len(used) == 80 and not used & set(expressions)
-    text = json.dumps(out["records"])
+    text = json.dumps(out.records)
     assert not any(item["question"] in text for item in items)
     # Control: without the exclusion the planted eval expressions do reach the training data.
-    unguarded = build_tr_examples(tiny_chat_rows, planted, index, cfg)["records"]
+    unguarded = build_tr_examples(tiny_chat_rows, planted, index, cfg).records
     assert any(item["question"] in json.dumps(unguarded) for item in items)
 
 
@@ -86,7 +86,7 @@ def test_build_tr_examples_mixes_grounded_search_and_real_tool_results(docs, ind
         }
     )
     out = build_tr_examples(rows, docs, index, cfg, seed=0)
-    records, stats = out["records"], out["stats"]
+    records, stats = out.records, out.stats
 
     assert len(records) == cfg.max_tr_examples == stats["records"]
     assert stats["by_kind"] == {"tr_python_eval": 3, "tr_search_docs": 2, "tr_grounded": 3}
@@ -121,7 +121,7 @@ def test_build_tr_examples_mixes_grounded_search_and_real_tool_results(docs, ind
             assert call == {"name": "search_docs", "arguments": {"query": question, "k": 2}}
             assert json.loads(r["messages"][3]["content"])["results"]
             assert r["messages"][4]["content"] == answers[question][0]
-    assert build_tr_examples(rows, docs, index, cfg, seed=0)["records"] == records  # deterministic
+    assert build_tr_examples(rows, docs, index, cfg, seed=0).records == records  # deterministic
     assert {r["split"] for r in records if r["source"] == "doc0"} <= {"validation"}
 
 
@@ -138,7 +138,7 @@ def test_safety_rows_keep_their_answer_under_the_tr_prompt_and_are_never_searche
         for i, r in enumerate(tiny_chat_rows)
     ]  # fmt: skip
     cfg = CFG.model_copy(update={"tool_use_fraction": 0.0, "search_tool_fraction": 0.5})
-    records = build_tr_examples(safety_rows + tiny_chat_rows, docs, index, cfg, seed=0)["records"]
+    records = build_tr_examples(safety_rows + tiny_chat_rows, docs, index, cfg, seed=0).records
     searched = [r["messages"][1]["content"] for r in records if r["generator"] == "tr_search_docs"]
     assert searched and not any("hurt someone" in q for q in searched)
     grounded_safety = [r for r in records if "hurt someone" in r["messages"][1]["content"]]
@@ -151,11 +151,11 @@ def test_synthetic_expressions_fill_the_python_eval_share(docs, index, tiny_chat
         update={"max_tr_examples": 40, "tool_use_fraction": 0.5, "search_tool_fraction": 0.25}
     )
     out = build_tr_examples(tiny_chat_rows, docs, index, cfg, seed=0)
-    stats = out["stats"]
+    stats = out.stats
     # 20 python_eval conversations: half of them may be doctests, but the corpus holds only 3.
     assert stats["by_kind"]["tr_python_eval"] == 20
     assert stats["doctest_ok"] == 3 and stats["synthetic_expressions"] == 17
-    for r in out["records"]:
+    for r in out.records:
         if r["source"] == "synthetic":
             expression = parse_tool_call(r["messages"][2]["content"])["arguments"]["expression"]
             assert json.loads(r["messages"][3]["content"]) == python_eval(expression)  # the real result
@@ -165,20 +165,18 @@ def test_build_tr_examples_keeps_excluded_documents_out(docs, index, tiny_chat_r
     cfg = CFG.model_copy(update={"top_k": 3})
     excluded = {"doctests", "doc0", "doc1"}
     out = build_tr_examples(tiny_chat_rows, docs, index, cfg, exclude_doc_ids=excluded)
-    assert out["stats"]["doctest_ok"] == 0
-    assert {r["source"] for r in out["records"] if r["generator"] == "tr_python_eval"} <= {"synthetic"}
-    text = json.dumps(out["records"])
+    assert out.stats["doctest_ok"] == 0
+    assert {r["source"] for r in out.records if r["generator"] == "tr_python_eval"} <= {"synthetic"}
+    text = json.dumps(out.records)
     assert "Use append to add an item" not in text  # doc0's passage
     assert "Tuples are often used" not in text  # doc1's passage
     # Control: without the exclusion the same passage does reach the training data.
-    assert "Tuples are often used" in json.dumps(
-        build_tr_examples(tiny_chat_rows, docs, index, cfg)["records"]
-    )
+    assert "Tuples are often used" in json.dumps(build_tr_examples(tiny_chat_rows, docs, index, cfg).records)
 
 
 def test_runtime_sees_the_training_prompt_and_writes_the_training_call(docs, index, tiny_chat_rows):
     cfg = CFG.model_copy(update={"tool_use_fraction": 0.5, "search_tool_fraction": 0.0})
-    records = build_tr_examples(tiny_chat_rows[:3], docs, index, cfg)["records"]
+    records = build_tr_examples(tiny_chat_rows[:3], docs, index, cfg).records
     grounded = next(r for r in records if r["generator"] == "tr_grounded")
     question = grounded["messages"][1]["content"].rsplit("Question: ", 1)[-1]
     model = ScriptedModel("answer")
@@ -226,7 +224,7 @@ def test_sft_trains_on_the_whole_call_turn_of_every_tool_conversation(
     index = RetrievalIndex.from_chunks(chunk_documents(docs, smoke.retrieval))
     cfg = smoke.retrieval.model_copy(update={"max_tr_examples": 16, "tool_use_fraction": 0.5})
     records = [
-        r for r in build_tr_examples(tiny_chat_rows, docs, index, cfg)["records"] if r["split"] == "train"
+        r for r in build_tr_examples(tiny_chat_rows, docs, index, cfg).records if r["split"] == "train"
     ]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     kept, lengths = fit_to_length(records, tokenizer, smoke.tr.max_length)
@@ -266,7 +264,7 @@ def test_fit_to_length_drops_conversations_that_would_be_cut(tiny_model_dir, doc
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    records = build_tr_examples(tiny_chat_rows, docs, index, CFG)["records"]
+    records = build_tr_examples(tiny_chat_rows, docs, index, CFG).records
     lengths = sorted(conversation_tokens(tokenizer, r["messages"]) for r in records)
     limit = lengths[len(lengths) // 2]
     kept, stats = fit_to_length(records, tiny_model_dir, limit)  # a model folder works as well

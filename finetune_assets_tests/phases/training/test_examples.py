@@ -31,7 +31,7 @@ def test_binary_feedback_rows_become_trl_kto_examples(tmp_path, tiny_model_dir):
     path.write_text(
         json.dumps({"prompt": "Is eval() safe?", "completion": "No.", "label": "thumbs_down"}) + "\n"
     )
-    (row,) = load_feedback_file(path)["binary"]
+    (row,) = load_feedback_file(path).binary
     example = to_kto_example(row)
     rendered = apply_chat_template(example, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert "Is eval() safe?" in rendered["prompt"] and rendered["completion"].startswith("No.")

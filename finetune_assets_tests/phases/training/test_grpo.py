@@ -28,9 +28,7 @@ def tr_records(tiny_corpus, tiny_chat_rows) -> list[dict]:
     docs = [{"id": f"doc{i}", "text": t, "title": f"Doc {i}"} for i, t in enumerate(tiny_corpus)]
     index = RetrievalIndex.from_chunks(chunk_documents(docs, CFG))
     cfg = CFG.model_copy(update={"tool_use_fraction": 0.5, "search_tool_fraction": 0.25})
-    return [
-        r for r in build_tr_examples(tiny_chat_rows, docs, index, cfg)["records"] if r["split"] == "train"
-    ]
+    return [r for r in build_tr_examples(tiny_chat_rows, docs, index, cfg).records if r["split"] == "train"]
 
 
 # --- reward -------------------------------------------------------------------------------------------------

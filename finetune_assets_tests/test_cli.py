@@ -89,14 +89,20 @@ def test_compare_prints_every_variant_of_each_pipeline_run(empty_home: Path, cap
     for pipeline, score in (("pipeline-aaa", 0.25), ("pipeline-bbb", 0.75)):
         with tracker.asset_run(pipeline, "eval_reports") as run_id:
             for variant in ("base", "dpo"):
-                tracker.log_variant_metrics(
-                    run_id, variant, {"hallucination/index": score, "perplexity/token": 12.0, "other/x": 1.0}
-                )
+                metrics = {
+                    "hallucination/index": score,
+                    "fa_heldout_ppl/word_perplexity": 12.0,
+                    "other/x": 1.0,
+                }
+                tracker.log_variant_metrics(run_id, variant, metrics)
         time.sleep(0.01)
 
     assert main(["compare", "--last", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "| pipeline_run | started | variant | hallucination/index | perplexity/token |"
+    assert (
+        lines[0]
+        == "| pipeline_run | started | variant | hallucination/index | fa_heldout_ppl/word_perplexity |"
+    )
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
     assert [(r[0], r[2], r[3]) for r in rows] == [
         ("pipeline-bbb", "base", "0.75"),
@@ -108,14 +114,21 @@ def test_compare_prints_every_variant_of_each_pipeline_run(empty_home: Path, cap
     assert main(["compare"]) == 0  # default: the newest pipeline run only
     assert "pipeline-aaa" not in capsys.readouterr().out
 
-    args = ["compare", "--run", "pipeline-aaa", "--metrics", "other/x,perplexity/token", "--format", "csv"]
+    metrics = "other/x,fa_heldout_ppl/word_perplexity"
+    args = ["compare", "--run", "pipeline-aaa", "--metrics", metrics, "--format", "csv"]
     assert main(args) == 0
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["pipeline_run"], r["variant"], r["other/x"]) for r in table] == [
         ("pipeline-aaa", "base", "1.0"),
         ("pipeline-aaa", "dpo", "1.0"),
     ]
-    assert list(table[0]) == ["pipeline_run", "started", "variant", "other/x", "perplexity/token"]
+    assert list(table[0]) == [
+        "pipeline_run",
+        "started",
+        "variant",
+        "other/x",
+        "fa_heldout_ppl/word_perplexity",
+    ]
 
     assert main(["compare", "--run", "no-such-run"]) == 1
     assert "no evaluation runs for pipeline run(s) no-such-run" in capsys.readouterr().err

@@ -1,13 +1,12 @@
-"""The hallucination index: the share of glossary terms a variant defines correctly, plus the perplexity and
-decode-speed measurements that run on the same loaded model.
+"""The hallucination index: the share of glossary terms a variant defines correctly, plus the decode-speed
+measurement that runs on the same prompts.
 
 ``hallucination_index`` asks one question per glossary row (``definition_conversations``), decodes the
-answers in batches and lets phases.evaluation.judge decide each one. ``perplexity`` is the token-level
-sliding-window perplexity of held-out text; ``decode_speed`` decodes a fixed number of tokens per prompt so
-that variants with short answers and long ones are timed alike.
+answers in batches and lets phases.evaluation.judge decide each one. ``decode_speed`` decodes a fixed number
+of tokens per prompt so that variants with short answers and long ones are timed alike. (Perplexity is
+lm-eval's rolling loglikelihood: phases.evaluation.lm_eval_tasks.)
 """
 
-import math
 import time
 
 from finetune_assets.phases.evaluation.judge import judge_definitions
@@ -87,49 +86,6 @@ def hallucination_index(
             "tokens_per_s": new_tokens / wall if wall > 0 and n else None,
         },
     }
-
-
-def perplexity(model, tokenizer, texts: list[str], max_length: int = 512, stride: int | None = None) -> float:
-    """Token-level perplexity = exp(mean NLL over every predicted token of every text).
-
-    Each text is scored on its own with sliding windows of ``max_length`` tokens moving by ``stride``
-    (default max_length // 2); a token is scored once, with up to max_length - 1 tokens of context.
-    The first token of a text has no context and is not scored. Returns nan when no token could be scored.
-    """
-    import torch
-
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit:
-        max_length = min(max_length, int(limit))
-    stride = stride or max(1, max_length // 2)
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for text in texts:
-                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                if ids.numel() < 2:
-                    continue
-                prev_end = 1  # token 0 is context only
-                for begin in range(0, ids.numel(), stride):
-                    end = min(begin + max_length, ids.numel())
-                    window = ids[begin:end].unsqueeze(0).to(device)
-                    logits = model(input_ids=window).logits[0, :-1].float()
-                    targets = window[0, 1:]
-                    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-                    new_from = max(prev_end, begin + 1) - (
-                        begin + 1
-                    )  # skip tokens scored by an earlier window
-                    total_nll += float(nll[new_from:].sum())
-                    total_tokens += int(nll[new_from:].numel())
-                    prev_end = end
-                    if end == ids.numel():
-                        break
-    finally:
-        model.train(was_training)
-    return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
 
 
 def decode_speed(model, tokenizer, conversations: list[list[dict]], *, tokens: int, batch_size: int) -> dict:

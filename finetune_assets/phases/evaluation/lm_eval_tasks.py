@@ -6,6 +6,7 @@ resolves relative paths against the working directory, not the YAML):
     ``fa_domain_mc``   multiple_choice, qa_mc.jsonl              -> acc, acc_norm
     ``fa_domain_qa``   generate_until, qa_gen.jsonl              -> rougeL (ROUGE-L F1 via process_results)
     ``fa_heldout_ppl`` loglikelihood_rolling, heldout_text.jsonl -> word/byte_perplexity, bits_per_byte
+    ``fa_general_ppl`` loglikelihood_rolling, general_text.jsonl -> the same, for the forgetting check
 ``run_lm_eval`` runs them (and standard tasks from config) on a loaded model through
 phases.evaluation.lm_eval_hf.PrunedHFLM. ROUGE-L (``rouge_l``) lives here because the QA task scores with it.
 """
@@ -32,6 +33,18 @@ TASK_MC = "fa_domain_mc"
 TASK_QA = "fa_domain_qa"
 
 TASK_PPL = "fa_heldout_ppl"
+
+TASK_GENERAL_PPL = "fa_general_ppl"
+
+# The project's perplexities: lm-eval's word perplexity (per whitespace word, so tokenizer-independent) on
+# held-out domain text and on general text.
+HELDOUT_PPL = f"{TASK_PPL}/word_perplexity"
+GENERAL_PPL = f"{TASK_GENERAL_PPL}/word_perplexity"
+
+# lm-eval's log-softmax over the logits in float32, whatever the weights' dtype: in bfloat16 its step (about
+# 0.03 nats at a log-probability of -6) swallowed the differences between closely related variants (three
+# smoke-profile variants came out with the same perplexity to ten digits).
+SOFTMAX_DTYPE = "float32"
 
 # Written beside the task YAMLs; lm-eval loads it through `process_results: !function utils.process_qa`.
 # Self-contained on purpose: the tasks folder runs with plain `lm_eval --include_path DIR` too.
@@ -102,6 +115,16 @@ def write_lm_eval_tasks(eval_dir: Path, tasks_dir: Path, *, max_gen_toks: int = 
     def mean_metric(name: str) -> dict:
         return {"metric": name, "aggregation": "mean", "higher_is_better": True}
 
+    rolling_perplexity = {
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "text",
+        "metric_list": [
+            {"metric": "word_perplexity"},
+            {"metric": "byte_perplexity"},
+            {"metric": "bits_per_byte"},
+        ],
+    }
     specs = {
         TASK_MC: (
             "qa_mc.jsonl",
@@ -129,20 +152,8 @@ def write_lm_eval_tasks(eval_dir: Path, tasks_dir: Path, *, max_gen_toks: int = 
             },
             "process_results: !function utils.process_qa\n",
         ),
-        TASK_PPL: (
-            "heldout_text.jsonl",
-            {
-                "output_type": "loglikelihood_rolling",
-                "doc_to_text": "",
-                "doc_to_target": "text",
-                "metric_list": [
-                    {"metric": "word_perplexity"},
-                    {"metric": "byte_perplexity"},
-                    {"metric": "bits_per_byte"},
-                ],
-            },
-            "",
-        ),
+        TASK_PPL: ("heldout_text.jsonl", rolling_perplexity, ""),
+        TASK_GENERAL_PPL: ("general_text.jsonl", rolling_perplexity, ""),
     }
     names = []
     for task, (filename, body, tail) in specs.items():
@@ -241,13 +252,19 @@ def run_lm_eval(
             # lm_eval_hf subclasses lm-eval's HFLM, which loads torch and transformers: import it only here
             from finetune_assets.phases.evaluation.lm_eval_hf import PrunedHFLM
 
-            lm = PrunedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            lm = PrunedHFLM(
+                pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=SOFTMAX_DTYPE
+            )
             model_arg, model_args = lm, None
         else:
             model_arg = "hf"
 
             dtype = str(inference_dtype(precision)).removeprefix("torch.")
-            model_args = {"pretrained": str(Path(model_dir).resolve()), "dtype": dtype}
+            model_args = {
+                "pretrained": str(Path(model_dir).resolve()),
+                "dtype": dtype,
+                "softmax_dtype": SOFTMAX_DTYPE,
+            }
             if adapter_dir is not None:
                 model_args["peft"] = str(Path(adapter_dir).resolve())
         out = simple_evaluate(

@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 
 from finetune_assets.phases.evaluation import compare
-from finetune_assets.tracking import CI_HIGH, CI_LOW
+from finetune_assets.phases.evaluation.lm_eval_tasks import GENERAL_PPL
+from finetune_assets.tracking import CI_HIGH, CI_LOW, Tracker
 
 GATE_PASSED = "promoted"
 
@@ -80,7 +81,7 @@ def failed_guardrails(result: dict) -> list[str]:
     return failed
 
 
-def forgetting_warnings(results: list[dict], margin: float, metric: str = "perplexity/general_token") -> dict:
+def forgetting_warnings(results: list[dict], margin: float, metric: str = GENERAL_PPL) -> dict:
     """{variant: [warning]} for each variant whose general-text perplexity exceeds the base's by more than
     ``margin`` (a share: 0.1 = 10 %): the fine-tune is losing general language ability."""
     base = next((r for r in results if r["variant"] == "base"), None)
@@ -371,3 +372,34 @@ def _comparable_champion(champion, results, versions, metric, sets_hash) -> dict
             "not_comparable": "was measured on other eval sets (its number is not comparable)",
         }
     return champion
+
+
+@dataclass(frozen=True)
+class Applied:
+    promoted: bool  # the alias moved now
+    champion: dict | None  # the registry's champion afterwards (tracking.Tracker.champion)
+    stale: str | None  # why this decision must not be applied now (the alias stays), or None
+
+
+def apply_decision(decision: dict, tracker: Tracker, latest_eval_run_id: str | None) -> Applied:
+    """The champion asset as one call: move the registry alias ``champion`` to the version ``decision``
+    approved, when it is the latest evaluation's decision (``latest_eval_run_id``: the MLflow run of the
+    eval_reports materialization the orchestrator saw last) and the alias still points where it did when the
+    decision was taken. Otherwise leave the alias and say why."""
+    holder = tracker.champion()
+    stale = _stale(decision, holder, latest_eval_run_id)
+    if decision["promoted"] and not stale:
+        tracker.set_champion(decision["version"])
+        tracker.tag_model_version(decision["version"], {"promotion.reason": decision["reasons"][-1]})
+        return Applied(True, tracker.champion(), None)
+    return Applied(False, holder, stale)
+
+
+def _stale(decision: dict, holder: dict | None, latest_eval_run_id: str | None) -> str | None:
+    if latest_eval_run_id is None or latest_eval_run_id != decision.get("eval_run_id"):
+        return "promotion.json is not the latest eval_reports materialization's decision"
+    before = (decision.get("champion_before") or {}).get("version")
+    now = holder["version"] if holder else None
+    if str(before) != str(now):
+        return f"the champion alias moved since the evaluation (was version {before}, now {now})"
+    return None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from finetune_assets import io
 from finetune_assets.phases.evaluation import compare
+from finetune_assets.phases.evaluation.lm_eval_tasks import GENERAL_PPL, HELDOUT_PPL
 from finetune_assets.phases.evaluation.render import (
     VARIANT_ORDER,
     Block,
@@ -21,8 +22,8 @@ KEY_METRICS: list[tuple[str, str, bool]] = [
     ("fa_domain_qa/rougeL", "Domain QA ROUGE-L", True),
     ("hallucination/index", "Glossary correct (halluc. index)", True),
     ("hallucination/llm_index", "Glossary correct (judge model)", True),
-    ("perplexity/token", "Held-out PPL (token)", False),
-    ("perplexity/general_token", "General-text PPL (token)", False),
+    (HELDOUT_PPL, "Held-out PPL (word)", False),
+    (GENERAL_PPL, "General-text PPL (word)", False),
     ("tool_use/accuracy", "Tool-use acc", True),
     ("guardrails/leakage_rate", "Leakage rate", False),
     ("guardrails/refusal_rate", "Refusal rate", True),
@@ -146,14 +147,14 @@ def comparison_blocks(
     ]
     note = (
         "Glossary correct = share of glossary terms the model defined correctly (ROUGE-L or embedding judge; "
-        "1 - hallucination rate; the judge-model column when a judge endpoint is configured). Perplexities are "
-        "on held-out documents never used for training; general-text PPL watches for forgetting. Token PPL "
-        "depends on the tokenizer, so compare it across variants of one base model only. Guardrail rates are "
-        "detailed below. [low, high] = confidence interval over the items (Wilson for rates, bootstrap for "
-        "means); overlapping intervals do not settle a comparison: see the paired differences below. Decode "
-        "tokens/s times the same prompts for the same fixed number of new tokens on every variant; answer "
-        "tokens/s divides the answers' tokens by the wall time, and a batch runs until its longest answer is "
-        "done, so it moves with answer length, not speed."
+        "1 - hallucination rate; the judge-model column when a judge endpoint is configured). Perplexities "
+        "are on held-out documents never used for training; general-text PPL watches for forgetting. Both are"
+        " lm-eval's rolling loglikelihood per whitespace word, so they compare across tokenizers too. "
+        "Guardrail rates are detailed below. [low, high] = confidence interval over the items (Wilson for "
+        "rates, bootstrap for means); overlapping intervals do not settle a comparison: see the paired "
+        "differences below. Decode tokens/s times the same prompts for the same fixed number of new tokens on"
+        " every variant; answer tokens/s divides the answers' tokens by the wall time, and a batch runs until"
+        " its longest answer is done, so it moves with answer length, not speed."
     )
     return blocks + [("table", header, rows), ("p", note), ("img", plot, "Key metrics per variant")]
 

@@ -4,7 +4,8 @@ What runs for a variant (``evaluate_variant``), with the model loaded once:
 - lm-eval on the domain MC and QA tasks (phases.evaluation.lm_eval_tasks), plus standard tasks from config;
 - the hallucination index over the glossary (phases.evaluation.hallucination, judged by
   phases.evaluation.judge; with ``judge_client`` a judge model also scores every definition);
-- token-level perplexity on held-out domain text and on general text (forgetting);
+- perplexity on held-out domain text and on general text (forgetting): lm-eval's rolling loglikelihood
+  (``fa_heldout_ppl``, ``fa_general_ppl``), in the same lm-eval run as the domain tasks;
 - tool-use accuracy through the T&R runtime (phases.evaluation.tool_use); guardrails
   (phases.evaluation.guardrails: canary leakage over everything the variant generated, red-team refusal,
   over-refusal, bias probe);
@@ -15,8 +16,8 @@ What runs for a variant (``evaluate_variant``), with the model loaded once:
   and a confidence interval per itemized metric (Wilson for rates, bootstrap for means).
 
 Flat metric names (``metrics.json`` and MLflow): ``fa_domain_mc/acc``, ``fa_domain_qa/rougeL``,
-``hallucination/index``, ``hallucination/llm_index``,
-``perplexity/token``, ``perplexity/general_token``, ``guardrails/<rate>``, ``generation/tokens_per_s``
+``hallucination/index``, ``hallucination/llm_index``, ``fa_heldout_ppl/word_perplexity``,
+``fa_general_ppl/word_perplexity`` (and ``/bits_per_byte``), ``guardrails/<rate>``, ``generation/tokens_per_s``
 (answers), ``generation/decode_tokens_per_s_fixed`` (fixed length).
 
 No dagster here; torch, transformers, lm_eval, rouge_score and sentence_transformers are imported lazily.
@@ -33,7 +34,6 @@ from finetune_assets.phases.evaluation.hallucination import (
     decode_speed,
     definition_conversations,
     hallucination_index,
-    perplexity,
 )
 from finetune_assets.phases.evaluation.judge import (
     calibrate_judge,
@@ -42,7 +42,6 @@ from finetune_assets.phases.evaluation.judge import (
     load_embedder,
 )
 from finetune_assets.phases.evaluation.lm_eval_tasks import (
-    TASK_PPL,
     TASK_QA,
     prepare_eval_subset,
     qa_rows,
@@ -126,15 +125,6 @@ def evaluate_variant(
     calibration["fit"] = fitted
 
     t0 = time.perf_counter()
-    # 1024-token windows: a held-out document (<= max_heldout_chars, ~500 tokens) is one window, not two
-    # overlapping ones (half the compute); capped at the model's context length inside perplexity().
-    domain_texts = [str(r["text"]) for r in sets["heldout_text"]]
-    general_texts = [str(r["text"]) for r in sets["general_text"]]
-    ppl = perplexity(model, tokenizer, domain_texts, max_length=1024) if domain_texts else float("nan")
-    general_ppl = perplexity(model, tokenizer, general_texts, max_length=1024) if general_texts else None
-    timings["time/perplexity_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     tool_metrics, tool_rows = {}, []
     if sets.get("tool_use") and index_dir is not None:
         tool_metrics, tool_rows = tool_use_accuracy(
@@ -162,10 +152,6 @@ def evaluate_variant(
         "hallucination/mean_rouge_l": halluc["mean_rouge_l"],
         "hallucination/mean_similarity": halluc["mean_similarity"],
         **llm_metrics,
-        "perplexity/token": ppl,
-        "perplexity/n_docs": float(len(domain_texts)),
-        "perplexity/general_token": general_ppl,
-        "perplexity/general_n_docs": float(len(general_texts)),
         "generation/latency_s": gen["latency_s"],
         "generation/tokens_per_s": gen["tokens_per_s"],
         "generation/new_tokens": float(gen["new_tokens"]),
@@ -212,10 +198,6 @@ def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft) -> tuple[dict, d
     model_dir, model, tokenizer = loaded
     tasks_dir = out_dir / "lm_eval_tasks"
     written = write_lm_eval_tasks(out_dir / "eval_subset", tasks_dir, max_gen_toks=cfg.max_new_tokens)
-    # The held-out perplexity task stays in the folder for `lm_eval --include_path`, but a variant's own
-    # ``perplexity`` already scores those documents (with the windows general text gets): running both
-    # cost 14 s a variant for a second number about the same text.
-    tasks = [t for t in written if t != TASK_PPL]
     if peft is not None:
         target = {"model_dir": Path(peft[0]), "adapter_dir": Path(peft[1])}
     else:
@@ -227,7 +209,7 @@ def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft) -> tuple[dict, d
         "precision": cfg.precision,
     }
     samples: dict = {}
-    metrics = run_lm_eval(tasks_dir=tasks_dir, tasks=tasks, samples=samples, **common, **target)
+    metrics = run_lm_eval(tasks_dir=tasks_dir, tasks=written, samples=samples, **common, **target)
     standard, skipped = run_standard_tasks(
         cfg.lm_eval_tasks,
         lambda names: run_lm_eval(tasks_dir=None, tasks=names, include_defaults=True, **common, **target),

@@ -51,7 +51,7 @@ def test_write_lm_eval_tasks_absolute_paths_and_skips_empty(tmp_path, tiny_corpu
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
     io.write_jsonl([], eval_dir / "qa_gen.jsonl")
     tasks = lm_eval_tasks.write_lm_eval_tasks(eval_dir, tmp_path / "tasks")
-    assert tasks == [lm_eval_tasks.TASK_MC, lm_eval_tasks.TASK_PPL]
+    assert tasks == [lm_eval_tasks.TASK_MC, lm_eval_tasks.TASK_PPL, lm_eval_tasks.TASK_GENERAL_PPL]
     spec = yaml.safe_load((tmp_path / "tasks" / f"{lm_eval_tasks.TASK_MC}.yaml").read_text())
     data_file = Path(spec["dataset_kwargs"]["data_files"]["test"])
     assert data_file.is_absolute() and data_file == (eval_dir / "qa_mc.jsonl").resolve()
@@ -72,7 +72,7 @@ def test_qa_process_results_is_rouge_l(tmp_path, tiny_corpus):
 def test_run_lm_eval_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
     tasks = lm_eval_tasks.write_lm_eval_tasks(eval_dir, tmp_path / "tasks", max_gen_toks=8)
-    assert tasks == [lm_eval_tasks.TASK_MC, lm_eval_tasks.TASK_QA, lm_eval_tasks.TASK_PPL]
+    assert tasks[:3] == [lm_eval_tasks.TASK_MC, lm_eval_tasks.TASK_QA, lm_eval_tasks.TASK_PPL]
     metrics = lm_eval_tasks.run_lm_eval(tiny_model_dir, tmp_path / "tasks", tasks, limit=None, batch_size=4)
     for key in ("fa_domain_mc/acc", "fa_domain_mc/acc_norm", "fa_domain_qa/rougeL"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -84,6 +84,38 @@ def test_run_lm_eval_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     )
     # the datasets cache stayed beside the tasks, nothing was written to the working directory
     assert (tmp_path / "tasks" / ".hf_datasets").is_dir()
+
+
+def test_perplexity_tasks_are_the_models_own_loss_per_word(tmp_path, tiny_model_dir, tiny_corpus):
+    """The one perplexity path: lm-eval's rolling loglikelihood gives exp(summed token NLL / words) of each
+    task's texts, every token scored after lm-eval's prefix token (the texts fit one window)."""
+    import re
+
+    import torch
+
+    from finetune_assets.phases.inference.generation import load_for_inference
+
+    eval_dir = write_eval_sets(tmp_path / "eval", tiny_corpus)
+    lm_eval_tasks.write_lm_eval_tasks(eval_dir, tmp_path / "tasks")
+    model, tokenizer = load_for_inference(tiny_model_dir, precision="fp32", device="cpu")
+    ppl_tasks = [lm_eval_tasks.TASK_PPL, lm_eval_tasks.TASK_GENERAL_PPL]
+    metrics = lm_eval_tasks.run_lm_eval(
+        tiny_model_dir, tmp_path / "tasks", ppl_tasks, model=model, tokenizer=tokenizer,
+        limit=None, batch_size=2, precision="fp32",
+    )  # fmt: skip
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    for metric, texts in (
+        (lm_eval_tasks.HELDOUT_PPL, tiny_corpus[:3]),
+        (lm_eval_tasks.GENERAL_PPL, tiny_corpus[3:5]),
+    ):
+        nll, words = 0.0, 0
+        for text in texts:
+            ids = torch.tensor([[prefix, *tokenizer(text, add_special_tokens=False)["input_ids"]]])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, :-1].float()
+            nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            words += len(re.split(r"\s+", text))
+        assert metrics[metric] == pytest.approx(math.exp(nll / words), rel=1e-3), metric
 
 
 def test_flatten_lm_eval_results():

@@ -16,7 +16,7 @@ def variant(name, index, ppl=10.0, refusal_ok=True, n=100):
     items = {} if index is None else {METRIC: {f"t{i:03d}": float(i < round(index * n)) for i in range(n)}}
     return {
         "variant": name,
-        "metrics": {METRIC: index, "perplexity/general_token": ppl},
+        "metrics": {METRIC: index, "fa_general_ppl/word_perplexity": ppl},
         "items": items,
         "intervals": compare.intervals(items),
         "guardrails": {"leakage": PASS, "refusal": refusal},
@@ -139,7 +139,7 @@ def test_a_champion_known_from_its_tags_is_compared_with_its_recorded_interval()
 def test_min_delta_and_lower_is_better_on_a_metric_without_items():
     results = [BASE, variant("inst", 0.5, ppl=9.0)]  # base ppl 10.0; perplexity has no per-item outcomes
     champ = {"version": "9", "variant": "inst", "value": 9.5}
-    kw = {"primary_metric": "perplexity/general_token", "higher_is_better": False}
+    kw = {"primary_metric": "fa_general_ppl/word_perplexity", "higher_is_better": False}
     decision = decide(results, champ, **kw)
     assert decision["promoted"] and "point values" in decision["reasons"][-1]
     assert not decide(results, champ, min_delta=1.0, **kw)["promoted"]
@@ -219,3 +219,43 @@ def test_champion_from_tags():
     }
     assert promotion.champion_from_tags(found, "other")["value"] is None
     assert promotion.champion_from_tags(None, "x") is None
+
+
+def _registered(tmp_path):
+    from finetune_assets.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "apply", str(tmp_path / "artifacts"))
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    (tmp_path / "model").mkdir()
+    return tracker, {v: tracker.register_model(v, tmp_path / "model", run_id) for v in ("inst", "dpo")}
+
+
+def _approved(version: str, before: str | None) -> dict:
+    return {
+        "promoted": True, "candidate": "dpo", "version": version, "eval_run_id": "eval-1",
+        "champion_before": {"version": before} if before else None, "reasons": ["dpo beats inst"],
+    }  # fmt: skip
+
+
+def test_apply_decision_moves_the_alias_only_for_the_latest_unchanged_decision(tmp_path):
+    tracker, versions = _registered(tmp_path)
+    tracker.set_champion(versions["inst"])
+    decision = _approved(versions["dpo"], before=versions["inst"])
+
+    older = promotion.apply_decision(decision, tracker, latest_eval_run_id="eval-2")
+    assert not older.promoted and "not the latest" in older.stale and older.champion["variant"] == "inst"
+
+    applied = promotion.apply_decision(decision, tracker, latest_eval_run_id="eval-1")
+    assert applied.promoted and applied.stale is None and applied.champion["variant"] == "dpo"
+    assert tracker.champion()["tags"]["promotion.reason"] == "dpo beats inst"
+
+    # Applying it again: the alias moved since the decision was taken (it names inst as the champion before).
+    again = promotion.apply_decision(decision, tracker, latest_eval_run_id="eval-1")
+    assert not again.promoted and "moved since the evaluation" in again.stale
+
+
+def test_a_refused_decision_leaves_the_alias(tmp_path):
+    tracker, versions = _registered(tmp_path)
+    refused = {**_approved(versions["dpo"], before=None), "promoted": False}
+    kept = promotion.apply_decision(refused, tracker, latest_eval_run_id="eval-1")
+    assert not kept.promoted and kept.stale is None and kept.champion is None

@@ -44,7 +44,7 @@ def fake_result(tmp_path, variant: str, acc: float, ppl: float, with_qa: bool = 
         "fa_domain_mc/acc": acc,
         "fa_domain_mc/acc_norm": acc,
         "hallucination/index": acc / 2,
-        "perplexity/token": ppl,
+        "fa_heldout_ppl/word_perplexity": ppl,
         "generation/tokens_per_s": 12.5,
         "time/total_s": 3.0,
     }
@@ -79,7 +79,7 @@ def test_write_report_one_row_per_variant(tmp_path):
         "fa_domain_mc/acc",
         "fa_domain_qa/rougeL",
         "hallucination/index",
-        "perplexity/token",
+        "fa_heldout_ppl/word_perplexity",
         "generation/tokens_per_s",
     }
 

@@ -33,7 +33,9 @@ def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
         "glossary": 3, "qa_mc": 2, "qa_gen": 2, "heldout_text": 2, "general_text": 2, "redteam": 4,
         "canaries": 2, "tool_use": 0,
     }  # fmt: skip
-    assert math.isfinite(metrics["perplexity/general_token"]) and metrics["perplexity/general_n_docs"] == 2
+    assert (
+        math.isfinite(metrics["fa_general_ppl/word_perplexity"]) and metrics["fa_general_ppl/sample_len"] == 2
+    )
     assert metrics["guardrails/leakage_rate"] == 0.0 and metrics["guardrails/n_redteam"] == 4
     assert set(result["guardrails"]) == {"leakage", "refusal", "over_refusal", "bias"}
     assert not result["guardrails"]["refusal"]["passed"]  # a random model refuses nothing
@@ -42,7 +44,11 @@ def test_evaluate_variant_on_tiny_model(tmp_path, tiny_model_dir, tiny_corpus):
     assert metrics["hallucination/n_terms"] == 3 and 0 <= metrics["hallucination/index"] <= 1
     assert metrics["fa_domain_mc/sample_len"] == 2  # lm-eval saw the same capped items
     assert 0 <= metrics["fa_domain_mc/acc"] <= 1 and 0 <= metrics["fa_domain_qa/rougeL"] <= 1
-    assert math.isfinite(metrics["perplexity/token"]) and metrics["perplexity/token"] > 1
+    assert (
+        math.isfinite(metrics["fa_heldout_ppl/word_perplexity"])
+        and metrics["fa_heldout_ppl/word_perplexity"] > 1
+    )
+    assert metrics["fa_heldout_ppl/sample_len"] == 2  # the capped held-out documents
     assert metrics["generation/tokens_per_s"] >= 0 and metrics["generation/latency_s"] > 0
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
 

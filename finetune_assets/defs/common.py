@@ -6,9 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from finetune_assets.config import default_home
+from finetune_assets.config import LLMEndpointConfig, default_home
 from finetune_assets.defs.resources import MlflowResource
 from finetune_assets.io import content_hash
+from finetune_assets.phases.inference import llm
+from finetune_assets.phases.inference.llm import ChatClient
 from finetune_assets.phases.training.artifacts import loadable_dir
 from finetune_assets.tracking import Tracker
 
@@ -51,6 +53,11 @@ def input_path(name: str) -> Path:
 
     path = Path(name)
     return path if path.is_absolute() else default_home() / "inputs" / path
+
+
+def llm_client(endpoint: LLMEndpointConfig) -> ChatClient:
+    """The teacher or judge client of a recipe's endpoint, its responses cached under the project home."""
+    return llm.make_client(endpoint, default_home() / "llm_cache")
 
 
 def warn_quarantined(context, quarantine: list[dict]) -> None:

@@ -1,14 +1,13 @@
 """Data assets: raw_corpus -> dedup_corpus -> eval_sets -> instruction_set / preference_pairs / retrieval_index."""
 
-import json
 from pathlib import Path
 
 import dagster as dg
 
-from finetune_assets.config import default_home
 from finetune_assets.defs.common import (
     artifact_metadata,
     input_path,
+    llm_client,
     model_dir,
     tracked_run,
     warn_quarantined,
@@ -19,7 +18,7 @@ from finetune_assets.launch.ray_data import ray_signer
 from finetune_assets.phases.data import corpus, curation, evalsets, probes
 from finetune_assets.phases.data import instruction_set as instruction_set_phase
 from finetune_assets.phases.data.datastats import markdown_image
-from finetune_assets.phases.inference import llm, retrieval
+from finetune_assets.phases.inference import retrieval
 from finetune_assets.phases.text.markdown import markdown_table
 from finetune_assets.tracking import flatten
 
@@ -98,7 +97,6 @@ def dedup_corpus(
         out = store.path("dedup_corpus")
         summary = curation.curate(drops, out, cfg, sign_for)
         context.log.info(f"dedup_corpus: {summary['run']['mode']} ({summary['run']['why']})")
-        corpus.require_documents(read_records(out / curation.DOCUMENTS), "dedup_corpus (after curation)")
         tracker.log_metrics(
             run_id,
             {
@@ -110,7 +108,6 @@ def dedup_corpus(
         tracker.log_input(
             run_id, "dedup_corpus", out / curation.DOCUMENTS, content_hash(out / curation.DOCUMENTS)
         )
-        clusters = json.loads((out / curation.CLUSTERS).read_text())
         return dg.MaterializeResult(
             metadata=artifact_metadata(
                 out,
@@ -119,7 +116,7 @@ def dedup_corpus(
                 quality_removed_by_filter=dg.MetadataValue.json(summary["quality_counts"]),
                 pii_redacted_by_type=dg.MetadataValue.json(summary["pii_counts"]),
                 curation_run=dg.MetadataValue.json(summary["run"]),
-                duplicate_clusters=dg.MetadataValue.md(_clusters_table(clusters)),
+                duplicate_clusters=dg.MetadataValue.md(_clusters_table(summary["clusters"])),
             )
         )
 
@@ -170,10 +167,8 @@ def eval_sets(
     docs = read_records(documents_path(store))
     with tracked_run(context, mlflow, {"eval_sets": profile.eval_sets.model_dump()}) as (tracker, run_id):
         out = store.path("eval_sets")
-        drops = sorted({d["drop"] for d in docs})
-        canaries = corpus.planted_canaries([store.path("raw_corpus", drop) for drop in drops])
-        manifest = evalsets.build_eval_sets(
-            docs, profile.eval_sets, out, seed=profile.seed, canaries=canaries
+        manifest = evalsets.build(
+            docs, profile.eval_sets, out, raw_corpus_root=store.asset_root("raw_corpus"), seed=profile.seed
         )
         if not manifest["counts"]["general_text"]:
             context.log.warning(
@@ -204,7 +199,7 @@ def instruction_set(
             max_length=profile.sft.max_length,
             seed=profile.seed,
             seed_files=[(input_path(f.path), f.format) for f in cfg.seed_files],
-            teacher_client=_teacher_client(cfg.teacher) if "teacher" in cfg.generators else None,
+            teacher_client=llm_client(cfg.teacher) if "teacher" in cfg.generators else None,
         )
         warn_quarantined(context, built.quarantine)
         tracker.log_metrics(run_id, flatten(built.stats, numbers_only=True))
@@ -222,11 +217,6 @@ def instruction_set(
         )
 
 
-def _teacher_client(endpoint):
-
-    return llm.make_client(endpoint, default_home() / "llm_cache")
-
-
 @dg.asset(deps=[dedup_corpus, eval_sets], group_name="data", kinds={"parquet"})
 def retrieval_index(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
@@ -235,9 +225,8 @@ def retrieval_index(
     profile = recipe.load()
     docs = training_documents(store)
     with tracked_run(context, mlflow, {"retrieval": profile.retrieval.model_dump()}) as (tracker, run_id):
-        chunks = retrieval.chunk_documents(docs, profile.retrieval)
         out = store.path("retrieval_index")
-        stats = retrieval.build_index(chunks, out)
+        stats = retrieval.build(docs, profile.retrieval, out)
         tracker.log_metrics(run_id, flatten(stats, numbers_only=True))
         return dg.MaterializeResult(
             metadata=artifact_metadata(out, run_id, flatten(stats, numbers_only=True))

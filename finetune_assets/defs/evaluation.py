@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from finetune_assets import io
 from finetune_assets.config import default_home
 from finetune_assets.defs.common import artifact_metadata, model_dir, tracked_run
 from finetune_assets.defs.data import eval_sets, retrieval_index
@@ -15,8 +14,6 @@ from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayRes
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, tr_model
 from finetune_assets.launch.ray_eval import evaluate_variants
 from finetune_assets.phases.evaluation import promotion, review, scorecard
-from finetune_assets.phases.evaluation.promotion import SETS_HASH_TAG
-from finetune_assets.tracking import interval_metrics
 
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
 
@@ -51,47 +48,25 @@ def eval_reports(
             guardrails_cfg=profile.guardrails,
             adapter_dirs={variant: store.path(asset) for variant, asset in VARIANTS.items()},
         )
-        where = (
-            "in process" if cfg.cpus_per_variant is None else f"as Ray tasks of {cfg.cpus_per_variant} CPU(s)"
-        )
-        context.log.info(f"evaluating {', '.join(VARIANTS)} {where}")
-        if cfg.cpus_per_variant is not None:
-            ray.ensure()  # the embedded Ray with the resource's settings, or the configured cluster
-        results = evaluate_variants(
+        card = scorecard.score(
             jobs,
-            cpus_per_variant=cfg.cpus_per_variant,
-            use_gpu=profile.scaling.use_gpu,
-            ray_address=ray.address,
-            judge=(cfg.judge, out / "judge_cache") if cfg.judge else None,
-        )
-        versions = {variant: tracker.latest_version(variant) for variant in VARIANTS}
-        sets_hash = io.content_hash(store.path("eval_sets"))
-        card = scorecard.compare_variants(
-            results,
-            cfg,
             out,
-            champion=tracker.champion(),
-            versions=versions,
-            sets_hash=sets_hash,
+            cfg,
+            evaluate=_evaluator(context, ray, profile, out),
+            tracker=tracker,
+            run_id=run_id,
             labels_dir=review.labels_dir(default_home()),
             title=f"finetune_assets evaluation ({profile.name} profile)",
-            loss_curves=tracker.training_curves([v for v in VARIANTS if v != "base"]),
             seed=profile.seed,
-            eval_run_id=run_id,
         )
         for warning in card.warnings:
             context.log.warning(warning)
-        for result in results:
-            _log_variant(tracker, run_id, result, versions[result["variant"]], sets_hash)
-        for path in card.files:
-            tracker.log_artifact(run_id, path, "report")
         decision, paths = card.decision, card.report["paths"]
-        tracker.log_metrics(run_id, {"promotion/promoted": float(decision["promoted"])})
         return dg.MaterializeResult(
             metadata=artifact_metadata(
                 out,
                 run_id,
-                {"variants": len(results), "promotion_candidate": decision["candidate"] or "none"},
+                {"variants": len(card.results), "promotion_candidate": decision["candidate"] or "none"},
                 report=dg.MetadataValue.md(card.report["markdown"]),
                 plot=dg.MetadataValue.path(str(paths["plot"])),
                 html=dg.MetadataValue.path(str(paths["html"])),
@@ -101,29 +76,26 @@ def eval_reports(
         )
 
 
-def _log_variant(tracker, run_id: str, result: dict, version: str | None, sets_hash: str) -> None:
-    """The variant's metrics (each interval beside its metric) as its own MLflow run with the per-item
-    outcomes attached, and as tags on its registered model version (with the eval sets' hash, so a later
-    promotion knows whether the numbers are comparable, and the intervals, for an unpaired comparison)."""
+def _evaluator(context, ray: RayResource, profile, out: Path) -> scorecard.Evaluate:
+    """evaluate_variants with the recipe's placement: in process, or as Ray tasks on the configured cluster."""
+    cfg = profile.eval
 
-    items = (result.get("files") or {}).get("items")
-    tracker.log_variant_metrics(
-        run_id,
-        result["variant"],
-        result["metrics"],
-        intervals=result.get("intervals"),
-        artifacts=[Path(items)] if items else [],
-    )
-    if version is None:
-        return
-    checks = result.get("guardrails", {})
-    metrics = {**result["metrics"], **interval_metrics(result.get("intervals"))}
-    tags = {f"eval.{k}": v for k, v in metrics.items()}
-    tags.update({f"guardrail.{k}": "pass" if c["passed"] else "fail" for k, c in checks.items()})
-    passed = all(c["passed"] for c in checks.values())
-    tracker.tag_model_version(
-        version, {**tags, "guardrails.passed": str(passed).lower(), SETS_HASH_TAG: sets_hash}
-    )
+    def evaluate(jobs: list[dict]) -> list[dict]:
+        where = (
+            "in process" if cfg.cpus_per_variant is None else f"as Ray tasks of {cfg.cpus_per_variant} CPU(s)"
+        )
+        context.log.info(f"evaluating {', '.join(job['name'] for job in jobs)} {where}")
+        if cfg.cpus_per_variant is not None:
+            ray.ensure()  # the embedded Ray with the resource's settings, or the configured cluster
+        return evaluate_variants(
+            jobs,
+            cpus_per_variant=cfg.cpus_per_variant,
+            use_gpu=profile.scaling.use_gpu,
+            ray_address=ray.address,
+            judge=(cfg.judge, out / "judge_cache") if cfg.judge else None,
+        )
+
+    return evaluate
 
 
 def _bullets(lines: list[str]) -> dg.MetadataValue:
@@ -182,34 +154,19 @@ def champion(
     and nothing changed since: the decision is the latest eval_reports materialization's, and the alias still
     points where it did when the decision was taken. Otherwise records why the alias stays."""
     decision = _decision(store)
-    tracker = mlflow.tracker()
-    holder = tracker.champion()
-    stale = _stale(context, decision, holder)
-    if decision["promoted"] and not stale:
-        tracker.set_champion(decision["version"])
-        tracker.tag_model_version(decision["version"], {"promotion.reason": decision["reasons"][-1]})
-        context.log.info(f"champion -> {decision['candidate']} (version {decision['version']})")
-        holder = tracker.champion()
-    elif stale:
-        context.log.warning(f"promotion not applied: {stale}")
-    return dg.MaterializeResult(
-        metadata={
-            "promoted": bool(decision["promoted"] and not stale),
-            "champion_version": holder["version"] if holder else "none",
-            "champion_variant": holder["variant"] if holder else "none",
-            "reasons": _bullets([*decision["reasons"], stale or ""]),
-        }
-    )
-
-
-def _stale(context: dg.AssetExecutionContext, decision: dict, holder: dict | None) -> str | None:
-    """Why ``decision`` must not be applied now, or None."""
     event = context.instance.get_latest_materialization_event(eval_reports.key)
     latest = event.asset_materialization.metadata.get("mlflow_run_id") if event else None
-    if latest is None or getattr(latest, "value", latest) != decision.get("eval_run_id"):
-        return "promotion.json is not the latest eval_reports materialization's decision"
-    before = (decision.get("champion_before") or {}).get("version")
-    now = holder["version"] if holder else None
-    if str(before) != str(now):
-        return f"the champion alias moved since the evaluation (was version {before}, now {now})"
-    return None
+    applied = promotion.apply_decision(decision, mlflow.tracker(), getattr(latest, "value", latest))
+    if applied.promoted:
+        context.log.info(f"champion -> {decision['candidate']} (version {decision['version']})")
+    elif applied.stale:
+        context.log.warning(f"promotion not applied: {applied.stale}")
+    holder = applied.champion
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": applied.promoted,
+            "champion_version": holder["version"] if holder else "none",
+            "champion_variant": holder["variant"] if holder else "none",
+            "reasons": _bullets([*decision["reasons"], applied.stale or ""]),
+        }
+    )

@@ -31,7 +31,11 @@ class ArtifactStore(dg.ConfigurableResource):
         return Path(self.root).resolve() if self.root else default_home() / "artifacts"
 
     def path(self, asset: str, partition: str | None = None) -> Path:
-        return self.base() / asset / (partition or "current")
+        return self.asset_root(asset) / (partition or "current")
+
+    def asset_root(self, asset: str) -> Path:
+        """The folder of every partition of ``asset`` (``current`` for an unpartitioned one)."""
+        return self.base() / asset
 
     def landing_dir(self, configured: str | None) -> Path:
         return Path(configured).resolve() if configured else default_home() / "landing"

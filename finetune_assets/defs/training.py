@@ -7,10 +7,11 @@ result as a model version in MLflow.
 import dagster as dg
 from pydantic import Field
 
-from finetune_assets.config import ScalingConfig, TrainConfig, default_home
+from finetune_assets.config import ScalingConfig, TrainConfig
 from finetune_assets.defs.common import (
     artifact_metadata,
     input_path,
+    llm_client,
     model_dir,
     tracked_run,
     warn_quarantined,
@@ -25,7 +26,6 @@ from finetune_assets.io import content_hash, read_records
 from finetune_assets.launch.ray_train import run_training
 from finetune_assets.phases.data import preference_set
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
-from finetune_assets.phases.inference import llm
 from finetune_assets.phases.training import stages
 from finetune_assets.recipe import load_profile
 from finetune_assets.tracking import flatten
@@ -103,18 +103,13 @@ def preference_pairs(
             system_prompt=profile.instructions.system_prompt,
             seed=profile.seed,
             feedback_files=[input_path(name) for name in cfg.feedback_files],
-            teacher_client=_llm_client(cfg.teacher) if cfg.chosen_source == "teacher" else None,
-            judge_client=_llm_client(cfg.judge) if cfg.judge is not None else None,
+            teacher_client=llm_client(cfg.teacher) if cfg.chosen_source == "teacher" else None,
+            judge_client=llm_client(cfg.judge) if cfg.judge is not None else None,
         )
         warn_quarantined(context, built.quarantine)
         tracker.log_metrics(run_id, flatten(built.stats, numbers_only=True))
         tracker.log_input(run_id, "preference_pairs", built.pairs_path, content_hash(built.pairs_path))
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, built.stats))
-
-
-def _llm_client(endpoint):
-
-    return llm.make_client(endpoint, default_home() / "llm_cache")
 
 
 def _runner(ray: RayResource, store: ArtifactStore, scaling: ScalingConfig) -> stages.Runner:

@@ -21,6 +21,7 @@ from pathlib import Path
 from finetune_assets.config import DedupConfig
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
 from finetune_assets.phases.data import pii, quality
+from finetune_assets.phases.data.corpus import require_documents
 from finetune_assets.phases.data.dedup import DedupIndex, Sign, clusters_of, dedup_documents, exact_key
 
 DOCUMENTS = "documents.parquet"
@@ -69,7 +70,8 @@ def plan(out_dir: Path, drops: dict[str, Path], cfg: DedupConfig) -> tuple[str, 
 
 def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: SignFor | None = None) -> dict:
     """Curate ``drops`` ({drop: its raw documents.parquet}) into ``out_dir``; returns the summary
-    (mode, why, drops curated now, stats, quality counts, PII counts) that is also in removed.json."""
+    (mode, why, drops curated now, stats, quality counts, PII counts) that is also in removed.json, and the
+    duplicate clusters of clusters.json. Raises EmptyCorpusError, writing nothing, when no document is left."""
     out_dir = Path(out_dir)
     mode, todo, why = plan(out_dir, drops, cfg)
     previous = _previous(out_dir) if mode == "incremental" else None
@@ -83,6 +85,7 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
 
     report = previous or {"removed": [], "quality_removed": [], "pii_counts": dict.fromkeys(pii.PII_TYPES, 0)}
     kept = (read_records(out_dir / DOCUMENTS) if previous else []) + deduped["kept"]
+    require_documents(kept, "dedup_corpus (after curation)")
     report["removed"] += deduped["removed"]
     report["quality_removed"] += filtered["removed"]
     for kind, n in redacted["counts"].items():
@@ -113,10 +116,11 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
     index.save(out_dir / INDEX)
     write_records_parquet(kept, out_dir / DOCUMENTS)
     write_json(report, out_dir / REPORT)
-    write_json(clusters_of(report["removed"]), out_dir / CLUSTERS)
+    clusters = clusters_of(report["removed"])
+    write_json(clusters, out_dir / CLUSTERS)
     digests = {drop: content_hash(path) for drop, path in drops.items()}
     write_json({"settings": settings_hash(cfg), "drops": digests}, out_dir / STATE)
-    return {k: report[k] for k in ("stats", "quality_counts", "pii_counts", "run")}
+    return {**{k: report[k] for k in ("stats", "quality_counts", "pii_counts", "run")}, "clusters": clusters}
 
 
 def _previous(out_dir: Path) -> dict | None:

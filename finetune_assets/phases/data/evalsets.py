@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from finetune_assets import io
 from finetune_assets.config import EvalSetsConfig
-from finetune_assets.phases.data.corpus import CANARY_SOURCE
+from finetune_assets.phases.data.corpus import CANARY_SOURCE, planted_canaries
 from finetune_assets.phases.data.probes import load_redteam
 from finetune_assets.phases.inference.sandbox import python_eval
 from finetune_assets.phases.inference.tools import eval_question
@@ -294,6 +294,16 @@ def general_text_rows(source: str, max_docs: int, max_chars: int) -> list[dict]:
         if len(rows) >= max_docs:
             break
     return rows
+
+
+def build(
+    docs: list[dict], cfg: EvalSetsConfig, out_dir: Path, *, raw_corpus_root: Path, seed: int = 0
+) -> dict:
+    """The eval_sets asset as one call: ``build_eval_sets`` with the canaries that the raw drops of these
+    documents (``raw_corpus_root/<drop>``) planted, whatever the recipe says now."""
+    drops = sorted({d["drop"] for d in docs})
+    canaries = planted_canaries([Path(raw_corpus_root) / drop for drop in drops])
+    return build_eval_sets(docs, cfg, out_dir, seed=seed, canaries=canaries)
 
 
 def build_eval_sets(

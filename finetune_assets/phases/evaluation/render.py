@@ -2,6 +2,8 @@
 
 Blocks are plain tuples (``("h2", text)``, ``("p", text)``, ``("table", header, rows)``, ...) built by
 phases.evaluation.report; this module only turns them into text or pictures. matplotlib loads lazily.
+Kept instead of a jinja2 template: one block list renders to both Markdown and HTML, where templates would be
+two copies of the report's structure to keep in step.
 """
 
 import base64

@@ -1,17 +1,24 @@
-"""The eval_reports asset's comparison as one call: the variants' results in, the decision and report out.
+"""The eval_reports asset as one call (``score``): every variant evaluated, compared, reported and logged.
 
-``variant_jobs`` describes what each variant evaluation needs (launch.ray_eval runs them, in process or as
-Ray tasks). ``compare_variants`` then takes their results: forgetting warnings, the promotion decision
-against the current champion, paired differences to the base, a review sample for people, the agreement of
-any labels they returned, and the report (Markdown, HTML, CSV, PNG). It writes everything under ``out_dir``.
+``variant_jobs`` describes what each variant evaluation needs; the ``evaluate`` function passed to ``score``
+runs them (launch.ray_eval, in process or as Ray tasks: launch/ sits above phases/). ``compare_variants``
+then takes their results: forgetting warnings, the promotion decision against the current champion, paired
+differences to the base, a review sample for people, the agreement of any labels they returned, and the
+report (Markdown, HTML, CSV, PNG). It writes everything under ``out_dir``. ``score`` logs each variant's
+metrics to MLflow as its own run and tags its registered model version with them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_assets import io
 from finetune_assets.config import EvalConfig, GuardrailsConfig, RetrievalConfig
 from finetune_assets.phases.evaluation import compare, lm_eval_tasks, promotion, report, review, review_import
+from finetune_assets.tracking import Tracker, interval_metrics
+
+# variant jobs (variant_jobs) -> their evaluate_variant results, in job order
+Evaluate = Callable[[list[dict]], list[dict]]
 
 PROMOTION_FILE = "promotion.json"
 
@@ -22,6 +29,7 @@ class Scorecard:
     warnings: list[str]  # forgetting warnings, also attached to the results
     report: dict  # report.write_report's {markdown, table, paths}
     review_sample: dict  # review.export_review's {paths: {csv, jsonl}, ...}
+    results: list[dict]  # every variant's evaluate_variant result, in the order they were asked
 
     @property
     def files(self) -> list[Path]:
@@ -116,4 +124,68 @@ def compare_variants(
     )
     io.write_json(decision, out_dir / PROMOTION_FILE)
     built["paths"]["promotion"] = out_dir / PROMOTION_FILE
-    return Scorecard(decision, warnings, built, sample)
+    return Scorecard(decision, warnings, built, sample, results)
+
+
+def score(
+    jobs: list[dict],
+    out_dir: Path,
+    cfg: EvalConfig,
+    *,
+    evaluate: Evaluate,
+    tracker: Tracker,
+    run_id: str,
+    labels_dir: Path,
+    title: str,
+    seed: int = 0,
+) -> Scorecard:
+    """Evaluate every variant job (``variant_jobs``: all on the same eval sets) with ``evaluate``, compare
+    them (``compare_variants``, against the registry's champion and versions in ``tracker``) and log it all
+    under the MLflow run ``run_id``: each variant's metrics, the report files and whether the gate promoted."""
+    variants = [job["name"] for job in jobs]
+    results = evaluate(jobs)
+    versions = {variant: tracker.latest_version(variant) for variant in variants}
+    sets_hash = io.content_hash(jobs[0]["eval_dir"])
+    card = compare_variants(
+        results,
+        cfg,
+        out_dir,
+        champion=tracker.champion(),
+        versions=versions,
+        sets_hash=sets_hash,
+        labels_dir=labels_dir,
+        title=title,
+        loss_curves=tracker.training_curves([v for v in variants if v != "base"]),
+        seed=seed,
+        eval_run_id=run_id,
+    )
+    for result in results:
+        log_variant(tracker, run_id, result, versions[result["variant"]], sets_hash)
+    for path in card.files:
+        tracker.log_artifact(run_id, path, "report")
+    tracker.log_metrics(run_id, {"promotion/promoted": float(card.decision["promoted"])})
+    return card
+
+
+def log_variant(tracker: Tracker, run_id: str, result: dict, version: str | None, sets_hash: str) -> None:
+    """The variant's metrics (each interval beside its metric) as its own MLflow run with the per-item
+    outcomes attached, and as tags on its registered model version (with the eval sets' hash, so a later
+    promotion knows whether the numbers are comparable, and the intervals, for an unpaired comparison)."""
+    items = (result.get("files") or {}).get("items")
+    tracker.log_variant_metrics(
+        run_id,
+        result["variant"],
+        result["metrics"],
+        intervals=result.get("intervals"),
+        artifacts=[Path(items)] if items else [],
+    )
+    if version is None:
+        return
+    checks = result.get("guardrails", {})
+    metrics = {**result["metrics"], **interval_metrics(result.get("intervals"))}
+    tags = {f"eval.{k}": v for k, v in metrics.items()}
+    tags.update({f"guardrail.{k}": "pass" if c["passed"] else "fail" for k, c in checks.items()})
+    passed = all(c["passed"] for c in checks.values())
+    tracker.tag_model_version(
+        version, {**tags, "guardrails.passed": str(passed).lower(), promotion.SETS_HASH_TAG: sets_hash}
+    )

@@ -9,8 +9,7 @@ documentation), so the tokenizer in this module is always the one that searches:
 
 Usage::
 
-    chunks = chunk_documents(docs, cfg.retrieval)
-    stats = build_index(chunks, out_dir)
+    stats = build(docs, cfg.retrieval, out_dir)   # chunk_documents, then build_index
     index = RetrievalIndex.load(out_dir)
     index.search("os.path.join", k=2)  # -> [{chunk_id, doc_id, source, title, text, score}, ...]
 """
@@ -183,6 +182,11 @@ def build_index(chunks: list[dict], out_dir: Path) -> dict:
         io.write_records_parquet(rows, tmp / CHUNKS_FILE)
         io.write_json(stats, tmp / INDEX_FILE)
     return stats
+
+
+def build(docs: list[dict], cfg: RetrievalConfig, out_dir: Path) -> dict:
+    """The retrieval_index asset as one call: ``docs`` (training-side) chunked and indexed into ``out_dir``."""
+    return build_index(chunk_documents(docs, cfg), out_dir)
 
 
 class RetrievalIndex:

@@ -145,3 +145,23 @@ def test_missing_report_means_a_full_run(tmp_path):
     )
     (tmp_path / "out" / curation.REPORT).unlink()
     assert curation.plan(tmp_path / "out", drops, cfg)[0] == "full"
+
+
+def test_a_drop_with_nothing_left_after_curation_is_an_error_that_writes_nothing(tmp_path):
+    import pytest
+
+    from finetune_assets.phases.data.corpus import EmptyCorpusError
+
+    path = write_records_parquet(
+        [make_document("2026-01", "short.txt", "Too short to teach anything.")],
+        tmp_path / "raw" / "2026-01" / "documents.parquet",
+    )
+    with pytest.raises(EmptyCorpusError, match="dedup_corpus"):
+        curation.curate({"2026-01": path}, tmp_path / "out", DedupConfig(num_perm=64))
+    assert not (tmp_path / "out" / curation.DOCUMENTS).exists()
+
+
+def test_the_summary_carries_the_duplicate_clusters_it_wrote(tmp_path):
+    summary = curation.curate(_drops(tmp_path), tmp_path / "out", DedupConfig(num_perm=64))
+    assert summary["clusters"] == json.loads((tmp_path / "out" / curation.CLUSTERS).read_text())
+    assert {d["reason"] for c in summary["clusters"] for d in c["duplicates"]} == {"exact", "near"}

@@ -143,6 +143,20 @@ def test_build_eval_sets_writes_contract_files(tmp_path):
     )
 
 
+def test_build_takes_the_canaries_the_raw_drops_planted(tmp_path):
+    from finetune_assets.phases.data.corpus import CANARIES_FILE
+    from finetune_assets.phases.data.evalsets import build
+
+    planted = make_canaries(2, seed=3)
+    (tmp_path / "raw" / "d1").mkdir(parents=True)
+    (tmp_path / "raw" / "d1" / CANARIES_FILE).write_text(json.dumps(planted))
+    (tmp_path / "raw" / "d0").mkdir()  # a drop none of these documents came from: not read
+    (tmp_path / "raw" / "d0" / CANARIES_FILE).write_text(json.dumps(make_canaries(1, seed=9)))
+    cfg = EvalSetsConfig(mc_choices=3, heldout_fraction=0.2, max_heldout_docs=3, max_general_docs=0)
+    manifest = build(_docs(), cfg, tmp_path / "eval", raw_corpus_root=tmp_path / "raw", seed=1)
+    assert manifest["counts"]["canaries"] == 2 and load_eval_sets(tmp_path / "eval")["canaries"] == planted
+
+
 def test_build_eval_sets_is_deterministic_and_respects_caps(tmp_path):
     docs = _docs()
     cfg = EvalSetsConfig(max_glossary_terms=2, max_qa=2, mc_choices=2)

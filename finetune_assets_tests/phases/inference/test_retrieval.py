@@ -8,6 +8,7 @@ from finetune_assets.phases.inference.retrieval import (
     CHUNKS_FILE,
     INDEX_FILE,
     RetrievalIndex,
+    build,
     build_index,
     chunk_documents,
     clean_rst,
@@ -106,8 +107,9 @@ def test_index_round_trips_through_disk(corpus_docs, tmp_path):
     for query in ("immutable sequence", "frobnicate", "context manager enter exit"):
         assert loaded.search(query, k=3) == in_memory.search(query, k=3)
 
-    # Same chunks -> same content hash; a rebuild replaces the folder in one piece.
-    assert build_index(chunks, tmp_path / "index")["content_hash"] == stats["content_hash"]
+    # Same chunks -> same content hash; a rebuild replaces the folder in one piece (the asset's one call,
+    # retrieval.build, chunks and indexes the same way).
+    assert build(corpus_docs, cfg, tmp_path / "index")["content_hash"] == stats["content_hash"]
 
 
 def test_load_refuses_chunks_that_do_not_match_the_manifest(corpus_docs, tmp_path):

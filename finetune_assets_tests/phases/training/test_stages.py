@@ -123,31 +123,19 @@ def test_base_checkpoint_reads_the_corpus_only_when_it_needs_it(
         return [{"text": t} for t in tiny_corpus]
 
     runner = FakeRunner()
-    local = ModelConfig(source="local", path=str(tiny_model_dir))
-    made = stages.base_checkpoint(
-        local,
-        tmp_path / "base",
-        documents=documents,
-        cpt_train_cfg=FAST,
-        seed=0,
-        run=runner,
-        tracker=tracker,
-        run_id=_run(tracker, "base"),
-    )
+
+    def resolve(cfg: ModelConfig, out):
+        return stages.base_checkpoint(
+            cfg, out, documents=documents, cpt_train_cfg=FAST, seed=0,
+            run=runner, tracker=tracker, run_id=_run(tracker, out.name),
+        )  # fmt: skip
+
+    made = resolve(ModelConfig(source="local", path=str(tiny_model_dir)), tmp_path / "base")
     assert not read and not runner.calls and (made.out_dir / "config.json").is_file()
     assert made.info["source"] == "local" and tracker.latest_version("base") == made.model_version
 
     cpt = ModelConfig(source="local", path=str(tiny_model_dir), cpt={"enabled": True})
-    continued = stages.base_checkpoint(
-        cpt,
-        tmp_path / "cpt" / "base",
-        documents=documents,
-        cpt_train_cfg=FAST,
-        seed=0,
-        run=runner,
-        tracker=tracker,
-        run_id=_run(tracker, "cpt"),
-    )
+    continued = resolve(cpt, tmp_path / "cpt" / "base")
     method, kwargs = runner.calls[0]
     assert read and method == "cpt" and kwargs["corpus_texts"] == list(tiny_corpus)
     assert kwargs["base_dir"] == str(tmp_path / "cpt" / "resolved") and continued.info["cpt_last_loss"] == 1.0

@@ -12,6 +12,8 @@ finetune-assets review import FILE... [--key review_key.json]
                                         store expert labels (a filled review_sample.csv/.jsonl from
                                         eval_reports/review/) for the next report; prints the agreement
 finetune-assets review show             agreement of the stored labels with the automatic judge
+finetune-assets stack up|down|status    the production layout on 127.0.0.1: Postgres, MLflow server, Ray head
+                                        + worker (token auth), Dagster code server, webserver and daemon
 """
 
 import argparse
@@ -237,6 +239,27 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_stack(args) -> int:
+    prepare_environment()
+    import json
+
+    from finetune_assets.launch import stack
+
+    where = stack.Stack.from_env()
+    if args.action == "up":
+        state = stack.up(where)
+    elif args.action == "down":
+        stopped = stack.down(where)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    else:
+        state = stack.status(where)
+    print(json.dumps(state, indent=2))
+    if args.action == "up":
+        print(f"Use it from a shell: source {state['env_file']}")
+    return 0 if all(s["up"] for s in state["services"].values()) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("files", nargs="*", help="filled review_sample.csv / .jsonl files (import)")
     rev.add_argument("--key", help="review_key.json of a blind export (default: found beside each file)")
     rev.set_defaults(func=cmd_review)
+    stk = sub.add_parser("stack", help="start, stop or show the production layout on 127.0.0.1")
+    stk.add_argument("action", choices=["up", "down", "status"])
+    stk.set_defaults(func=cmd_stack)
     return parser
 
 

@@ -171,12 +171,25 @@ class Tracker:
             pass  # already registered
         version = self.client.create_model_version(
             REGISTERED_MODEL,
-            source=Path(model_dir).resolve().as_uri(),
+            source=self._model_source(model_dir, run_id),
             run_id=run_id,
             tags={"variant": variant, **{k: str(v) for k, v in (tags or {}).items()}},
         )
         self.client.set_registered_model_alias(REGISTERED_MODEL, f"latest-{variant}", version.version)
         return version.version
+
+    @property
+    def remote(self) -> bool:
+        """A tracking server (http/https/databricks): its clients may not see this machine's folders."""
+        return not self.tracking_uri.startswith(("sqlite:", "file:", "/")) and "://" in self.tracking_uri
+
+    def _model_source(self, model_dir: Path, run_id: str) -> str:
+        """Where the registered version points: the local folder for a local store; for a tracking server,
+        the folder uploaded into the run's artifacts (``model/``), so every client can download it."""
+        if not self.remote:
+            return Path(model_dir).resolve().as_uri()
+        self.client.log_artifacts(run_id, str(model_dir), "model")
+        return f"{self.client.get_run(run_id).info.artifact_uri}/model"
 
     def tag_model_version(self, version: str, tags: dict) -> None:
         for key, value in tags.items():

@@ -4,7 +4,8 @@
 #   bash scripts/run.sh test   runs the test suite (smoke profile, tiny model; what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# the tests start the production stack too (finetune_assets_tests/launch/test_stack.py): PostgreSQL with it
+if [ "${1:-}" = test ]; then bash scripts/setup.sh --stack; else bash scripts/setup.sh; fi
 export TOKENIZERS_PARALLELISM=false
 export MLFLOW_DISABLE_TELEMETRY=true DAGSTER_DISABLE_TELEMETRY=1
 export FINETUNE_ASSETS_HOME=${FINETUNE_ASSETS_HOME:-$PWD/.finetune_assets}

@@ -6,11 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-# Demo corpus: the Python documentation's reST sources (falls back to stdlib docstrings when absent).
-if ! dpkg -s python3-doc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+# Debian packages: the demo corpus (the Python documentation's reST sources; the demo falls back to stdlib
+# docstrings without it), and with --stack PostgreSQL for `finetune-assets stack` and its tests. No cluster is
+# created at install (the stack runs its own initdb folder and port), so nothing listens on 5432.
+debs=(python3-doc)
+[ "${1:-}" = "--stack" ] && debs+=(postgresql)
+missing=()
+for deb in "${debs[@]}"; do dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb"); done
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-doc >/dev/null; } \
-    || echo "setup: could not install python3-doc; the demo falls back to stdlib docstrings" >&2
+  if [[ " ${missing[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    || echo "setup: could not install ${missing[*]} (python3-doc: the demo uses stdlib docstrings)" >&2
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -58,15 +58,19 @@ class RayResource(dg.ConfigurableResource):
 class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; empty = local sqlite store.")
     experiment: str = "finetune_assets"
-    artifact_location: str | None = Field(None, description="Experiment artifact location; default local.")
+    artifact_location: str | None = Field(
+        None,
+        description="Experiment artifact location; default: a local folder for a local store, and the "
+        "server's own (served artifacts) for an http(s) tracking server.",
+    )
 
     def tracker(self) -> Tracker:
         home = default_home()
-        return Tracker(
-            self.tracking_uri or default_tracking_uri(home),
-            self.experiment,
-            self.artifact_location or str(home / "mlflow" / "artifacts"),
+        uri = self.tracking_uri or default_tracking_uri(home)
+        local_artifacts = (
+            None if uri.startswith(("http://", "https://")) else str(home / "mlflow" / "artifacts")
         )
+        return Tracker(uri, self.experiment, self.artifact_location or local_artifacts)
 
 
 def default_resources() -> dict:

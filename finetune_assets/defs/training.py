@@ -31,6 +31,10 @@ from finetune_assets.recipe import load_profile
 from finetune_assets.tracking import flatten
 
 TRAINING_RETRY = dg.RetryPolicy(max_retries=1, delay=5)
+# Training materializations claim a slot of this concurrency pool, so that two runs queue instead of sharing
+# one accelerator. Its limit is the instance's: dagster.postgres.yaml's default of 1, or what
+# `finetune-assets stack up` sets from FINETUNE_ASSETS_GPU_POOL_LIMIT. The embedded dagster.yaml sets none.
+TRAINING_POOL = "gpu"
 
 
 class TrainOverrides(dg.Config):
@@ -53,7 +57,7 @@ class TrainOverrides(dg.Config):
         return base.model_copy(update=changes)
 
 
-@dg.asset(deps=["dedup_corpus", "eval_sets"], group_name="models", kinds={"pytorch"})
+@dg.asset(deps=["dedup_corpus", "eval_sets"], group_name="models", kinds={"pytorch"}, pool=TRAINING_POOL)
 def base_checkpoint(
     context: dg.AssetExecutionContext,
     recipe: RecipeResource,
@@ -178,6 +182,7 @@ def _train_variant(
     group_name="models",
     kinds={"pytorch", "ray"},
     retry_policy=TRAINING_RETRY,
+    pool=TRAINING_POOL,
 )
 def inst_model(
     context: dg.AssetExecutionContext,
@@ -201,6 +206,7 @@ def inst_model(
     group_name="models",
     kinds={"pytorch", "ray"},
     retry_policy=TRAINING_RETRY,
+    pool=TRAINING_POOL,
 )
 def dpo_model(
     context: dg.AssetExecutionContext,
@@ -225,6 +231,7 @@ def dpo_model(
     group_name="models",
     kinds={"pytorch", "ray"},
     retry_policy=TRAINING_RETRY,
+    pool=TRAINING_POOL,
 )
 def tr_model(
     context: dg.AssetExecutionContext,

@@ -113,9 +113,11 @@ def _info(ray) -> dict:
         "num_cpus": resources.get("CPU", 0),
         "num_gpus": resources.get("GPU", 0),
         "node_ips": sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}),
-        # the smallest node's CPUs: the most one training worker can be given and still be placed anywhere
+        # the smallest worker node's CPUs: the most one training worker can be given and still be placed
+        # anywhere (a head started with --num-cpus=0 only schedules and does not count)
         "min_node_cpus": min(
-            (n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0
+            (n["Resources"]["CPU"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")),
+            default=0,
         ),
         "auth_mode": os.environ.get("RAY_AUTH_MODE"),
     }

@@ -461,6 +461,14 @@ class GuardrailsConfig(ConfigSection):
     max_new_tokens: int = Field(48, ge=8)
 
 
+class AutomationConfig(ConfigSection):
+    """When new data retrains the graph (defs.automation.retrain_on_new_data, on by default)."""
+
+    # Drops that land within this many seconds of each other cause one retrain, not one per drop: the retrain
+    # starts once no drop has been ingested for this long.
+    retrain_debounce_s: float = Field(600.0, ge=0)
+
+
 def default_home() -> Path:
     """Where artifacts, MLflow's store and Ray's temp files live unless configured: $FINETUNE_ASSETS_HOME."""
     return Path(os.environ.get("FINETUNE_ASSETS_HOME", Path.cwd() / ".finetune_assets")).resolve()

@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from finetune_assets.config import (
+    AutomationConfig,
     ConfigError,
     ConfigSection,
     CorpusConfig,
@@ -44,6 +45,7 @@ class Profile(ConfigSection):
     retrieval: RetrievalConfig = RetrievalConfig()
     eval: EvalConfig = EvalConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
+    automation: AutomationConfig = AutomationConfig()
 
     @model_validator(mode="after")
     def _qlora_needs_gpu(self):

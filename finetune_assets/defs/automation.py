@@ -1,4 +1,8 @@
-"""Jobs, the landing sensor (new data drop -> partition + ingest run) and the weekly retraining schedule."""
+"""Jobs, the landing sensor (new data drop -> partition + ingest run), the debounced retrain on new data and the
+weekly retraining schedule."""
+
+import json
+import time
 
 import dagster as dg
 
@@ -33,15 +37,55 @@ def landing_sensor(context: dg.SensorEvaluationContext, recipe: RecipeResource, 
     )
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[ingest_job],
-    request_job=retrain_job,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-)
-def retrain_on_new_data(context: dg.RunStatusSensorContext):
-    """After a drop is ingested, rebuild everything downstream (opt-in: start it in the UI)."""
-    return dg.RunRequest(run_key=f"after:{context.dagster_run.run_id}")
+def debounce(
+    cursor: dict | None, new_drops: list[tuple[int, float]], latest_id: int, now: float, window_s: float
+):
+    """The retrain decision of one sensor tick: (drops the retrain covers, 0 = no retrain now; next cursor).
+
+    ``new_drops``: (storage id, timestamp) of the raw_corpus materializations after ``cursor["seen"]``.
+    Without a cursor (the sensor's first tick) everything ingested so far counts as known: only drops that
+    arrive while the sensor runs retrain. Drops accumulate in ``pending`` until none has arrived for
+    ``window_s`` seconds; then one retrain covers them all.
+    """
+    if cursor is None:
+        return 0, {"seen": latest_id, "pending": 0, "last_ts": None}
+    state = dict(cursor)
+    if new_drops:
+        state.update(
+            seen=new_drops[-1][0], pending=state["pending"] + len(new_drops), last_ts=new_drops[-1][1]
+        )
+    if state["pending"] and now - state["last_ts"] >= window_s:
+        return state["pending"], {**state, "pending": 0}
+    return 0, state
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def retrain_on_new_data(context: dg.SensorEvaluationContext, recipe: RecipeResource):
+    """Rebuild everything downstream once new drops have been ingested, debounced: drops that land within
+    automation.retrain_debounce_s of each other cause one retrain (the run's tags say how many drops)."""
+    window = recipe.load().automation.retrain_debounce_s
+    cursor = json.loads(context.cursor) if context.cursor else None
+    instance = context.instance
+    if cursor is None:
+        latest = instance.fetch_materializations(raw_corpus.key, limit=1).records
+        new, latest_id = [], latest[0].storage_id if latest else 0
+    else:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=raw_corpus.key, after_storage_id=cursor["seen"]),
+            limit=1000,
+            ascending=True,
+        ).records
+        new, latest_id = [(r.storage_id, r.timestamp) for r in found], cursor["seen"]
+    drops, state = debounce(cursor, new, latest_id, time.time(), window)
+    context.update_cursor(json.dumps(state))
+    if not drops:
+        waiting = state["pending"]
+        return dg.SkipReason(
+            f"{waiting} ingested drop(s) waiting for {window:.0f} s without a new one"
+            if waiting
+            else "no new drops"
+        )
+    return dg.RunRequest(run_key=f"drops-up-to:{state['seen']}", tags={"finetune_assets/drops": str(drops)})
 
 
 weekly_retrain = dg.ScheduleDefinition(

@@ -91,6 +91,10 @@ class Tracker:
         # The parent ends with its latest child (no pipeline-level hook needed): never left RUNNING.
         self.client.set_terminated(parent, status="FINISHED")
 
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 

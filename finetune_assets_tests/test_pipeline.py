@@ -54,6 +54,13 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     assert graph.blocked == ["eval_reports:promotion_gate"]
     assert set(graph.materialized) == EXPECTED_ASSETS - {"raw_corpus", "champion"}
 
+    # Training streamed its steps into the Dagster run's log, and says where it ran (asset metadata too).
+    messages = [entry.user_message for run_id in graph.run_ids for entry in instance.all_logs(run_id)]
+    assert any(m.startswith("sft step ") and " loss " in m for m in messages)
+    assert any(m.startswith("dpo ran as Ray job ") and "embedded Ray" in m for m in messages)
+    inst = instance.get_latest_materialization_event(dg.AssetKey("inst_model")).asset_materialization
+    assert inst.metadata["ray_cluster"].value == "embedded" and inst.metadata["ray_job_id"].value
+
     # Bad input: the unreadable file was reported by name and skipped, the rest of its drop went through.
     problems = json.loads((store.path("raw_corpus", "drop-0003-planted") / "problems.json").read_text())
     assert [Path(p["path"]).name for p in problems["problems"]] == ["broken.txt"]

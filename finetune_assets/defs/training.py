@@ -4,6 +4,8 @@ Each training asset runs its loop on Ray Train (embedded or a cluster, per RayRe
 result as a model version in MLflow.
 """
 
+from collections.abc import Callable
+
 import dagster as dg
 from pydantic import Field
 
@@ -76,7 +78,7 @@ def base_checkpoint(
             documents=lambda: training_documents(store),
             cpt_train_cfg=profile.sft,
             seed=profile.seed,
-            run=_runner(ray, store, profile.scaling),
+            run=_runner(ray, store, profile.scaling, context.log.info),
             tracker=tracker,
             run_id=run_id,
         )
@@ -116,16 +118,38 @@ def preference_pairs(
         return dg.MaterializeResult(metadata=artifact_metadata(out, run_id, built.stats))
 
 
-def _runner(ray: RayResource, store: ArtifactStore, scaling: ScalingConfig) -> stages.Runner:
-    """run_training on the configured Ray cluster; Ray starts only when something is trained."""
+def _runner(
+    ray: RayResource, store: ArtifactStore, scaling: ScalingConfig, log: Callable[[str], None]
+) -> stages.Runner:
+    """run_training on the configured Ray cluster; Ray starts only when something is trained. Each logged
+    step reaches ``log`` (the Dagster run's log) while the job runs; the cluster and Ray job id at the end."""
 
     def run(method: str, kwargs: dict) -> dict:
         ray.ensure()
-        return run_training(
-            method, kwargs, scaling, storage_dir=store.base() / "ray_results", ray_address=ray.address
+        summary = run_training(
+            method,
+            kwargs,
+            scaling,
+            storage_dir=store.base() / "ray_results",
+            ray_address=ray.address,
+            on_step=lambda step: log(step_line(method, step)),
         )
+        where = summary["ray"]
+        cluster = "embedded Ray" if where["embedded"] else f"Ray cluster {where['address']}"
+        log(f"{method} ran as Ray job {where['job_id']} on {cluster} ({where['wall_s']:.0f} s)")
+        return summary
 
     return run
+
+
+def step_line(method: str, step: dict) -> str:
+    """One training step as a log line: 'sft step 20/120 loss 1.234 lr 1.9e-04 412 tok/s'."""
+    parts = [f"{method} step {step['step']}/{step.get('max_steps', '?')}", f"loss {step['loss']:.4f}"]
+    if "learning_rate" in step:
+        parts.append(f"lr {step['learning_rate']:.2e}")
+    if "tokens_per_s" in step:
+        parts.append(f"{step['tokens_per_s']:.0f} tok/s")
+    return " ".join(parts)
 
 
 def _train_variant(
@@ -147,7 +171,7 @@ def _train_variant(
             stage,
             store.path(asset),
             profile.scaling,
-            run=_runner(ray, store, profile.scaling),
+            run=_runner(ray, store, profile.scaling, context.log.info),
             tracker=tracker,
             run_id=run_id,
             recipe=profile.model_dump(mode="json"),
@@ -163,7 +187,11 @@ def _train_variant(
                 f"{stage.variant}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} "
                 f"in {summary['steps']} steps"
             )
-        curve = {} if trained.reused else {"loss_curve": dg.MetadataValue.json(summary["losses"])}
+        curve = (
+            {}
+            if trained.reused
+            else {"loss_curve": dg.MetadataValue.json(summary["losses"]), **stages.ray_tags(summary)}
+        )
         return dg.MaterializeResult(
             metadata=artifact_metadata(
                 trained.out_dir,

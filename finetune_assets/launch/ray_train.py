@@ -14,7 +14,11 @@ strings, pydantic configs as dicts, re-validated in the worker). On GPU workers 
 filesystem (rank 0 saves) and this returns the train_summary.json rank 0 wrote.
 """
 
+import json
+import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from finetune_assets.launch.deepspeed import (
 )
 from finetune_assets.launch.ray_cluster import ensure_ray
 from finetune_assets.phases.training import grpo, train
-from finetune_assets.phases.training.artifacts import SUMMARY_FILE, read_summary
+from finetune_assets.phases.training.artifacts import SUMMARY_FILE, read_summary, step_log_path
 
 METHODS = ("sft", "dpo", "kto", "orpo", "cpt", "grpo")
 # Which keyword arguments are paths / configs, per method (everything else travels as is).
@@ -106,9 +110,11 @@ def run_training(
     scaling: ScalingConfig,
     storage_dir: Path,
     ray_address: str | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train with ``scaling.num_workers`` Ray Train workers; return the train_summary.json rank 0 wrote.
 
+    ``on_step`` gets each logged step ({step, max_steps, loss, learning_rate, ...}) while the job runs.
     Raises TrainingError (with the worker's traceback) when a worker fails, and when the run ends without a
     fresh summary in ``kwargs["out_dir"]``.
     """
@@ -119,6 +125,7 @@ def run_training(
 
     cluster = ensure_ray(ray_address)
     cpus = cpus_per_worker(scaling, cluster)
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train import ScalingConfig as RayScalingConfig
     from ray.train.torch import TorchTrainer
@@ -155,7 +162,8 @@ def run_training(
     )
     started = time.time()
     try:
-        result = trainer.fit()
+        with forward_steps(step_log_path(out_dir), on_step):
+            result = trainer.fit()
     except TrainingFailedError as err:
         raise TrainingError(f"{method} training failed on Ray (run {run_name}):\n{err}") from err
     if result.error is not None:
@@ -173,5 +181,51 @@ def run_training(
         "use_gpu": scaling.use_gpu,
         "cpus_per_worker": cpus,
         "wall_s": round(time.time() - started, 2),
+        # where it ran: the cluster (GCS address) and this driver's Ray job, as the cluster lists it
+        "address": cluster["address"],
+        "embedded": bool(cluster["embedded"]),
+        "job_id": ray.get_runtime_context().get_job_id(),
     }
     return summary
+
+
+@contextmanager
+def forward_steps(path: Path, on_step: Callable[[dict], None] | None, interval_s: float = 2.0):
+    """While the body runs, pass every new line of rank 0's step log (artifacts.step_log_path) to ``on_step``,
+    from a background thread: the per-step loss reaches the caller's log while the job runs, not after."""
+    if on_step is None:
+        yield
+        return
+    offset = path.stat().st_size if path.exists() else 0  # earlier runs' lines are not this run's
+    stop = threading.Event()
+
+    def forward() -> None:
+        nonlocal offset
+        while True:
+            finished = stop.wait(interval_s)
+            offset = _emit_lines(path, offset, on_step)
+            if finished:
+                return
+
+    thread = threading.Thread(target=forward, name="forward-steps", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval_s * 3)
+
+
+def _emit_lines(path: Path, offset: int, on_step: Callable[[dict], None]) -> int:
+    if not path.exists():
+        return offset
+    if path.stat().st_size < offset:  # a new run started the file over
+        offset = 0
+    with open(path) as src:
+        src.seek(offset)
+        chunk = src.read()
+    complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits for the next poll
+    for line in complete.splitlines():
+        if line.strip():
+            on_step(json.loads(line))
+    return offset + len(complete.encode())

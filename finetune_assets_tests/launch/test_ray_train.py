@@ -1,6 +1,7 @@
 """SFT through Ray Train on an embedded, loopback-only local Ray (1 CPU worker, ~30-45 s of Ray start-up)."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import ray  # imported before ensure_ray on purpose: its settings must still app
 
 from finetune_assets.config import ScalingConfig, TrainConfig
 from finetune_assets.launch.ray_cluster import default_temp_dir, ensure_ray
-from finetune_assets.launch.ray_train import TrainingError, _decode, _encode, run_training
+from finetune_assets.launch.ray_train import TrainingError, _decode, _encode, forward_steps, run_training
 
 
 def _sft_kwargs(base_dir, rows, cfg, out) -> dict:
@@ -42,13 +43,19 @@ def test_sft_on_ray_worker(embedded_ray, tmp_path, tiny_model_dir, tiny_chat_row
         max_steps=12, learning_rate=1e-2, per_device_batch_size=4, lora_dropout=0.0, max_length=128
     )
     out = tmp_path / "inst"
+    streamed = []
     summary = run_training(
         "sft",
         _sft_kwargs(tiny_model_dir, tiny_chat_rows, cfg, out),
         ScalingConfig(num_workers=1),
         storage_dir=tmp_path / "ray_storage",
+        on_step=streamed.append,
     )
     losses = summary["losses"]
+    # every logged step reached the driver's callback, with the loss the summary holds
+    assert [s["loss"] for s in streamed] == pytest.approx(losses) and streamed[-1]["step"] == 12
+    assert summary["ray"]["embedded"] is True and summary["ray"]["address"] == embedded_ray["address"]
+    assert summary["ray"]["job_id"]  # this driver's Ray job
     assert summary["method"] == "sft" and summary["steps"] == 12 and summary["num_workers"] == 1
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     assert summary["changed_params"] > 0 and summary["tokens_per_s"] > 0
@@ -112,3 +119,20 @@ def test_killed_worker_resumes_from_its_checkpoint(embedded_ray, tmp_path, tiny_
     assert summary["steps"] == 30 and len(summary["losses"]) == 30  # earlier steps' logs came back too
     assert json.loads(progress_path(out).read_text())["pid"] != killed[0]["pid"]  # a new worker finished
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
+
+
+def test_forward_steps_passes_new_lines_while_the_body_runs_and_skips_older_ones(tmp_path):
+    log = tmp_path / ".inst.steps.jsonl"
+    log.write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n")  # an earlier run's line
+    got = []
+    with forward_steps(log, got.append, interval_s=0.05):
+        with open(log, "a") as out:
+            out.write(json.dumps({"step": 1, "loss": 2.5}) + "\n")
+            out.write('{"step": 2, "lo')  # half a line: held back until it is complete
+            out.flush()
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert got == [{"step": 1, "loss": 2.5}]  # forwarded before the body ended
+            out.write('ss": 2.0}\n')
+    assert got == [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0}]

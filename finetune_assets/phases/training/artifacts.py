@@ -4,7 +4,9 @@ key.
     out_dir/adapter/             LoRA adapter (peft); absent after full fine-tuning
     out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able)
     out_dir/train_summary.json   {method, steps, losses, first_loss, last_loss, trainable_params, ...}
-    out_dir/progress.jsonl       one line per logged step, written while training runs
+    .<out_dir>.progress.json     beside out_dir: {pid, step, max_steps} after every step
+    .<out_dir>.steps.jsonl       beside out_dir: one line per logged step (loss, learning rate, tokens/s),
+                                 appended while training runs; the driver streams it into the run's logs
 
 Folders are written atomically (io.atomic_dir) and on rank 0 only. ``training_key`` hashes what a run
 depends on, so that an unchanged run is reused instead of retrained (``reusable``).
@@ -129,16 +131,30 @@ def progress_path(out_dir: Path) -> Path:
     return Path(out_dir).parent / f".{Path(out_dir).name}.progress.json"
 
 
+def step_log_path(out_dir: Path) -> Path:
+    """Where rank 0 appends one JSON line per logged training step, beside the output folder."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.steps.jsonl"
+
+
 def progress_writer(out_dir: Path):
     import os
 
     from transformers import TrainerCallback
 
-    path = progress_path(out_dir)
+    path, steps = progress_path(out_dir), step_log_path(out_dir)
 
     class ProgressWriter(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             io.write_json({"pid": os.getpid(), "step": state.global_step, "max_steps": state.max_steps}, path)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            entry = state.log_history[-1] if state.log_history else {}
+            if "loss" not in entry:
+                return
+            line = {"step": int(state.global_step), "max_steps": int(state.max_steps)}
+            line.update({k: entry[k] for k in STEP_METRICS if isinstance(entry.get(k), int | float)})
+            with open(steps, "a") as out:  # one short line per write: a reader never sees half of one
+                out.write(json.dumps(line) + "\n")
 
     return ProgressWriter()
 

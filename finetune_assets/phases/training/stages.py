@@ -145,6 +145,7 @@ def train_variant(
         return TrainedVariant(out_dir, summary, previous["model_version"], key, reused=True)
 
     summary = run(stage.method, stage.method_kwargs(out_dir))
+    tracker.set_tags(run_id, ray_tags(summary))
     tracker.log_metric_history(run_id, "train_loss", summary["losses"])
     for name, points in summary.get("step_metrics", {}).items():
         if name != "loss":  # already train_loss
@@ -199,10 +200,20 @@ def base_checkpoint(
                 "out_dir": str(out_dir),
             },
         )
+        tracker.set_tags(run_id, ray_tags(summary))
         tracker.log_metric_history(run_id, "cpt_loss", summary["losses"])
         info.update({f"cpt_{k}": v for k, v in scalars(summary).items()})
     version = tracker.register_model("base", loadable_dir(out_dir), run_id)
     return BaseCheckpoint(out_dir, info, version)
+
+
+def ray_tags(summary: dict) -> dict:
+    """Where a run trained, for its MLflow run and asset metadata: the Ray cluster's address and job id."""
+    where = summary.get("ray") or {}
+    tags = {"ray_address": where.get("address"), "ray_job_id": where.get("job_id")}
+    if where:
+        tags["ray_cluster"] = "embedded" if where.get("embedded") else "external"
+    return {k: v for k, v in tags.items() if v is not None}
 
 
 def scalars(stats: dict) -> dict:

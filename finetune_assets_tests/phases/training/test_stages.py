@@ -139,3 +139,11 @@ def test_base_checkpoint_reads_the_corpus_only_when_it_needs_it(
     method, kwargs = runner.calls[0]
     assert read and method == "cpt" and kwargs["corpus_texts"] == list(tiny_corpus)
     assert kwargs["base_dir"] == str(tmp_path / "cpt" / "resolved") and continued.info["cpt_last_loss"] == 1.0
+
+
+def test_ray_tags_say_where_a_run_trained():
+    summary = {"ray": {"address": "10.0.0.5:6379", "embedded": False, "job_id": "02000000"}}
+    assert stages.ray_tags(summary) == {
+        "ray_address": "10.0.0.5:6379", "ray_job_id": "02000000", "ray_cluster": "external"
+    }  # fmt: skip
+    assert stages.ray_tags({"steps": 3}) == {}  # a runner that is not Ray's (the tests' fake one)

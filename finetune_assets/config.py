@@ -403,6 +403,10 @@ class EvalConfig(ConfigSection):
     # A generated definition counts as correct when its ROUGE-L F1 against the reference reaches this.
     definition_rouge_threshold: float = Field(0.25, gt=0, le=1)
     lm_eval_limit: int | None = Field(None, ge=1)
+    # Batch of lm-eval's log-likelihood tasks (domain MC, the perplexities); unset = batch_size. They score
+    # whole sequences, where a big batch's logits overflow the caches: SmolLM2 MC on one core took 75.5 s at
+    # 128 and 57.6 s at 32 (/tmp/evt/time_mc.py, 2026-12-04), while generation gains from 128.
+    loglikelihood_batch_size: int | None = Field(None, ge=1)
     # lm-eval on a LoRA variant: false = the merged weights already loaded for the rest of the evaluation
     # (the same numbers up to rounding, no second load, no adapter overhead per forward); true = lm-eval loads
     # base + adapter itself (peft=), the way a team runs lm-eval by hand on an adapter.

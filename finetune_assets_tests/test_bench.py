@@ -1,6 +1,7 @@
 """The benchmarks run end to end on a small input (their figures are for the note, never asserted here)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -24,3 +25,13 @@ def test_dedup_bench_labels_and_scores(tmp_path):
     # Near-copies at 0.25-1.5% edits are clear duplicates: both paths must find them.
     assert result["ours"]["recall"] >= 0.9 and result["baseline"]["recall"] >= 0.9
     assert result["ours"]["precision"] >= 0.9
+
+
+def test_backfill_bench_curates_the_same_corpus_both_ways(tmp_path):
+    bench = _load("backfill_bench")
+    out = tmp_path / "backfill.json"
+    assert bench.main(["--drops", "4", "--docs-per-drop", "8", "--words", "120", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    one, back = report["one-by-one"], report["backfill"]
+    assert report["same_dedup_corpus"] and one["drops"] == back["drops"] == 4
+    assert one["kept"] == back["kept"] < one["documents"]  # copies across drops were removed, the same ones

@@ -70,6 +70,8 @@ def running_stack():
         state["up_s"] = time.monotonic() - started
         yield where, state
     finally:
+        if processes.running_pid(root, "postgres"):
+            print(f"\nstack held: {json.dumps(held(where))}")  # shown with pytest -s (the closing notes)
         pgids = {name: processes.running_pid(root, name) for name in stack.ORDER}
         stopped = stack.down(where)
         leftovers = {name: processes.group_members(pid) for name, pid in pgids.items() if pid}
@@ -78,6 +80,23 @@ def running_stack():
         shutil.rmtree(root, ignore_errors=True)
         assert sorted(stopped) == sorted(n for n, pid in pgids.items() if pid)
         assert not any(leftovers.values()), f"processes left after stack down: {leftovers}"
+
+
+def held(where) -> dict:
+    """What the servers hold: database bytes and key row counts, served artifact bytes."""
+    import psycopg2
+
+    out = {}
+    with psycopg2.connect(where.pg_url("postgres")) as conn, conn.cursor() as cur:
+        for db in ("dagster", "mlflow"):
+            cur.execute("SELECT pg_database_size(%s)", (db,))
+            out[f"{db}_db_bytes"] = cur.fetchone()[0]
+    for db, table in (("dagster", "runs"), ("dagster", "event_logs"), ("mlflow", "runs"),
+                      ("mlflow", "model_versions")):  # fmt: skip
+        out[f"{db}.{table}_rows"] = pg_count(where, db, f"SELECT count(*) FROM {table}")
+    artifacts = where.root / "mlflow-artifacts"
+    out["mlflow_artifact_bytes"] = sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file())
+    return out
 
 
 def test_every_service_is_up_and_dagster_mlflow_postgres_listen_on_loopback_only(running_stack):
@@ -167,38 +186,217 @@ def pg_count(where, database: str, query: str) -> int:
         return int(cur.fetchone()[0])
 
 
+def gql(where, query: str, **variables) -> dict:
+    import requests
+
+    url = f"http://127.0.0.1:{where.ports.dagster_webserver}/graphql"
+    answer = requests.post(url, json={"query": query, "variables": variables}, timeout=60).json()
+    assert "errors" not in answer, answer
+    return answer["data"]
+
+
 RUNS_QUERY = """
-query {
-  runsOrError(filter: {pipelineName: "ingest_drop"}) {
-    ... on Runs { results { runId status tags { key value } } }
+query($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    ... on Runs { results { runId status jobName tags { key value } } }
+  }
+}
+"""
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def runs(where, **run_filter) -> list[dict]:
+    return gql(where, RUNS_QUERY, filter=run_filter)["runsOrError"]["results"]
+
+
+def wait_for(predicate, timeout_s: float, what: str, every_s: float = 5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def tag(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+
+
+def test_landed_drops_become_partitions_and_ingest_runs_under_the_daemon(running_stack):
+    from finetune_assets.phases.data import demo_seed
+    from finetune_assets.recipe import load_profile
+
+    where, _ = running_stack
+    landing = where.home / "landing"
+    seeded = demo_seed.seed_demo_landing(landing, load_profile("smoke").corpus)
+    (landing / "drop-0003-notes.md").write_text(DOC.format(n=3, topic="cache"))
+    drops = [*seeded, "drop-0003-notes.md"]
+    assert len(drops) == 3
+
+    def ingested():
+        found = runs(where, pipelineName="ingest_drop")
+        return found if len(found) == 3 and all(r["status"] in FINISHED for r in found) else None
+
+    found = wait_for(ingested, 300, "three ingest runs")
+    assert [r["status"] for r in found] == ["SUCCESS"] * 3, found
+    assert sorted(tag(r, "dagster/partition") for r in found) == sorted(drops)
+    # the runs, their events and the partitions are in the stack's Postgres, not in sqlite files
+    assert pg_count(where, "dagster", "SELECT count(*) FROM runs WHERE pipeline_name = 'ingest_drop'") == 3
+    assert pg_count(where, "dagster", "SELECT count(*) FROM dynamic_partitions") == 3
+    assert not list(where.dagster_home.glob("**/*.db"))
+
+
+BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
   }
 }
 """
 
 
-def test_landed_files_become_partitions_and_ingest_runs_under_the_daemon(running_stack):
+def test_a_partition_backfill_reingests_every_drop_and_reports_the_broken_one(running_stack):
+    from finetune_assets.defs.data import data_drops
+
     where, _ = running_stack
-    import requests
+    (where.home / "landing" / "_broken").mkdir()  # '_' entries are no drops for the sensor: added by hand
+    add = [sys.executable, "-c", "import dagster as dg; "
+           f"dg.DagsterInstance.get().add_dynamic_partitions('{data_drops.name}', ['_broken'])"]  # fmt: skip
+    subprocess.run(add, env={**os.environ, **where.client_env()}, check=True, timeout=120)
+    drops = sorted(tag(r, "dagster/partition") for r in runs(where, pipelineName="ingest_drop"))
+    params = {"partitionNames": [*drops, "_broken"], "assetSelection": [{"path": ["raw_corpus"]}]}
+    backfill = gql(where, BACKFILL, params=params)["launchPartitionBackfill"]
+    assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
 
-    landing = where.home / "landing"
-    landing.mkdir(parents=True, exist_ok=True)
-    drops = [f"drop-{n}.md" for n in range(3)]
-    for n, name in enumerate(drops):
-        (landing / name).write_text(DOC.format(n=n, topic=["sched", "queue", "cache"][n]))
+    def backfill_runs():
+        found = runs(where, tags=[{"key": "dagster/backfill", "value": backfill["backfillId"]}])
+        return found if len(found) == 4 and all(r["status"] in FINISHED for r in found) else None
 
-    url = f"http://127.0.0.1:{where.ports.dagster_webserver}/graphql"
-    deadline = time.monotonic() + 300
-    runs = []
-    while time.monotonic() < deadline:
-        answer = requests.post(url, json={"query": RUNS_QUERY}, timeout=30).json()
-        runs = answer["data"]["runsOrError"]["results"]
-        if len(runs) == 3 and all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs):
-            break
-        time.sleep(5)
-    assert [r["status"] for r in runs] == ["SUCCESS"] * 3, runs
-    partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
-    assert partitions == drops
-    # the runs, their events and the partitions are in the stack's Postgres, not in sqlite files
-    assert pg_count(where, "dagster", "SELECT count(*) FROM runs WHERE pipeline_name = 'ingest_drop'") == 3
-    assert pg_count(where, "dagster", "SELECT count(*) FROM dynamic_partitions") == 3
-    assert not list(where.dagster_home.glob("**/*.db"))
+    found = wait_for(backfill_runs, 300, "the backfill's four runs")
+    status = {tag(r, "dagster/partition"): r["status"] for r in found}
+    assert status == {**dict.fromkeys(drops, "SUCCESS"), "_broken": "FAILURE"}
+
+
+MATERIALIZATION = """
+query($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset {
+      assetMaterializations(limit: 1) { runId metadataEntries { label ... on TextMetadataEntry { text } } }
+    }
+  }
+}
+"""
+
+
+def test_new_drops_retrain_once_debounced_with_training_on_the_stacks_ray(running_stack):
+    where, _ = running_stack
+
+    def finished_retrain():
+        return [r for r in runs(where, pipelineName="retrain") if r["status"] in FINISHED] or None
+
+    retrain = wait_for(finished_retrain, 1200, "a retrain run", every_s=10)[-1]  # newest first: the first one
+    ingests = [r for r in runs(where, pipelineName="ingest_drop") if r["status"] == "SUCCESS"]
+    assert len(runs(where, pipelineName="retrain")) < len(ingests)  # one per burst, not one per drop
+    assert int(tag(retrain, "finetune_assets/drops")) >= 2
+    found = gql(where, MATERIALIZATION, path=["inst_model"])["assetOrError"]["assetMaterializations"][0]
+    meta = {m["label"]: m.get("text") for m in found["metadataEntries"]}
+    assert found["runId"] == retrain["runId"]
+    assert meta["ray_cluster"] == "external" and meta["ray_address"].endswith(f":{where.ports.ray_gcs}")
+    # the job shows on that cluster: its job table holds the training driver's job id
+    code = (
+        "import json, os, ray\n"
+        "ray.init(address=os.environ['FINETUNE_ASSETS_RAY_ADDRESS'], logging_level='ERROR')\n"
+        "print(json.dumps([j['JobID'] for j in ray._private.state.jobs()]))\n"
+    )
+    env = {**os.environ, **where.client_env()}
+    listed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=120, check=True)  # fmt: skip
+    assert meta["ray_job_id"] in json.loads(listed.stdout.strip().splitlines()[-1])
+
+
+LAUNCH = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+STEP_EVENTS = """
+query($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run { eventConnection { events { __typename ... on MessageEvent { stepKey timestamp } } } }
+  }
+}
+"""
+
+
+def launch(where, job: str, tags: dict | None = None, assets: list[str] | None = None) -> str:
+    selector = {
+        "repositoryLocationName": "finetune_assets",
+        "repositoryName": "__repository__",
+        "jobName": job,
+    }
+    if assets:
+        selector["assetSelection"] = [{"path": [a]} for a in assets]
+    params = {"selector": selector, "runConfigData": {},
+              "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}  # fmt: skip
+    launched = gql(where, LAUNCH, params=params)["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def step_window(where, run_id: str, step: str) -> tuple[float, float]:
+    events = gql(where, STEP_EVENTS, runId=run_id)["runOrError"]["eventConnection"]["events"]
+    times = {e["__typename"]: float(e["timestamp"]) for e in events if e.get("stepKey") == step}
+    return times["ExecutionStepStartEvent"], times["ExecutionStepSuccessEvent"]
+
+
+def test_two_training_runs_at_once_queue_on_the_gpu_pool(running_stack):
+    where, _ = running_stack
+    first, second = (launch(where, "__ASSET_JOB", assets=["inst_model"]) for _ in range(2))
+
+    def both_done():
+        found = {r["runId"]: r["status"] for r in runs(where, runIds=[first, second])}
+        return found if len(found) == 2 and set(found.values()) <= FINISHED else None
+
+    assert set(wait_for(both_done, 900, "the two inst_model runs").values()) == {"SUCCESS"}
+    (a_start, a_end), (b_start, b_end) = sorted(step_window(where, r, "inst_model") for r in (first, second))
+    assert a_end <= b_start  # one slot: the second training step started after the first had finished
+
+
+def test_a_killed_run_worker_is_marked_failed_and_the_retry_completes(running_stack):
+    where, _ = running_stack
+    code_server = processes.running_pid(where.root, "dagster-code")
+    before = set(children(code_server))
+    drop = tag(runs(where, pipelineName="ingest_drop")[0], "dagster/partition")
+    run_id = launch(where, "ingest_drop", tags={"dagster/partition": drop})
+    worker = wait_for(lambda: set(children(code_server)) - before, 120, "the run worker", every_s=0.2)
+    for pid in worker:
+        os.kill(pid, 9)
+
+    def retried():
+        original = runs(where, runIds=[run_id])[0]
+        retries = runs(where, tags=[{"key": "dagster/parent_run_id", "value": run_id}])
+        done = original["status"] in FINISHED and retries and retries[0]["status"] in FINISHED
+        return (original, retries[0]) if done else None
+
+    original, retry = wait_for(retried, 300, "the killed run's retry")
+    assert original["status"] == "FAILURE" and retry["status"] == "SUCCESS"
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found

@@ -209,7 +209,12 @@ def _lm_eval_step(out_dir: Path, cfg: EvalConfig, loaded, peft) -> tuple[dict, d
         "precision": cfg.precision,
     }
     samples: dict = {}
-    metrics = run_lm_eval(tasks_dir=tasks_dir, tasks=written, samples=samples, **common, **target)
+    # generation at cfg.batch_size, log-likelihood tasks at their own batch (EvalConfig.loglikelihood_batch_size)
+    generation = [t for t in written if t == TASK_QA]
+    metrics = run_lm_eval(tasks_dir=tasks_dir, tasks=generation, samples=samples, **common, **target)
+    scored = {**common, "batch_size": cfg.loglikelihood_batch_size or cfg.batch_size}
+    loglikelihood = [t for t in written if t != TASK_QA]
+    metrics |= run_lm_eval(tasks_dir=tasks_dir, tasks=loglikelihood, samples=samples, **scored, **target)
     standard, skipped = run_standard_tasks(
         cfg.lm_eval_tasks,
         lambda names: run_lm_eval(tasks_dir=None, tasks=names, include_defaults=True, **common, **target),

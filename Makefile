@@ -8,7 +8,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all bench bench-train bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all stack-up stack-down stack-status bench bench-backfill bench-train bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -21,6 +21,18 @@ test:             ## the test suite (smoke profile, tiny model); what CI runs
 
 test-all: setup   ## also the slow tests (real SmolLM2 conversion)
 	OMP_NUM_THREADS=1 $(VENV)/python -m pytest -q
+
+stack-up:         ## the production layout on 127.0.0.1 (Postgres, MLflow, Ray head + worker, Dagster webserver/daemon/code server)
+	bash scripts/stack.sh up
+
+stack-down:       ## stop exactly what stack-up started
+	bash scripts/stack.sh down
+
+stack-status:
+	bash scripts/stack.sh status
+
+bench-backfill: setup  ## 50 drops curated one by one vs one backfill: same dedup_corpus, wall time and peak memory of both
+	OMP_NUM_THREADS=1 $(VENV)/python bench/backfill_bench.py $(ARGS)
 
 bench: setup      ## dedup benchmark: throughput vs datasketch's per-document loop, precision/recall
 	$(VENV)/python bench/dedup_bench.py

@@ -67,7 +67,7 @@ def eval_reports(
                 out,
                 run_id,
                 {"variants": len(card.results), "promotion_candidate": decision["candidate"] or "none"},
-                report=dg.MetadataValue.md(card.report["markdown"]),
+                report=dg.MetadataValue.md(card.report["markdown_embedded"]),
                 plot=dg.MetadataValue.path(str(paths["plot"])),
                 html=dg.MetadataValue.path(str(paths["html"])),
                 review_sample=dg.MetadataValue.path(str(card.review_sample["paths"]["csv"])),

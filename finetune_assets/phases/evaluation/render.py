@@ -84,7 +84,13 @@ def _markdown_table(header: list[str], rows: list[list]) -> str:
     return markdown_table(header, [[_as_cell(c).text for c in row] for row in rows])
 
 
-def render_markdown(blocks: list[Block]) -> str:
+def png_data_uri(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def render_markdown(blocks: list[Block], embed_images: bool = False) -> str:
+    """Markdown of the blocks. Images link to the PNG beside the report file, or with ``embed_images`` are
+    inlined as data URIs: what Dagster's Markdown metadata needs, since it resolves no relative link."""
     parts: list[str] = []
     for block in blocks:
         kind = block[0]
@@ -97,7 +103,8 @@ def render_markdown(blocks: list[Block]) -> str:
         elif kind == "table":
             parts += [_markdown_table(block[1], block[2]), ""]
         elif kind == "img":
-            parts += [f"![{block[2]}]({Path(block[1]).name})", ""]
+            target = png_data_uri(block[1]) if embed_images else Path(block[1]).name
+            parts += [f"![{block[2]}]({target})", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -134,9 +141,8 @@ def render_html(blocks: list[Block], title: str) -> str:
         elif kind == "table":
             body.append(_html_table(block[1], block[2]))
         elif kind == "img":
-            data = base64.b64encode(Path(block[1]).read_bytes()).decode("ascii")
             alt = html.escape(block[2])
-            body.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"></figure>')
+            body.append(f'<figure><img alt="{alt}" src="{png_data_uri(block[1])}"></figure>')
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>\n{HTML_CSS}\n</style>\n</head>\n<body>\n"

@@ -138,7 +138,8 @@ def write_report(
     ``review``: {"variants": {variant: {numeric stat: value}}, "source": path, ...} -> the Human review section.
     ``differences``: phases.evaluation.compare.paired_differences rows -> the Differences to the base section
     (``alpha``: the significance level they were computed with).
-    Returns {"markdown": text, "table": [row per variant], "paths": {"report", "html", "csv", "plot",
+    Returns {"markdown": text, "markdown_embedded": the same with the images inlined (data URIs),
+    "table": [row per variant], "paths": {"report", "html", "csv", "plot",
     "summary"} + "loss_plot" when curves were drawn}.
     """
     if not results:
@@ -194,4 +195,9 @@ def write_report(
         "review": review,
     }
     io.write_json(summary, paths["summary"])
-    return {"markdown": markdown, "table": table, "paths": {k: str(v) for k, v in paths.items()}}
+    return {
+        "markdown": markdown,
+        "markdown_embedded": render_markdown(blocks, embed_images=True),  # for Dagster's metadata
+        "table": table,
+        "paths": {k: str(v) for k, v in paths.items()},
+    }

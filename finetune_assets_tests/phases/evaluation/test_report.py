@@ -212,6 +212,15 @@ def test_report_with_promotion_guardrails_curves_review_and_html(tmp_path):
     loss_png = tmp_path / "r" / "loss_curves.png"
     assert out["paths"]["loss_plot"] == str(loss_png)
     assert loss_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](loss_curves.png)" in md
+    # Dagster's Markdown metadata resolves no relative link: that copy carries the PNGs inline
+    embedded = out["markdown_embedded"]
+    assert "](loss_curves.png)" not in embedded
+    inline = base64.b64encode(loss_png.read_bytes()).decode()
+    assert f"](data:image/png;base64,{inline})" in embedded
+    assert (
+        embedded.replace(f"data:image/png;base64,{inline}", "loss_curves.png").split("![")[0]
+        == md.split("![")[0]
+    )
 
     # HTML: self-contained, same sections, every variant, PASS/FAIL cells, both plots embedded.
     page = (tmp_path / "r" / "report.html").read_text()

@@ -8,10 +8,11 @@ PY=${PYTHON:-python3}
 
 # Debian packages: the demo corpus (the Python documentation's reST sources; the demo falls back to stdlib
 # docstrings without it), and with --stack PostgreSQL for `finetune-assets stack` and its tests (plus
-# docker-compose, whose `config` checks docker/docker-compose.yaml in the tests). No cluster is
+# docker-compose, whose `config` checks docker/docker-compose.yaml, and chromium + chromium-driver for the
+# browser test of the UIs). No cluster is
 # created at install (the stack runs its own initdb folder and port), so nothing listens on 5432.
 debs=(python3-doc)
-[ "${1:-}" = "--stack" ] && debs+=(postgresql docker-compose)  # docker-compose: validates docker/
+[ "${1:-}" = "--stack" ] && debs+=(postgresql docker-compose chromium chromium-driver)
 missing=()
 for deb in "${debs[@]}"; do dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb"); done
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then

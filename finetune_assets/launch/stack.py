@@ -374,7 +374,8 @@ def status(stack: Stack) -> dict:
         "urls": {
             "dagster": f"http://127.0.0.1:{stack.ports.dagster_webserver}",
             "mlflow": f"http://127.0.0.1:{stack.ports.mlflow}",
-            "ray_dashboard": f"http://127.0.0.1:{stack.ports.ray_dashboard}",
+            # ray[data,train] has no dashboard (its HTTP server needs ray[default]): the GCS address to join
+            "ray": f"127.0.0.1:{stack.ports.ray_gcs}",
         },
         "env_file": str(stack.root / "env.sh"),
         "checked": time.time(),

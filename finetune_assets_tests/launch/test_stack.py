@@ -9,17 +9,16 @@ three ingest runs' process start-up.
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from finetune_assets.launch import processes, stack
+from finetune_assets.launch import processes
+from finetune_assets_tests.launch.conftest import pg_count
 
 pytestmark = pytest.mark.integration
 
@@ -29,74 +28,12 @@ if not sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
     pytest.skip("PostgreSQL is not installed (bash scripts/setup.sh --stack)", allow_module_level=True)
 
 
-def free_base() -> int:
-    """A port base whose 200 ports are all free on 127.0.0.1."""
-    for base in range(48000, 60000, 250):
-        if not any(_in_use(base + offset) for offset in range(200)):
-            return base
-    raise RuntimeError("no free range of 200 ports on 127.0.0.1")
-
-
-def _in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 DOC = (
     "# Drop {n}\n\nThe {topic} module keeps the state of a long running service. It is documented here in "
     "plain words so that the ingest step has real text to read. "
     * 1
     + "A configuration file names every option, and the operator changes them without restarting. " * 6
 )
-
-
-@pytest.fixture(scope="module")
-def running_stack():
-    root = Path("/var/tmp") / f"fa-stack-test-{uuid.uuid4().hex[:8]}"  # the postgres user can reach /var/tmp
-    root.mkdir(mode=0o755)
-    env = {
-        "FINETUNE_ASSETS_STACK_DIR": str(root),
-        "FINETUNE_ASSETS_HOME": str(root / "home"),
-        "FINETUNE_ASSETS_STACK_PORT": str(free_base()),
-        "FINETUNE_ASSETS_PROFILE": "smoke",
-        "FINETUNE_ASSETS_STACK_CPUS": "2",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    where = stack.Stack.from_env()
-    started = time.monotonic()
-    try:
-        state = stack.up(where)
-        state["up_s"] = time.monotonic() - started
-        yield where, state
-    finally:
-        if processes.running_pid(root, "postgres"):
-            print(f"\nstack held: {json.dumps(held(where))}")  # shown with pytest -s (the closing notes)
-        pgids = {name: processes.running_pid(root, name) for name in stack.ORDER}
-        stopped = stack.down(where)
-        leftovers = {name: processes.group_members(pid) for name, pid in pgids.items() if pid}
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-        shutil.rmtree(root, ignore_errors=True)
-        assert sorted(stopped) == sorted(n for n, pid in pgids.items() if pid)
-        assert not any(leftovers.values()), f"processes left after stack down: {leftovers}"
-
-
-def held(where) -> dict:
-    """What the servers hold: database bytes and key row counts, served artifact bytes."""
-    import psycopg2
-
-    out = {}
-    with psycopg2.connect(where.pg_url("postgres")) as conn, conn.cursor() as cur:
-        for db in ("dagster", "mlflow"):
-            cur.execute("SELECT pg_database_size(%s)", (db,))
-            out[f"{db}_db_bytes"] = cur.fetchone()[0]
-    for db, table in (("dagster", "runs"), ("dagster", "event_logs"), ("mlflow", "runs"),
-                      ("mlflow", "model_versions")):  # fmt: skip
-        out[f"{db}.{table}_rows"] = pg_count(where, db, f"SELECT count(*) FROM {table}")
-    artifacts = where.root / "mlflow-artifacts"
-    out["mlflow_artifact_bytes"] = sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file())
-    return out
 
 
 def test_every_service_is_up_and_dagster_mlflow_postgres_listen_on_loopback_only(running_stack):
@@ -176,14 +113,6 @@ def test_mlflow_server_holds_runs_registered_versions_aliases_and_artifacts(runn
     assert (Path(got) / "config.json").read_text() == '{"model_type": "llama"}'
     assert (where.root / "mlflow-artifacts").is_dir()  # served from the stack's artifact root
     assert pg_count(where, "mlflow", "SELECT count(*) FROM model_versions") >= 1
-
-
-def pg_count(where, database: str, query: str) -> int:
-    import psycopg2
-
-    with psycopg2.connect(where.pg_url(database)) as conn, conn.cursor() as cur:
-        cur.execute(query)
-        return int(cur.fetchone()[0])
 
 
 def gql(where, query: str, **variables) -> dict:
@@ -278,6 +207,20 @@ def test_a_partition_backfill_reingests_every_drop_and_reports_the_broken_one(ru
     found = wait_for(backfill_runs, 300, "the backfill's four runs")
     status = {tag(r, "dagster/partition"): r["status"] for r in found}
     assert status == {**dict.fromkeys(drops, "SUCCESS"), "_broken": "FAILURE"}
+
+    # the same from the CLI, as the README says: a job backfill the daemon runs
+    cli = [str(Path(sys.executable).parent / "dagster"), "job", "backfill", "-j", "ingest_drop",
+           "--partitions", ",".join(drops[:2]), "--noprompt", "-w", str(where.workspace)]  # fmt: skip
+    subprocess.run(
+        cli, env={**os.environ, **where.client_env()}, check=True, timeout=300, capture_output=True
+    )
+
+    def cli_runs():  # ingest runs of a backfill other than the GraphQL one (the daemon launches them)
+        found = [r for r in runs(where, pipelineName="ingest_drop")
+                 if tag(r, "dagster/backfill") not in (None, backfill["backfillId"])]  # fmt: skip
+        return found if len(found) == 2 and all(r["status"] in FINISHED for r in found) else None
+
+    assert [r["status"] for r in wait_for(cli_runs, 300, "the CLI backfill's runs")] == ["SUCCESS"] * 2
 
 
 MATERIALIZATION = """

@@ -36,6 +36,9 @@ from finetune_assets.launch.processes import Server
 
 REPO = Path(__file__).resolve().parents[2]
 PG_USER = "finetune"
+# Multi-node Ray: set explicitly, since a process that started the embedded Ray (launch.ray_cluster sets it to
+# 0 for loopback-only) passes its environment on, and a worker node then refuses to join ("not supported").
+CLUSTER_MODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 ORDER = [
     "postgres",
     "mlflow",
@@ -168,6 +171,7 @@ class Stack:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DAGSTER_DISABLE_TELEMETRY": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            **CLUSTER_MODE,
         }
 
 
@@ -195,7 +199,7 @@ def servers(stack: Stack) -> list[Server]:
     # to the host's address (only single-node Ray stays on loopback: launch.ray_cluster), so the token, not the
     # interface, is what keeps other hosts out: see the README's stack section.
     ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(stack.ray_token_path),
-               "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}  # fmt: skip
+               "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), **CLUSTER_MODE}  # fmt: skip
     ray_stop = {"signal_leader_only": True, "stop_timeout_s": 60.0}
     ray_common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     cpus = stack.worker_cpus or os.cpu_count() or 1

@@ -144,6 +144,9 @@ def progress_writer(out_dir: Path):
     path, steps = progress_path(out_dir), step_log_path(out_dir)
 
     class ProgressWriter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            steps.write_text("")  # this run's steps only (the reader starts over when the file shrinks)
+
         def on_step_end(self, args, state, control, **kwargs):
             io.write_json({"pid": os.getpid(), "step": state.global_step, "max_steps": state.max_steps}, path)
 

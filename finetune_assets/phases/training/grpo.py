@@ -180,6 +180,7 @@ def grpo(
     if not _distributed() or _rank() == 0:
         shutil.rmtree(warm, ignore_errors=True)
         artifacts.progress_path(warm).unlink(missing_ok=True)
+        artifacts.step_log_path(warm).unlink(missing_ok=True)
     return summary
 
 

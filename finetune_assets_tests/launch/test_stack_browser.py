@@ -61,6 +61,15 @@ def open_page(driver, url: str, *must_show: str, timeout_s: float = 60) -> str:
     raise AssertionError(f"{url} never showed {missing}")
 
 
+def settle(driver, pending_text: str, timeout_s: float = 20) -> None:
+    """Wait (at most ``timeout_s``) until the page no longer shows ``pending_text``: for the screenshots."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pending_text in driver.find_element(By.TAG_NAME, "body").text:
+        time.sleep(1)
+
+
 def assets_by_group() -> dict[str, set[str]]:
     """The code location's assets by group, from the definitions themselves."""
     from finetune_assets.definitions import defs
@@ -85,6 +94,7 @@ def test_browser_shows_the_graph_materializes_on_click_renders_the_report_and_ml
     assert set().union(*groups.values()) == EXPECTED_ASSETS
     for group, names in groups.items():  # each group's lineage graph shows each of its assets as a node
         open_page(browser, f"{ui}/locations/finetune_assets/asset-groups/{group}/lineage", *sorted(names))
+        settle(browser, "Loading")  # the nodes' statuses arrive after the graph
         browser.save_screenshot(str(ARTIFACTS / "browser" / f"asset_graph_{group}.png"))
 
     # A materialization launched by clicking: retrieval_index's Materialize button, then the run succeeds.

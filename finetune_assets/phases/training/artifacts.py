@@ -145,6 +145,7 @@ def progress_writer(out_dir: Path):
 
     class ProgressWriter(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
+            steps.parent.mkdir(parents=True, exist_ok=True)  # the output's folder may not exist yet
             steps.write_text("")  # this run's steps only (the reader starts over when the file shrinks)
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -156,6 +157,7 @@ def progress_writer(out_dir: Path):
                 return
             line = {"step": int(state.global_step), "max_steps": int(state.max_steps)}
             line.update({k: entry[k] for k in STEP_METRICS if isinstance(entry.get(k), int | float)})
+            steps.parent.mkdir(parents=True, exist_ok=True)
             with open(steps, "a") as out:  # one short line per write: a reader never sees half of one
                 out.write(json.dumps(line) + "\n")
 

@@ -173,25 +173,25 @@ def _group_alive(pgid: int) -> bool:
         os.waitpid(pgid, os.WNOHANG)  # reap the leader when it is our child
     except ChildProcessError:
         pass
+    return bool(group_members(pgid))
+
+
+def live_processes():
+    """(pid, parent pid, process group) of every process that is not a zombie, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            return True
-    return False
+        if fields[0] != "Z":
+            yield int(stat.parent.name), int(fields[1]), int(fields[2])
 
 
 def group_members(pgid: int) -> list[int]:
     """The live PIDs of process group ``pgid`` (for status and tests)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return sorted(members)
+    return sorted(pid for pid, _, group in live_processes() if group == pgid)
+
+
+def children(parent: int) -> list[int]:
+    """The live child processes of ``parent``."""
+    return sorted(pid for pid, ppid, _ in live_processes() if ppid == parent)

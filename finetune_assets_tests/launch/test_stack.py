@@ -315,10 +315,12 @@ def test_two_training_runs_at_once_queue_on_the_gpu_pool(running_stack):
 def test_a_killed_run_worker_is_marked_failed_and_the_retry_completes(running_stack):
     where, _ = running_stack
     code_server = processes.running_pid(where.root, "dagster-code")
-    before = set(children(code_server))
+    before = set(processes.children(code_server))
     drop = tag(runs(where, pipelineName="ingest_drop")[0], "dagster/partition")
     run_id = launch(where, "ingest_drop", tags={"dagster/partition": drop})
-    worker = wait_for(lambda: set(children(code_server)) - before, 120, "the run worker", every_s=0.2)
+    worker = wait_for(
+        lambda: set(processes.children(code_server)) - before, 120, "the run worker", every_s=0.2
+    )
     for pid in worker:
         os.kill(pid, 9)
 
@@ -330,16 +332,3 @@ def test_a_killed_run_worker_is_marked_failed_and_the_retry_completes(running_st
 
     original, retry = wait_for(retried, 300, "the killed run's retry")
     assert original["status"] == "FAILURE" and retry["status"] == "SUCCESS"
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid``, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found

@@ -170,26 +170,72 @@ def write_text(text: str, path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success it replaces ``final`` in one rename.
+    """Yield a temporary folder beside ``final``; on success it takes the place of ``final`` in one step.
 
-    On error the temporary folder is removed and any previous ``final`` is left untouched.
+    On error the temporary folder is removed and any previous ``final`` is left untouched. Two writers of the
+    same ``final`` at once (two runs materializing one asset) are safe: the swap holds a lock on the parent
+    folder, the last writer wins, and a reader never finds ``final`` missing where the kernel can exchange two
+    folders in one rename (Linux renameat2).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        with _folder_lock(final.parent):
+            replaced = _swap_in(tmp, final)
+        if replaced is not None:  # the previous version, removed outside the lock (a model can be large)
+            shutil.rmtree(replaced, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on ``folder`` itself: no lock file is left behind."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _swap_in(new: Path, final: Path) -> Path | None:
+    """Put folder ``new`` at ``final``; returns where the previous ``final`` now is (to remove), or None."""
+    if not final.exists():
+        os.replace(new, final)
+        return None
+    if _exchange(new, final):
+        return new  # the two names swapped: ``new`` now holds the previous version
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.replace(final, old)  # a folder may replace an empty folder
+    os.replace(new, final)
+    return old
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where the libc or filesystem cannot."""
+    import ctypes
+    import errno
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def text_hash(text: str) -> str:

@@ -38,6 +38,42 @@ def test_failed_folder_write_leaves_the_previous_artifact_untouched(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def _write_versions(final: Path, writer: int, versions: int) -> None:
+    for version in range(versions):
+        with atomic_dir(final) as tmp:
+            for name in ("weights", "config"):
+                (tmp / name).write_text(f"{writer}-{version}")
+
+
+def test_two_writers_of_one_folder_at_once_both_finish_and_a_reader_never_finds_it_missing(tmp_path: Path):
+    import multiprocessing
+
+    from finetune_assets import io
+
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir(), probe_b.mkdir()
+    exchanges = io._exchange(probe_a, probe_b)  # False where the filesystem cannot swap in one step
+    probe_a.rmdir(), probe_b.rmdir()
+
+    final = tmp_path / "model"
+    _write_versions(final, 0, 1)
+    fork = multiprocessing.get_context("fork")  # two runs of one asset: two processes
+    writers = [fork.Process(target=_write_versions, args=(final, w, 40)) for w in (1, 2)]
+    for w in writers:
+        w.start()
+    missing = 0
+    while any(w.is_alive() for w in writers):
+        missing += not final.is_dir()
+    for w in writers:
+        w.join()
+    assert [w.exitcode for w in writers] == [0, 0]  # neither writer failed on the other's swap
+    last = (final / "weights").read_text()
+    assert last in ("1-39", "2-39") and (final / "config").read_text() == last  # one complete version won
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary or old folder left
+    if exchanges:
+        assert missing == 0
+
+
 def test_content_hash_follows_content_not_timestamps(tmp_path: Path):
     first = write_jsonl([{"a": 1}], tmp_path / "d1" / "rows.jsonl").parent
     second = write_jsonl([{"a": 1}], tmp_path / "d2" / "rows.jsonl").parent

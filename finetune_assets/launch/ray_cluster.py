@@ -2,8 +2,9 @@
 
 Embedded Ray is kept private to this process and this machine: gcs/raylet/workers bind 127.0.0.1
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use the loopback address; passing _node_ip_address is silently
-rewritten), no dashboard, a capped object store (Ray's default takes 5-7 GB), and a private short temp dir
-(Unix socket paths must stay under 108 characters). Other Ray instances may run on the same machine, so this
+rewritten; the same setting lets a driver join a loopback cluster, e.g. the stack's), no dashboard, a capped
+object store (Ray's default takes 5-7 GB), and a private short temp dir (Unix socket paths must stay under 108
+characters). Other Ray instances may run on the same machine, so this
 module never uses address="auto" and never runs `ray stop`.
 
 Token auth (on by default in Ray 2.60) is set explicitly: RAY_AUTH_MODE from the environment when set,
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from finetune_assets.config import default_home
+from finetune_assets.launch.ray_node import LOOPBACK
 
 _STATE: dict = {}
 
@@ -59,8 +61,10 @@ def ensure_ray(
 
     os.environ.setdefault("RAY_AUTH_MODE", auth_mode)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    loopback = address is None or _host(address) in LOOPBACK
+    if loopback:  # this process's node address stays 127.0.0.1 (a cluster on this host: launch.ray_node)
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if address is None:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback-only node addresses
         # Ray starts workers with niceness 15, so the training worker yields to every other process on a busy
         # machine (5-step SmolLM2 SFT: 13.7 s/step niced vs 12.5 at 0). Training is this process's main work.
         os.environ.setdefault("RAY_worker_niceness", "0")
@@ -73,7 +77,7 @@ def ensure_ray(
         from ray._raylet import Config
 
         Config.initialize("")
-        if address is None:
+        if loopback:
             ray_constants.ENABLE_RAY_CLUSTER = False
 
     runtime_env = {"env_vars": _worker_env()}
@@ -101,6 +105,11 @@ def ensure_ray(
         )
         _STATE.update(embedded=False, temp_dir=None)
     return _info(ray)
+
+
+def _host(address: str) -> str:
+    """The host of "host:port" (an IPv6 host in brackets)."""
+    return address.rsplit(":", 1)[0].strip("[]")
 
 
 def _info(ray) -> dict:

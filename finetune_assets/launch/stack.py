@@ -3,7 +3,8 @@
 Services, started in this order and stopped in the reverse one (launch.processes: by PID, never by name):
 - postgres: Debian's PostgreSQL with its own initdb folder and port; databases ``dagster`` and ``mlflow``;
 - mlflow: ``mlflow server`` with its backend store on Postgres, ``--serve-artifacts`` and an artifact root;
-- ray-head (no CPUs of its own: it schedules) and ray-worker (the machine's cores), token auth on;
+- ray-head (no CPUs of its own: it schedules) and ray-worker (the machine's cores), token auth on, both
+  on 127.0.0.1 (launch.ray_node);
 - dagster-code: the code location as a gRPC server; the runs it launches inherit its environment (Ray address,
   MLflow URI, Ray token), so training runs on the stack's Ray and logs to its MLflow;
 - dagster-webserver and dagster-daemon (schedules, sensors, the run queue, run monitoring and retries) on a
@@ -39,6 +40,11 @@ PG_USER = "finetune"
 # Multi-node Ray: set explicitly, since a process that started the embedded Ray (launch.ray_cluster sets it to
 # 0 for loopback-only) passes its environment on, and a worker node then refuses to join ("not supported").
 CLUSTER_MODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+# A client of the stack's loopback cluster (a driver, `ray status`): without it Ray turns 127.0.0.1 into the
+# host's address, where the stack's Ray does not listen.
+LOOPBACK_CLIENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# `ray start` that keeps the nodes on 127.0.0.1 (launch.ray_node)
+RAY_NODE = [sys.executable, "-m", "finetune_assets.launch.ray_node"]
 ORDER = [
     "postgres",
     "mlflow",
@@ -171,7 +177,7 @@ class Stack:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DAGSTER_DISABLE_TELEMETRY": "1",
             "TOKENIZERS_PARALLELISM": "false",
-            **CLUSTER_MODE,
+            **LOOPBACK_CLIENT,
         }
 
 
@@ -195,9 +201,8 @@ def servers(stack: Stack) -> list[Server]:
     """The stack's servers, in start order."""
     p = stack.ports
     py_env = {**stack.client_env(), "PYTHONPATH": str(REPO)}
-    # Token auth guards every Ray port. A multi-node Ray (head + worker) rewrites --node-ip-address=127.0.0.1
-    # to the host's address (only single-node Ray stays on loopback: launch.ray_cluster), so the token, not the
-    # interface, is what keeps other hosts out: see the README's stack section.
+    # Token auth guards every Ray port, and the nodes stay on loopback: launch.ray_node is `ray start` without
+    # its rewrite of 127.0.0.1 to the host's address (which multi-node mode does).
     ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(stack.ray_token_path),
                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), **CLUSTER_MODE}  # fmt: skip
     ray_stop = {"signal_leader_only": True, "stop_timeout_s": 60.0}
@@ -211,12 +216,12 @@ def servers(stack: Stack) -> list[Server]:
                           "--host", "127.0.0.1", "--port", str(p.mlflow), "--workers", "1"],
                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
                ready_port=p.mlflow),
-        Server("ray-head", [_bin("ray"), "start", "--head", f"--port={p.ray_gcs}", "--num-cpus=0",
+        Server("ray-head", [*RAY_NODE, "start", "--head", f"--port={p.ray_gcs}", "--num-cpus=0",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={p.ray_dashboard}",
                             f"--temp-dir={stack.ray_temp}", "--object-store-memory=536870912", *ray_common,
                             *_flags(p.ray_node(0))],
                env=ray_env, ready_port=p.ray_gcs, **ray_stop),
-        Server("ray-worker", [_bin("ray"), "start", f"--address=127.0.0.1:{p.ray_gcs}", f"--num-cpus={cpus}",
+        Server("ray-worker", [*RAY_NODE, "start", f"--address=127.0.0.1:{p.ray_gcs}", f"--num-cpus={cpus}",
                               "--object-store-memory=536870912", *ray_common, *_flags(p.ray_node(1))],
                env=ray_env, ready_port=p.ray_node(1)["--node-manager-port"], **ray_stop),
         Server("dagster-code", [_bin("dagster"), "api", "grpc", "-m", "finetune_assets.definitions",

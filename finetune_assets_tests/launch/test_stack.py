@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_assets.launch import processes
+from finetune_assets.launch import processes, stack
 from finetune_assets_tests.launch.conftest import pg_count
 
 pytestmark = pytest.mark.integration
@@ -36,23 +36,41 @@ DOC = (
 )
 
 
-def test_every_service_is_up_and_dagster_mlflow_postgres_listen_on_loopback_only(running_stack):
+def test_every_service_is_up_and_every_process_of_the_stack_listens_on_loopback_only(running_stack):
     where, state = running_stack
     assert all(s["up"] for s in state["services"].values()), state
     p = where.ports
-    for port in (p.postgres, p.mlflow, p.dagster_webserver, p.dagster_code):
-        assert listen_addresses(port) <= {"127.0.0.1", "::ffff:127.0.0.1"}, port
+    listening = stack_listeners(where)
+    ports = {port for _, port in listening}
+    for port in (p.postgres, p.mlflow, p.dagster_webserver, p.dagster_code, p.ray_gcs):
+        assert port in ports, port
+    # Ray's own servers and agents included (their ports are partly Ray's choice): nothing beyond loopback
+    assert {address for address, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, sorted(listening)
 
 
-def listen_addresses(port: int) -> set[str]:
-    """The local addresses that listen on ``port``, from /proc/net/tcp and tcp6."""
+def stack_listeners(where) -> set[tuple[str, int]]:
+    """(local address, port) of every listening TCP socket held by a process of the stack's services."""
+    pids = set()
+    for name in stack.ORDER:
+        leader = processes.running_pid(where.root, name)
+        if leader:
+            pids.update(processes.group_members(leader))
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     found = set()
     for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
         for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:
-                found.add(_decode(address, v6))
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.add((_decode(address, v6), int(hex_port, 16)))
     return found
 
 
@@ -146,6 +164,28 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 5):
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+FAILURE_EVENTS = """
+query($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run { eventConnection { events { __typename
+      ... on ExecutionStepFailureEvent { stepKey error { message } }
+      ... on RunFailureEvent { message }
+    } } }
+  }
+}
+"""
+
+
+def failures(where, run_id: str) -> list[str]:
+    """Why a run failed, from its event log: for the assertion messages."""
+    events = gql(where, FAILURE_EVENTS, runId=run_id)["runOrError"]["eventConnection"]["events"]
+    return [
+        f"{e.get('stepKey') or 'run'}: {(e.get('error') or {}).get('message') or e.get('message')}"
+        for e in events
+        if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
+    ]
 
 
 def tag(run: dict, key: str) -> str | None:
@@ -307,7 +347,8 @@ def test_two_training_runs_at_once_queue_on_the_gpu_pool(running_stack):
         found = {r["runId"]: r["status"] for r in runs(where, runIds=[first, second])}
         return found if len(found) == 2 and set(found.values()) <= FINISHED else None
 
-    assert set(wait_for(both_done, 900, "the two inst_model runs").values()) == {"SUCCESS"}
+    statuses = wait_for(both_done, 900, "the two inst_model runs")
+    assert set(statuses.values()) == {"SUCCESS"}, [failures(where, r) for r in statuses]
     (a_start, a_end), (b_start, b_end) = sorted(step_window(where, r, "inst_model") for r in (first, second))
     assert a_end <= b_start  # one slot: the second training step started after the first had finished
 
@@ -331,4 +372,5 @@ def test_a_killed_run_worker_is_marked_failed_and_the_retry_completes(running_st
         return (original, retries[0]) if done else None
 
     original, retry = wait_for(retried, 300, "the killed run's retry")
-    assert original["status"] == "FAILURE" and retry["status"] == "SUCCESS"
+    assert original["status"] == "FAILURE" and retry["status"] == "SUCCESS", failures(where, retry["runId"])
+    assert failures(where, run_id), "the killed run's failure is in its event log, with a reason"

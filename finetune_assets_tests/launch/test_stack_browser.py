@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_assets_tests.launch.test_stack import FINISHED, runs, wait_for
+from finetune_assets_tests.launch.test_stack import FINISHED, failures, runs, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,10 +101,14 @@ def test_browser_shows_the_graph_materializes_on_click_renders_the_report_and_ml
     before = {r["runId"] for r in runs(where)}
     open_page(browser, f"{ui}/assets/retrieval_index", "Materialize")
     browser.find_element(By.XPATH, "//button[normalize-space()='Materialize']").click()
-    launched = wait_for(lambda: [r for r in runs(where) if r["runId"] not in before], 60, "the clicked run")
+
+    def clicked():  # an asset job's run: the sensor's retrain (for test_stack's re-ingested drop) may start too
+        return [r for r in runs(where) if r["runId"] not in before and r["jobName"] == "__ASSET_JOB"]
+
+    launched = wait_for(clicked, 60, "the clicked run")
     run_id = launched[0]["runId"]
     done = wait_for(lambda: [r for r in runs(where, runIds=[run_id]) if r["status"] in FINISHED], 300, "it")
-    assert done[0]["status"] == "SUCCESS"
+    assert done[0]["status"] == "SUCCESS", failures(where, run_id)
 
     # eval_reports' page: the report's Markdown with its plot rendered (an inlined PNG that decodes)
     open_page(browser, f"{ui}/assets/eval_reports", "Show Markdown")

@@ -1,6 +1,7 @@
 """The Dagster and MLflow UIs of the running stack in a real browser (marked integration): Debian's chromium and
 chromium-driver through selenium, no browser download. Runs after test_stack.py on the same stack (the
-package-scoped ``running_stack``), so the graph has been materialized by the debounced retrain there.
+package-scoped ``running_stack``), so the graph has been materialized by the debounced retrain there. It clicks
+as a user would: the lineage graphs, a Materialize button, a backfill of every drop from the partition dialog.
 """
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_assets_tests.launch.test_stack import FINISHED, failures, runs, wait_for
+from finetune_assets_tests.launch.test_stack import FINISHED, failures, gql, runs, tag, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +71,30 @@ def settle(driver, pending_text: str, timeout_s: float = 20) -> None:
         time.sleep(1)
 
 
+def body(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+BACKFILLS = """
+{ partitionBackfillsOrError(limit: 50) { ... on PartitionBackfills { results { id partitionNames } } } }
+"""
+
+
+def backfills(where) -> list[dict]:
+    return gql(where, BACKFILLS)["partitionBackfillsOrError"]["results"]
+
+
+PARTITION_KEYS = """
+query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { ... on AssetNode { partitionKeys } } }
+"""
+
+
+def partition_keys(where, asset: str) -> list[str]:
+    return gql(where, PARTITION_KEYS, path=[asset])["assetNodeOrError"]["partitionKeys"]
+
+
 def assets_by_group() -> dict[str, set[str]]:
     """The code location's assets by group, from the definitions themselves."""
     from finetune_assets.definitions import defs
@@ -109,6 +134,33 @@ def test_browser_shows_the_graph_materializes_on_click_renders_the_report_and_ml
     run_id = launched[0]["runId"]
     done = wait_for(lambda: [r for r in runs(where, runIds=[run_id]) if r["status"] in FINISHED], 300, "it")
     assert done[0]["status"] == "SUCCESS", failures(where, run_id)
+
+    # A backfill launched from the UI: raw_corpus' "Materialize…" dialog, every partition, "Launch backfill".
+    # The partitions include test_stack's `_broken` drop, which fails alone while the others are re-ingested.
+    before = {b["id"] for b in backfills(where)}
+    open_page(browser, f"{ui}/assets/raw_corpus", "Materialize…")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Materialize…']").click()
+    wait_for(lambda: "Launch backfill" in body(browser), 60, "the backfill dialog", every_s=1)
+    browser.find_element(By.XPATH, "//button[normalize-space()='All']").click()
+    partitions = partition_keys(where, "raw_corpus")
+    wait_for(
+        lambda: f"{len(partitions)} partitions" in body(browser), 30, "all partitions selected", every_s=1
+    )
+    browser.save_screenshot(str(ARTIFACTS / "browser" / "backfill_dialog.png"))
+    browser.find_element(By.XPATH, "//button[normalize-space()='Launch backfill']").click()
+    backfill = wait_for(
+        lambda: [b for b in backfills(where) if b["id"] not in before], 60, "the UI's backfill"
+    )[0]
+    assert sorted(backfill["partitionNames"]) == sorted(partitions)
+
+    def backfill_runs():
+        found = runs(where, tags=[{"key": "dagster/backfill", "value": backfill["id"]}])
+        return (
+            found if len(found) == len(partitions) and all(r["status"] in FINISHED for r in found) else None
+        )
+
+    status = {tag(r, "dagster/partition"): r["status"] for r in wait_for(backfill_runs, 300, "its runs")}
+    assert status == {p: "FAILURE" if p == "_broken" else "SUCCESS" for p in partitions}
 
     # eval_reports' page: the report's Markdown with its plot rendered (an inlined PNG that decodes)
     open_page(browser, f"{ui}/assets/eval_reports", "Show Markdown")

@@ -149,10 +149,11 @@ def _signature(tool: Tool) -> str:
     return f"{tool.name}({args})"
 
 
-def system_prompt() -> str:
-    """The T&R system prompt: a compact rendering of ``tool_specs()`` plus the call syntax."""
-    lines = [SYSTEM_INTRO, "Tools:"]
-    lines += [f"- {_signature(t)}: {t.description}" for t in TOOLS.values()]
+def system_prompt(tools: Iterable[Tool] | None = None, intro: str = SYSTEM_INTRO) -> str:
+    """The T&R system prompt: a compact rendering of ``tools`` (default: ``TOOLS``) plus the call syntax. The
+    server renders a request's own tools through it, so a client's tools reach the model as training's do."""
+    lines = [intro, "Tools:"]
+    lines += [f"- {_signature(t)}: {t.description}" for t in (TOOLS.values() if tools is None else tools)]
     syntax = '{"name": ..., "arguments": {...}}'
     lines.append(f"To call a tool, reply with only {TOOL_CALL_OPEN}{syntax}{TOOL_CALL_CLOSE}")
     return "\n".join(lines)

@@ -102,17 +102,13 @@ def test_wrong_model_name_is_a_configuration_error(served_model):  # noqa: F811
 
 def test_cache_replays_answers_with_the_server_stopped(babbling_model, tmp_path):  # noqa: F811
     """An in-process server we can stop: the second client answers from the cache alone."""
-    server = serve.make_server(babbling_model, port=0, model_name="tiny")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    server = serve.make_server(babbling_model, port=0, model_name="tiny").start()
     try:
         first = OpenAIChatClient(_cfg(server.url), tmp_path / "cache")
         answers = first.complete(CONVERSATIONS)
         assert first.requests == 3 and all(answers)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        server.stop()
     second = OpenAIChatClient(_cfg(server.url), tmp_path / "cache")
     assert second.complete(CONVERSATIONS) == answers
     assert second.stats() == {"requests": 0, "cache_hits": 3, "failures": 0, "retries": 0}

@@ -1,10 +1,14 @@
 """`finetune-assets serve` as a real subprocess on 127.0.0.1 (the shared ``served_model`` of llm_server.py):
 health, model list, chat completions in OpenAI's schema, JSON errors, concurrent requests."""
 
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from finetune_assets import cli
-from finetune_assets_tests.phases.llm_server import request_json, served_model  # noqa: F401
+from finetune_assets_tests.phases.llm_server import babbling_model, request_json, served_model  # noqa: F401
 
 QUESTION = [{"role": "user", "content": "What is a list?"}]
 
@@ -65,7 +69,17 @@ def test_bad_requests_get_json_errors_naming_the_field(served_model):  # noqa: F
         ({"messages": QUESTION, "max_tokens": 0}, "max_tokens"),
         ({"messages": QUESTION, "seed": 1.5}, "seed"),
         ({"messages": QUESTION, "n": 2}, "n"),
-        ({"messages": QUESTION, "stream": True}, "stream"),
+        ({"messages": QUESTION, "stream": "yes"}, "stream"),
+        ({"messages": QUESTION, "temperature": 2.5}, "temperature"),  # out of range
+        ({"messages": QUESTION, "temperature": -0.1}, "temperature"),
+        ({"messages": QUESTION, "max_tokens": -5}, "max_tokens"),  # negative lengths
+        (
+            {"messages": QUESTION, "max_completion_tokens": 100000},
+            "max_completion_tokens",
+        ),  # over the context
+        ({"messages": QUESTION, "max_tokens": "ten"}, "max_tokens"),
+        ({"messages": QUESTION, "tools": [{"type": "function"}]}, "tools[0]"),
+        ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{}]}]}, "messages[0].tool_calls"),
     ]
     for body, field in cases:
         status, reply = request_json(url, body)
@@ -81,6 +95,8 @@ def test_bad_requests_get_json_errors_naming_the_field(served_model):  # noqa: F
     assert request_json(_root(served_model) + "/v2/nothing")[0] == 404
     status, reply = request_json(served_model.base_url + "/completions", {"prompt": "hi"})
     assert status == 404 and "/v1/completions" in reply["error"]["message"]
+    status, reply = request_json(url, method="DELETE")  # a known route, an unknown method
+    assert status == 405 and reply["error"]["code"] == "method_not_allowed"
     # the server is still healthy after all that
     assert request_json(url, {"messages": QUESTION, "max_tokens": 2})[0] == 200
 
@@ -88,3 +104,204 @@ def test_bad_requests_get_json_errors_naming_the_field(served_model):  # noqa: F
 def test_serve_refuses_a_folder_without_a_model(tmp_path, capsys):
     assert cli.main(["serve", str(tmp_path), "--port", "0"]) == 1
     assert "is not a Hugging Face model folder" in capsys.readouterr().err
+
+
+def test_a_prompt_over_the_context_is_refused_with_its_size_never_cut(served_model):  # noqa: F811
+    url = served_model.base_url + "/chat/completions"
+    long = [{"role": "user", "content": "list tuple set dict " * 200}]  # the tiny model's context is 512
+    status, reply = request_json(url, {"messages": long, "max_tokens": 8})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
+    assert reply["error"]["param"] == "messages" and "512" in reply["error"]["message"]
+    # a prompt that fits with a smaller budget but not with this one names max_tokens' part too
+    status, reply = request_json(url, {"messages": QUESTION, "max_tokens": 511})
+    assert status == 400 and "max_tokens" in reply["error"]["message"]
+
+
+def test_an_oversized_body_gets_413_and_the_server_stays_up(served_model):  # noqa: F811
+    url = served_model.base_url + "/chat/completions"
+    huge = {"messages": [{"role": "user", "content": "x" * (2 << 20)}]}  # 2 MiB: over the 1 MiB default
+    status, reply = request_json(url, huge)
+    assert status == 413 and reply["error"]["code"] == "request_too_large"
+    assert request_json(url, {"messages": QUESTION, "max_tokens": 2})[0] == 200
+
+
+def test_usage_counts_the_generated_tokens_and_length_means_the_budget_ran_out(served_model):  # noqa: F811
+    url = served_model.base_url + "/chat/completions"
+    short = request_json(url, {"messages": QUESTION, "max_tokens": 3})[1]
+    assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == "length"
+    longer = request_json(url, {"messages": QUESTION, "max_tokens": 12})[1]
+    assert longer["usage"]["prompt_tokens"] == short["usage"]["prompt_tokens"]
+    assert longer["usage"]["completion_tokens"] <= 12
+    assert longer["choices"][0]["message"]["content"].startswith(short["choices"][0]["message"]["content"])
+
+
+def sse_events(url: str, body: dict, headers: dict | None = None) -> list:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json",
+                                                                              **(headers or {})})  # fmt: skip
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        lines = [line.decode().strip() for line in resp]
+    payloads = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    return [p if p == "[DONE]" else json.loads(p) for p in payloads]
+
+
+def test_streaming_sends_the_same_answer_as_deltas_then_usage_and_done(served_model):  # noqa: F811
+    url = served_model.base_url + "/chat/completions"
+    body = {"messages": QUESTION, "max_tokens": 10}
+    whole = request_json(url, body)[1]
+    events = sse_events(url, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert (
+        len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) > 1
+    )  # incremental
+    assert text.strip() == whole["choices"][0]["message"]["content"]
+    finish = [
+        c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+    ]
+    assert finish == [whole["choices"][0]["finish_reason"]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+
+
+def test_tools_reach_the_model_as_training_renders_them_and_a_call_comes_back_as_tool_calls():
+    from finetune_assets.phases.inference import tools
+    from finetune_assets.phases.serving import serve
+
+    request_tools = serve.parse_tools(tools.tool_specs())
+    messages = serve.parse_messages(
+        [{"role": "user", "content": "What is 2**10?"},
+         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+             "name": "python_eval", "arguments": json.dumps({"expression": "2**10"})}}]},
+         {"role": "tool", "tool_call_id": "c1", "content": '{"ok": true, "result": "1024"}'}],
+        request_tools,
+    )  # fmt: skip
+    # the T&R system prompt and call text exactly as training wrote them (phases.inference.tools)
+    assert messages[0] == {"role": "system", "content": tools.system_prompt()}
+    assert messages[2]["content"] == tools.format_tool_call("python_eval", {"expression": "2**10"})
+    custom = serve.parse_messages([{"role": "system", "content": "Be brief."}, *QUESTION], request_tools)
+    assert custom[0]["content"] == tools.system_prompt(intro="Be brief.")
+
+    reply = tools.format_tool_call("search_docs", {"query": "itertools"})
+    message, finish = serve.assistant_message(reply, "stop", with_tools=True)
+    assert finish == "tool_calls" and message["content"] is None
+    [call] = message["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "search_docs"
+    assert json.loads(call["function"]["arguments"]) == {"query": "itertools"}
+    assert serve.assistant_message(reply, "stop", with_tools=False) == ({"role": "assistant", "content": reply},
+                                                                        "stop")  # fmt: skip
+
+
+def test_a_request_with_tools_gets_the_tool_listing_in_its_prompt(served_model):  # noqa: F811
+    from finetune_assets.phases.inference import tools
+
+    url = served_model.base_url + "/chat/completions"
+    plain = request_json(url, {"messages": QUESTION, "max_tokens": 2})[1]
+    with_tools = request_json(url, {"messages": QUESTION, "max_tokens": 2, "tools": tools.tool_specs()})[1]
+    assert with_tools["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 20
+
+
+@pytest.fixture(scope="module")
+def keyed_server(babbling_model):  # noqa: F811
+    """An in-process server with an API key, a one-second body timeout and no waiting room."""
+    from finetune_assets.phases.serving import serve
+
+    limits = serve.Limits(body_timeout_s=1.0, max_queue=0)
+    server = serve.make_server(babbling_model, port=0, model_name="tiny", limits=limits,
+                               api_keys={"k-test"}).start()  # fmt: skip
+    yield server
+    server.stop()
+
+
+def test_api_keys_guard_the_v1_routes_and_beyond_loopback_are_required(keyed_server, babbling_model):  # noqa: F811
+    from finetune_assets.phases.serving import serve
+
+    root = keyed_server.url.removesuffix("/v1")
+    status, reply = request_json(keyed_server.url + "/models")
+    assert status == 401 and reply["error"]["code"] == "invalid_api_key"
+    assert request_json_with(keyed_server.url + "/models", {"Authorization": "Bearer wrong"})[0] == 401
+    assert request_json_with(keyed_server.url + "/models", {"Authorization": "Bearer k-test"})[0] == 200
+    assert request_json(root + "/health")[0] == 200  # health stays open for probes
+    with pytest.raises(ValueError, match="FINETUNE_ASSETS_API_KEYS"):
+        serve.make_server(babbling_model, host="0.0.0.0", port=0, api_keys=set())
+
+
+def request_json_with(url: str, headers: dict, body=None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_slow_client_gets_408_instead_of_holding_the_server(keyed_server):
+    import socket
+    import urllib.parse
+
+    where = urllib.parse.urlparse(keyed_server.url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k-test\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"messages\"")  # fmt: skip
+        answer = b""  # nothing more is sent: the body never completes
+        while b"request_timeout" not in answer and (part := sock.recv(65536)):
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+
+
+def test_beyond_the_queue_a_request_gets_429_with_retry_after(keyed_server):
+    import threading
+
+    url, auth = keyed_server.url + "/chat/completions", {"Authorization": "Bearer k-test"}
+    admission = keyed_server.uvicorn_server.config.app.state.admission
+    first = threading.Thread(target=request_json_with,
+                             args=(url, auth, {"messages": QUESTION, "max_tokens": 400}))  # fmt: skip
+    first.start()
+    deadline = time.monotonic() + 30
+    while admission.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    status, reply, headers = request_with_headers(url, auth, {"messages": QUESTION, "max_tokens": 2})
+    first.join(60)
+    assert status == 429 and reply["error"]["code"] == "rate_limit_exceeded"
+    assert int(headers["Retry-After"]) >= 1
+    assert request_json_with(url, auth, {"messages": QUESTION, "max_tokens": 2})[0] == 200  # slot free again
+
+
+def request_with_headers(url: str, headers: dict, body: dict):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", **headers})  # fmt: skip
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+def test_metrics_count_latency_tokens_and_errors_by_variant(served_model):  # noqa: F811
+    import urllib.request
+
+    url = served_model.base_url + "/chat/completions"
+    request_json(url, {"messages": QUESTION, "max_tokens": 2})
+    request_json(url, {"messages": QUESTION, "max_tokens": -1})
+    root = served_model.base_url.removesuffix("/v1")
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        root + "/metrics", timeout=30
+    ) as resp:
+        text = resp.read().decode()
+    assert (
+        'finetune_assets_request_seconds_bucket{le="0.05",route="/v1/chat/completions",status="200",variant="tiny"}'
+        in text
+    )
+    assert 'finetune_assets_tokens_total{kind="completion",variant="tiny"}' in text
+    assert 'finetune_assets_errors_total{status="400",variant="tiny"}' in text

@@ -36,6 +36,40 @@ def default_tracking_uri(home: Path) -> str:
     return f"sqlite:///{(home / 'mlflow' / 'mlflow.db').resolve()}"
 
 
+def resolve_model_uri(uri: str, tracking_uri: str, cache_dir: Path) -> tuple[Path, str]:
+    """(local model folder, version) of a registered variant: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+
+    A version whose source is a local folder is used in place; any other source (a tracking server's
+    artifacts) is downloaded once into ``cache_dir``/NAME-vVERSION (into a temporary folder, then renamed)."""
+    from urllib.parse import unquote, urlparse
+
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    from finetune_assets import io
+
+    spec = uri.removeprefix("models:/")
+    if spec == uri or not spec:
+        raise ValueError(
+            f"{uri!r} is not a registered model URI: use models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    client = MlflowClient(tracking_uri)
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        found = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, number = spec.partition("/")
+        found = client.get_model_version(name, number)
+    if found.source.startswith("file:"):
+        return Path(unquote(urlparse(found.source).path)), found.version
+    target = Path(cache_dir) / f"{name}-v{found.version}"
+    if not target.is_dir():
+        with io.atomic_dir(target) as tmp:
+            download_artifacts(artifact_uri=found.source, dst_path=str(tmp), tracking_uri=tracking_uri)
+    inner = [p for p in target.iterdir() if p.is_dir()]
+    return (inner[0] if not (target / "config.json").exists() and len(inner) == 1 else target), found.version
+
+
 class Tracker:
     """Thin wrapper over MlflowClient bound to one tracking URI and experiment."""
 

@@ -286,7 +286,8 @@ def test_new_drops_retrain_once_debounced_with_training_on_the_stacks_ray(runnin
     assert int(tag(retrain, "finetune_assets/drops")) >= 2
     found = gql(where, MATERIALIZATION, path=["inst_model"])["assetOrError"]["assetMaterializations"][0]
     meta = {m["label"]: m.get("text") for m in found["metadataEntries"]}
-    assert found["runId"] == retrain["runId"]
+    # a retrain trained it (a later burst, e.g. the backfill's re-ingests, may have retrained again since)
+    assert found["runId"] in {r["runId"] for r in runs(where, pipelineName="retrain")}
     assert meta["ray_cluster"] == "external" and meta["ray_address"].endswith(f":{where.ports.ray_gcs}")
     # the job shows on that cluster: its job table holds the training driver's job id
     code = (

@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat server for a Hugging Face model folder (optionally with a LoRA adapter), on
 FastAPI + uvicorn.
 
-    finetune-assets serve MODEL_DIR [--adapter DIR] [--host 127.0.0.1] [--port 8000] [--model-name NAME]
+    finetune-assets serve MODEL_DIR|models:/finetune_assets@champion [--adapter DIR] [--host 127.0.0.1]
+                          [--port 8000] [--model-name NAME]
     python -m finetune_assets.phases.serving.serve MODEL_DIR ...          (the same, without the CLI's imports)
 
 Endpoints:
@@ -325,6 +326,9 @@ def make_server(
         raise ValueError(
             f"serving on {host} needs API keys: set {API_KEYS_ENV}=key1,key2 (or bind 127.0.0.1)"
         )
+    if str(model_dir).startswith("models:/"):  # a registered variant, by alias or version
+        model_name = model_name or str(model_dir).removeprefix("models:/")
+        model_dir = registered_folder(str(model_dir))
     chat_model = ChatModel(Path(model_dir), Path(adapter_dir) if adapter_dir else None, model_name)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -335,6 +339,19 @@ def make_server(
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{url_host}:{sock.getsockname()[1]}/v1"
     return Server(url, chat_model, uvicorn.Server(config), sock)
+
+
+def registered_folder(uri: str) -> Path:
+    """The model folder of ``models:/NAME@ALIAS`` (or ``/VERSION``) in the project's MLflow (MLFLOW_TRACKING_URI,
+    else the local store under the home); a server's artifacts are downloaded once under the home."""
+    from finetune_assets.config import default_home
+    from finetune_assets.tracking import default_tracking_uri, resolve_model_uri
+
+    home = default_home()
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    folder, version = resolve_model_uri(uri, tracking_uri, home / "served-models")
+    log.warning("serving %s: version %s from %s", uri, version, folder)
+    return folder
 
 
 def serve(
@@ -355,7 +372,11 @@ def serve(
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     defaults = Limits()
-    parser.add_argument("model_dir", help="Hugging Face model folder (config, weights, tokenizer)")
+    parser.add_argument(
+        "model_dir",
+        help="Hugging Face model folder, or a registered variant: "
+        "models:/finetune_assets@champion (an alias) or models:/finetune_assets/3 (a version)",
+    )
     parser.add_argument("--adapter", metavar="DIR", help="LoRA adapter folder merged into the model")
     beyond = f"beyond loopback {API_KEYS_ENV} is required"
     parser.add_argument(

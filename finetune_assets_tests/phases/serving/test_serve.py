@@ -305,3 +305,50 @@ def test_metrics_count_latency_tokens_and_errors_by_variant(served_model):  # no
     )
     assert 'finetune_assets_tokens_total{kind="completion",variant="tiny"}' in text
     assert 'finetune_assets_errors_total{status="400",variant="tiny"}' in text
+
+
+def test_a_registered_variant_is_served_by_alias_or_version(babbling_model, tmp_path, monkeypatch):  # noqa: F811
+    from mlflow import MlflowClient
+
+    from finetune_assets.phases.serving import serve
+    from finetune_assets.tracking import REGISTERED_MODEL
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FINETUNE_ASSETS_HOME", str(tmp_path / "home"))
+    client = MlflowClient(uri)
+    client.create_registered_model(REGISTERED_MODEL)
+    in_place = client.create_model_version(REGISTERED_MODEL, source=babbling_model.resolve().as_uri())
+    run = client.create_run(client.create_experiment("serve", artifact_location=(tmp_path / "art").as_uri()))
+    client.log_artifacts(run.info.run_id, str(babbling_model), "model")
+    uploaded = client.create_model_version(REGISTERED_MODEL, source=f"runs:/{run.info.run_id}/model",
+                                           run_id=run.info.run_id)  # fmt: skip
+    client.set_registered_model_alias(REGISTERED_MODEL, "champion", uploaded.version)
+
+    server = serve.make_server(f"models:/{REGISTERED_MODEL}@champion", port=0).start()
+    try:
+        status, models = request_json(server.url + "/models")
+        assert status == 200 and models["data"][0]["id"] == f"{REGISTERED_MODEL}@champion"
+        body = {"messages": QUESTION, "max_tokens": 4, "model": f"{REGISTERED_MODEL}@champion"}
+        from_alias = request_json(server.url + "/chat/completions", body)[1]["choices"][0]["message"][
+            "content"
+        ]
+    finally:
+        server.stop()
+    assert (
+        tmp_path / "home" / "served-models" / f"{REGISTERED_MODEL}-v{uploaded.version}"
+    ).is_dir()  # downloaded
+    assert (
+        serve.registered_folder(f"models:/{REGISTERED_MODEL}/{in_place.version}") == babbling_model.resolve()
+    )
+    server = serve.make_server(
+        f"models:/{REGISTERED_MODEL}/{in_place.version}", port=0, model_name="v1"
+    ).start()
+    try:
+        body = {"messages": QUESTION, "max_tokens": 4}
+        from_version = request_json(server.url + "/chat/completions", body)[1]["choices"][0]["message"][
+            "content"
+        ]
+    finally:
+        server.stop()
+    assert from_version == from_alias  # the same weights either way

@@ -35,3 +35,15 @@ def test_backfill_bench_curates_the_same_corpus_both_ways(tmp_path):
     one, back = report["one-by-one"], report["backfill"]
     assert report["same_dedup_corpus"] and one["drops"] == back["drops"] == 50
     assert one["kept"] == back["kept"] < one["documents"]  # copies across drops were removed, the same ones
+
+
+def test_serve_load_bench_reports_every_level_and_no_failure_beyond_429(tmp_path):
+    bench = _load("serve_load")
+    out = tmp_path / "report.json"
+    assert bench.main(["--requests", "8", "--clients", "1,4", "--max-tokens", "4", "--max-queue", "1",
+                       "--output", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [row["clients"] for row in report["levels"]] == [1, 4]
+    assert all(row["statuses"]["200"] == 8 for row in report["levels"])  # every request answered in the end
+    assert report["levels"][0]["throughput_vs_first_level"] == 1.0 and report["failures_beyond_429"] == {}
+    assert len(report["server_rss_mib"]) == 3 and all(m > 0 for m in report["server_rss_mib"])

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from finetune_assets.phases.serving.serve import (
+from finetune_assets.phases.serving.chat import (
     ChatModel,
     Limits,
     Prepared,

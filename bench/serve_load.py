@@ -60,11 +60,19 @@ def start_server(model_dir: Path, log: Path, max_queue: int) -> tuple[subprocess
         if proc.poll() is not None:
             raise SystemExit(f"the server exited:\n{log.read_text()}")
         found = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if found:
+        if found and _healthy(found.group(1).removesuffix("/v1") + "/health"):
             return proc, found.group(1)
         time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"the server did not start:\n{log.read_text()}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with OPENER.open(url, timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def rss_mib(pid: int) -> float:

@@ -111,6 +111,7 @@ def make_server(
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # connectable from now on: the printed URL works before uvicorn takes the socket
     config = uvicorn.Config(create_app(chat_model, limits, keys), log_level="warning", timeout_keep_alive=5,
                             backlog=2048, timeout_graceful_shutdown=5)  # fmt: skip
     url_host = f"[{host}]" if family == socket.AF_INET6 else host

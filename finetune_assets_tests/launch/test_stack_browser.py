@@ -141,13 +141,17 @@ def test_browser_shows_the_graph_materializes_on_click_renders_the_report_and_ml
     open_page(browser, f"{ui}/assets/raw_corpus", "Materialize…")
     browser.find_element(By.XPATH, "//button[normalize-space()='Materialize…']").click()
     wait_for(lambda: "Launch backfill" in body(browser), 60, "the backfill dialog", every_s=1)
-    browser.find_element(By.XPATH, "//button[normalize-space()='All']").click()
+    # a script click: the dialog's own layers can cover the button at the point a pointer click lands (CI)
+    browser.execute_script(
+        "arguments[0].click();", browser.find_element(By.XPATH, "//button[normalize-space()='All']")
+    )
     partitions = partition_keys(where, "raw_corpus")
     wait_for(
         lambda: f"{len(partitions)} partitions" in body(browser), 30, "all partitions selected", every_s=1
     )
     browser.save_screenshot(str(ARTIFACTS / "browser" / "backfill_dialog.png"))
-    browser.find_element(By.XPATH, "//button[normalize-space()='Launch backfill']").click()
+    launch = browser.find_element(By.XPATH, "//button[normalize-space()='Launch backfill']")
+    browser.execute_script("arguments[0].click();", launch)
     backfill = wait_for(
         lambda: [b for b in backfills(where) if b["id"] not in before], 60, "the UI's backfill"
     )[0]

@@ -36,10 +36,13 @@ class Served(NamedTuple):
     log: Path
 
 
-def request_json(url: str, body=None, method: str | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+def request_json(
+    url: str, body=None, method: str | None = None, timeout: float = 30.0, headers: dict | None = None
+) -> tuple[int, dict]:
     """(status, JSON body) of a request; ``body`` bytes are sent as is, anything else as JSON."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with _NO_PROXY.open(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())

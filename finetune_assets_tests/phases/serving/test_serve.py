@@ -195,24 +195,11 @@ def test_api_keys_guard_the_v1_routes_and_beyond_loopback_are_required(keyed_ser
     root = keyed_server.url.removesuffix("/v1")
     status, reply = request_json(keyed_server.url + "/models")
     assert status == 401 and reply["error"]["code"] == "invalid_api_key"
-    assert request_json_with(keyed_server.url + "/models", {"Authorization": "Bearer wrong"})[0] == 401
-    assert request_json_with(keyed_server.url + "/models", {"Authorization": "Bearer k-test"})[0] == 200
+    assert request_json(keyed_server.url + "/models", headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert request_json(keyed_server.url + "/models", headers={"Authorization": "Bearer k-test"})[0] == 200
     assert request_json(root + "/health")[0] == 200  # health stays open for probes
     with pytest.raises(ValueError, match="FINETUNE_ASSETS_API_KEYS"):
         serve.make_server(babbling_model, host="0.0.0.0", port=0, api_keys=set())
-
-
-def request_json_with(url: str, headers: dict, body=None) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_a_slow_client_gets_408_instead_of_holding_the_server(keyed_server):
@@ -234,8 +221,8 @@ def test_beyond_the_queue_a_request_gets_429_with_retry_after(keyed_server):
 
     url, auth = keyed_server.url + "/chat/completions", {"Authorization": "Bearer k-test"}
     admission = keyed_server.uvicorn_server.config.app.state.admission
-    first = threading.Thread(target=request_json_with,
-                             args=(url, auth, {"messages": QUESTION, "max_tokens": 400}))  # fmt: skip
+    first = threading.Thread(target=request_json, args=(url, {"messages": QUESTION, "max_tokens": 400}),
+                             kwargs={"headers": auth})  # fmt: skip
     first.start()
     deadline = time.monotonic() + 30
     while admission.in_flight == 0 and time.monotonic() < deadline:
@@ -244,7 +231,9 @@ def test_beyond_the_queue_a_request_gets_429_with_retry_after(keyed_server):
     first.join(60)
     assert status == 429 and reply["error"]["code"] == "rate_limit_exceeded"
     assert int(headers["Retry-After"]) >= 1
-    assert request_json_with(url, auth, {"messages": QUESTION, "max_tokens": 2})[0] == 200  # slot free again
+    assert (
+        request_json(url, {"messages": QUESTION, "max_tokens": 2}, headers=auth)[0] == 200
+    )  # slot free again
 
 
 def request_with_headers(url: str, headers: dict, body: dict):

@@ -52,7 +52,8 @@ def build_model(kind: str, work: Path) -> Path:
 
 def start_server(model_dir: Path, log: Path, max_queue: int) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "finetune_assets.cli", "serve", str(model_dir), "--port", "0",
-           "--model-name", "bench", "--max-queue", str(max_queue)]  # fmt: skip
+           "--model-name", "bench", "--max-queue", str(max_queue),
+           "--request-log", f"sqlite:///{log.parent / 'requests.sqlite'}"]  # logging on, as deployed  # fmt: skip
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180

@@ -70,6 +70,7 @@ def start_server(model_dir: Path, log: Path, model_name: str = MODEL_NAME, timeo
     """Start the server on a free port; return once /health answers (raise with its log if it dies)."""
     cmd = [sys.executable, "-m", "finetune_assets.cli", "serve", str(model_dir), "--port", "0"]
     cmd += ["--model-name", model_name, "--log-level", "INFO"]
+    cmd += ["--request-log", f"sqlite:///{log.parent / 'requests.sqlite'}"]  # beside the log, not in a home
     with open(log, "wb") as fh:  # the child keeps its own descriptor: no pipe to drain
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout

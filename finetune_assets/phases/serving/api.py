@@ -1,8 +1,10 @@
-"""The HTTP layer of ``finetune-assets serve`` (FastAPI): routes, limits, API keys, streaming, metrics. What a
-request means and how it is decoded is serve.ChatModel's; this module only moves bytes and counts them."""
+"""The HTTP layer of ``finetune-assets serve`` (FastAPI): routes, limits, API keys, streaming, metrics, the A/B
+router's choice of variant, the request log and feedback. What a request means and how it is decoded is
+chat.ChatModel's; this module moves bytes, counts them and writes them down."""
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import time
@@ -20,6 +22,11 @@ from finetune_assets.phases.serving.chat import (
     assistant_message,
     usage,
 )
+from finetune_assets.phases.serving.request_log import RequestLog
+from finetune_assets.phases.serving.router import Router
+
+MAX_USER_CHARS = 256
+MAX_FEEDBACK_CHARS = 32_000
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
 
@@ -68,11 +75,22 @@ class Admission:
 
 
 def create_app(
-    chat_model: ChatModel, limits: Limits = Limits(), api_keys: frozenset[str] = frozenset()
+    models: ChatModel | list[ChatModel],
+    limits: Limits = Limits(),
+    api_keys: frozenset[str] = frozenset(),
+    router: Router | None = None,
+    request_log: RequestLog | None = None,
 ) -> FastAPI:
+    """The app serving ``models`` (one, or several behind ``router``: by default all traffic to the first);
+    with ``request_log`` every routed request is logged and ``POST /v1/feedback`` rates logged answers."""
+    variants = {m.name: m for m in ([models] if isinstance(models, ChatModel) else models)}
+    router = router or Router({name: float(i == 0) for i, name in enumerate(variants)})
+    if set(router.weights) != set(variants):
+        raise ValueError(f"router weights {sorted(router.weights)} do not name the served {sorted(variants)}")
     app = FastAPI(title="finetune-assets serve", docs_url=None, redoc_url=None, openapi_url=None)
-    metrics, admission, variant = Metrics(), Admission(limits.max_queue), chat_model.name
+    metrics, admission = Metrics(), Admission(limits.max_queue)
     app.state.admission = admission  # for tests and introspection: requests generating or waiting
+    app.state.router = router
 
     @app.middleware("http")
     async def keys_and_metrics(request: Request, call_next):
@@ -83,10 +101,11 @@ def create_app(
             if given not in api_keys:
                 response = error_response(RequestError("a valid API key is required: Authorization: Bearer <key>",
                                                        status=401, code="invalid_api_key"))  # fmt: skip
-                metrics.errors.labels(variant, "401").inc()
+                metrics.errors.labels("-", "401").inc()
                 return response
         response = await call_next(request)
         if route.startswith("/v1"):
+            variant = getattr(request.state, "variant", "-")  # "-": answered before a variant was chosen
             metrics.latency.labels(variant, route, str(response.status_code)).observe(
                 time.monotonic() - started
             )
@@ -110,22 +129,52 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": variant}
+        first = next(iter(variants))
+        return {"status": "ok", "model": first, "variants": router.weights}
 
     @app.get("/metrics")
     async def prometheus():
         return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
-    async def models():
-        return chat_model.models()
+    async def models_list():
+        return {"object": "list", "data": [row for m in variants.values() for row in m.models()["data"]]}
+
+    def choose(body, request: Request) -> tuple[ChatModel, bool, str | None]:
+        """(the variant, whether the router chose it, the user id): a named ``model`` is served as asked."""
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        user = body.get("user", request.headers.get("x-user-id"))
+        if user is not None and (not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS):
+            raise RequestError(f"'user' must be a string of 1 to {MAX_USER_CHARS} characters", "user")
+        named = body.get("model")
+        if named is None:
+            return variants[router.pick(user)], True, user
+        if named not in variants:
+            raise RequestError(f"model {named!r} is not served here (served: {', '.join(variants)})", "model",
+                               404, "model_not_found")  # fmt: skip
+        return variants[named], False, user
+
+    async def log(chat_model: ChatModel, routed: bool, user, body: dict, started: float, **row) -> None:
+        if request_log is not None:
+            row = {"id": row.pop("id", None) or f"chatcmpl-{uuid.uuid4().hex}", "variant": chat_model.name,
+                   "routed": routed, "user_id": user, "messages": body.get("messages"),
+                   "latency_s": time.monotonic() - started, **row}  # fmt: skip
+            await asyncio.to_thread(request_log.log_response, row)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await read_json(request, limits)
-        prepared = await asyncio.to_thread(chat_model.prepare, body, limits)  # tokenizing off the event loop
-        admission.enter()
         started = time.monotonic()
+        body = await read_json(request, limits)
+        chat_model, routed, user = choose(body, request)
+        request.state.variant = chat_model.name
+        try:  # tokenizing off the event loop
+            prepared = await asyncio.to_thread(chat_model.prepare, body, limits)
+        except RequestError as err:  # a routed request the variant refused: counted against no one, logged
+            await log(chat_model, routed, user, body, started, status=err.status, error=str(err))
+            raise
+        admission.enter()
+        generating = time.monotonic()
         if prepared.stream:
             loop, queue = asyncio.get_running_loop(), asyncio.Queue()
 
@@ -135,25 +184,54 @@ def create_app(
             # the slot is held by the generation itself, whether or not the client stays to read it
             task = asyncio.ensure_future(asyncio.to_thread(chat_model.generate, prepared, on_token))
             task.add_done_callback(
-                lambda _: (queue.put_nowait(None), admission.leave(time.monotonic() - started))
+                lambda _: (queue.put_nowait(None), admission.leave(time.monotonic() - generating))
             )
-            return StreamingResponse(stream(prepared, started, queue, task), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            logged = functools.partial(log, chat_model, routed, user, body, started)
+            return StreamingResponse(stream(chat_model, prepared, queue, task, logged),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip
         try:
             ids, finish = await asyncio.to_thread(chat_model.generate, prepared)
+        except Exception as err:
+            await log(chat_model, routed, user, body, started, status=500, error=repr(err))
+            raise
         finally:
-            admission.leave(time.monotonic() - started)
-        count_tokens(prepared, ids)
-        return chat_model.completion(prepared, ids, finish)
+            admission.leave(time.monotonic() - generating)
+        count_tokens(chat_model.name, prepared, ids)
+        reply = chat_model.completion(prepared, ids, finish)
+        choice = reply["choices"][0]
+        await log(chat_model, routed, user, body, started, id=reply["id"], status=200,
+                  answer=answer_text(choice["message"]), finish_reason=choice["finish_reason"],
+                  prompt_tokens=len(prepared.prompt_ids), completion_tokens=len(ids))  # fmt: skip
+        return reply
 
-    def count_tokens(prepared: Prepared, ids: list[int]) -> None:
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        if request_log is None:
+            raise RequestError("this server keeps no request log, so there is nothing to rate (serve without "
+                               "--no-request-log)", status=404, code="not_found")  # fmt: skip
+        rating = parse_feedback(await read_json(request, limits))
+        logged = await asyncio.to_thread(request_log.response, rating["response_id"])
+        if logged is None:
+            raise RequestError(f"no logged response has id {rating['response_id']!r}", "response_id", 404,
+                               "response_not_found")  # fmt: skip
+        if logged["status"] != 200:
+            raise RequestError(f"response {rating['response_id']!r} was an error ({logged['status']}): there is "
+                               "no answer to rate", "response_id")  # fmt: skip
+        request.state.variant = logged["variant"]
+        feedback_id = await asyncio.to_thread(request_log.log_feedback, **rating)
+        return {"id": feedback_id, "object": "feedback", "response_id": rating["response_id"],
+                "variant": logged["variant"], "label": rating["label"],
+                "preferred": rating["preferred"] is not None}  # fmt: skip
+
+    def count_tokens(variant: str, prepared: Prepared, ids: list[int]) -> None:
         metrics.tokens.labels(variant, "prompt").inc(len(prepared.prompt_ids))
         metrics.tokens.labels(variant, "completion").inc(len(ids))
 
-    async def stream(prepared: Prepared, started: float, queue: asyncio.Queue, task: asyncio.Future):
+    async def stream(chat_model: ChatModel, prepared: Prepared, queue: asyncio.Queue, task: asyncio.Future,
+                     logged):  # fmt: skip
         """Server-sent chunks: the role, text deltas as tokens arrive, the finish reason, usage, [DONE]."""
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": variant}  # fmt: skip
+                "created": int(time.time()), "model": chat_model.name}  # fmt: skip
 
         def chunk(delta: dict, finish=None) -> str:
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -177,9 +255,52 @@ def create_app(
         if prepared.include_usage:
             yield f"data: {json.dumps({**meta, 'choices': [], 'usage': usage(prepared, ids)})}\n\n"
         yield "data: [DONE]\n\n"
-        count_tokens(prepared, ids)
+        count_tokens(chat_model.name, prepared, ids)
+        await logged(id=meta["id"], status=200, answer=answer_text(message), finish_reason=finish,
+                     prompt_tokens=len(prepared.prompt_ids), completion_tokens=len(ids))  # fmt: skip
 
     return app
+
+
+def answer_text(message: dict) -> str:
+    """What the log keeps of an answer: its text, or the tool call as JSON."""
+    if message.get("tool_calls"):
+        return json.dumps([c["function"] for c in message["tool_calls"]], ensure_ascii=False)
+    return message.get("content") or ""
+
+
+def parse_feedback(body) -> dict:
+    """A feedback body as log_feedback's arguments: ``response_id``, ``rating`` (up/down, true/false, 1/-1)
+    and/or ``preferred`` (the answer the user wanted), optional ``comment`` and ``user``."""
+    from finetune_assets.phases.data.feedback import parse_label
+    from finetune_assets.phases.data.records import RecordError
+
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    response_id = body.get("response_id")
+    if not isinstance(response_id, str) or not response_id:
+        raise RequestError("'response_id' is required: the id of a chat.completion this server returned",
+                           "response_id")  # fmt: skip
+    label = None
+    if body.get("rating") is not None:
+        try:
+            label = parse_label(body["rating"])
+        except RecordError:
+            raise RequestError(f"'rating' must be up/down (or true/false, 1/-1), got {body['rating']!r}",
+                               "rating") from None  # fmt: skip
+    texts = {}
+    for field in ("preferred", "comment", "user"):
+        value = body.get(field)
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or len(value) > MAX_FEEDBACK_CHARS
+        ):
+            raise RequestError(f"'{field}' must be a non-empty string of at most {MAX_FEEDBACK_CHARS} characters",
+                               field)  # fmt: skip
+        texts[field] = value.strip() if value is not None else None
+    if label is None and texts["preferred"] is None:
+        raise RequestError("give a 'rating' (up/down) or a 'preferred' answer (or both)", "rating")
+    return {"response_id": response_id, "label": label, "preferred": texts["preferred"],
+            "comment": texts["comment"], "user_id": texts["user"]}  # fmt: skip
 
 
 DRAIN_FACTOR = 16  # an oversized body up to this many times the limit is read (and dropped) before the 413

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 API_KEYS_ENV = "FINETUNE_ASSETS_API_KEYS"
+REQUEST_LOG_ENV = "FINETUNE_ASSETS_REQUEST_LOG"
 
 
 def api_keys_from_env() -> frozenset[str]:
@@ -83,6 +84,22 @@ class Server:
         self.sock.close()
 
 
+def load_variant(source: str | Path, adapter_dir: Path | None = None, name: str | None = None) -> ChatModel:
+    """A model folder, or a registered variant ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``, loaded."""
+    if str(source).startswith("models:/"):
+        name = name or str(source).removeprefix("models:/")
+        source = registered_folder(str(source))
+    return ChatModel(Path(source), Path(adapter_dir) if adapter_dir else None, name)
+
+
+def challenger_source(spec: str | Path) -> tuple[str | None, str]:
+    """``NAME=SOURCE`` or ``SOURCE`` as (name or None, source)."""
+    name, sep, source = str(spec).partition("=")
+    if sep and name and not name.startswith(("models:", "/", ".")):
+        return name, source
+    return None, str(spec)
+
+
 def make_server(
     model_dir: Path,
     adapter_dir: Path | None = None,
@@ -91,32 +108,47 @@ def make_server(
     model_name: str | None = None,
     limits: Limits = Limits(),
     api_keys: frozenset[str] | None = None,
+    challengers: list[str | Path] = (),
+    weights: list[float] | None = None,
+    request_log: str | None = None,
+    seed: int = 0,
 ) -> Server:
-    """Load the model and bind (port 0 picks a free port): ``run()`` or ``start()`` it. ``api_keys`` default:
-    FINETUNE_ASSETS_API_KEYS; binding beyond loopback without keys is refused."""
+    """Load the model(s) and bind (port 0 picks a free port): ``run()`` or ``start()`` it. ``api_keys``
+    default: FINETUNE_ASSETS_API_KEYS; binding beyond loopback without keys is refused. ``challengers`` are
+    served beside the model, split by ``weights`` (one per variant, the model first; default all to the
+    model); ``request_log`` (a SQLAlchemy URL) logs every routed request and enables /v1/feedback."""
     import uvicorn
 
     from finetune_assets.phases.serving.api import create_app
+    from finetune_assets.phases.serving.request_log import RequestLog
+    from finetune_assets.phases.serving.router import Router
 
     keys = api_keys_from_env() if api_keys is None else frozenset(api_keys)
     if host not in LOOPBACK and not keys:
         raise ValueError(
             f"serving on {host} needs API keys: set {API_KEYS_ENV}=key1,key2 (or bind 127.0.0.1)"
         )
-    if str(model_dir).startswith("models:/"):  # a registered variant, by alias or version
-        model_name = model_name or str(model_dir).removeprefix("models:/")
-        model_dir = registered_folder(str(model_dir))
-    chat_model = ChatModel(Path(model_dir), Path(adapter_dir) if adapter_dir else None, model_name)
+    served = [load_variant(model_dir, adapter_dir, model_name)]
+    served += [load_variant(source, name=name) for name, source in map(challenger_source, challengers)]
+    names = [m.name for m in served]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two served variants have one name ({', '.join(names)}): name them apart")
+    weights = list(weights) if weights is not None else [1.0] + [0.0] * len(challengers)
+    if len(weights) != len(served):
+        raise ValueError(f"{len(weights)} weights for {len(served)} variants ({', '.join(names)})")
+    router = Router(dict(zip(names, weights, strict=True)), seed=seed)
+    log_store = RequestLog(request_log) if request_log else None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)  # connectable from now on: the printed URL works before uvicorn takes the socket
-    config = uvicorn.Config(create_app(chat_model, limits, keys), log_level="warning", timeout_keep_alive=5,
-                            backlog=2048, timeout_graceful_shutdown=5)  # fmt: skip
+    app = create_app(served, limits, keys, router, log_store)
+    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5, backlog=2048,
+                            timeout_graceful_shutdown=5)  # fmt: skip
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{url_host}:{sock.getsockname()[1]}/v1"
-    return Server(url, chat_model, uvicorn.Server(config), sock)
+    return Server(url, served[0], uvicorn.Server(config), sock)
 
 
 def registered_folder(uri: str) -> Path:
@@ -132,18 +164,22 @@ def registered_folder(uri: str) -> Path:
     return folder
 
 
-def serve(
-    model_dir: Path,
-    adapter_dir: Path | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    model_name: str | None = None,
-    limits: Limits = Limits(),
-) -> int:
-    """Serve until SIGINT/SIGTERM. Prints one ``listening on URL`` line (stdout, flushed) once bound."""
-    server = make_server(model_dir, adapter_dir, host, port, model_name, limits)
+def default_request_log() -> str:
+    """FINETUNE_ASSETS_REQUEST_LOG (a SQLAlchemy URL: the stack's Postgres), else sqlite under the home."""
+    from finetune_assets.config import default_home
+    from finetune_assets.phases.serving.request_log import default_url
+
+    return os.environ.get(REQUEST_LOG_ENV) or default_url(default_home())
+
+
+def serve(model_dir: Path, **options) -> int:
+    """Serve until SIGINT/SIGTERM (``options``: make_server's). Prints one ``listening on URL`` line (stdout,
+    flushed) once bound."""
+    server = make_server(model_dir, **options)
     signal.signal(signal.SIGTERM, lambda *_: setattr(server.uvicorn_server, "should_exit", True))
-    print(f"serving {server.chat_model.name} listening on {server.url}", flush=True)
+    weights = server.uvicorn_server.config.app.state.router.weights
+    split = ", ".join(f"{name} {w:.0%}" for name, w in weights.items())
+    print(f"serving {split} listening on {server.url}", flush=True)
     server.run()
     return 0
 
@@ -167,6 +203,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
                         help="requests waiting for generation before 429")  # fmt: skip
     parser.add_argument("--max-tokens-cap", type=int, default=None, help="largest max_tokens accepted")
+    parser.add_argument("--challenger", action="append", default=[], metavar="SOURCE",
+                        help="another variant: a folder, models:/..., or NAME=SOURCE; repeatable")  # fmt: skip
+    parser.add_argument("--weights", help="traffic shares, the model first, then each challenger (e.g. 0.9,0.1); "
+                        "a request with a user id sticks to one variant")  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the router's draws for requests without a user"
+    )
+    parser.add_argument("--request-log", default=None, metavar="URL",
+                        help=f"SQLAlchemy URL of the request/feedback log (default: ${REQUEST_LOG_ENV}, else "
+                        "sqlite under the home)")  # fmt: skip
+    parser.add_argument("--no-request-log", action="store_true", help="log nothing (and no /v1/feedback)")
     parser.add_argument("--log-level", default="WARNING", help="Python logging level (INFO logs requests)")
     return parser
 
@@ -180,8 +227,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_from_args(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    from finetune_assets.phases.serving.router import parse_weights
+
     limits = Limits(args.max_body_bytes, args.body_timeout, args.max_queue, args.max_tokens_cap)
-    return serve(Path(args.model_dir), args.adapter, args.host, args.port, args.model_name, limits)
+    weights = None
+    if args.weights:
+        weights = list(parse_weights(args.weights, ["model", *args.challenger]).values())
+    log_url = None if args.no_request_log else (args.request_log or default_request_log())
+    return serve(Path(args.model_dir), adapter_dir=args.adapter, host=args.host, port=args.port,
+                 model_name=args.model_name, limits=limits, challengers=args.challenger, weights=weights,
+                 request_log=log_url, seed=args.seed)  # fmt: skip
 
 
 if __name__ == "__main__":

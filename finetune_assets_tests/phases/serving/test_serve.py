@@ -18,7 +18,10 @@ def _root(served) -> str:
 
 
 def test_health_and_models(served_model):  # noqa: F811
-    assert request_json(_root(served_model) + "/health") == (200, {"status": "ok", "model": "tiny"})
+    assert request_json(_root(served_model) + "/health") == (
+        200,
+        {"status": "ok", "model": "tiny", "variants": {"tiny": 1.0}},
+    )
     status, models = request_json(served_model.base_url + "/models")
     assert status == 200 and models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["tiny"] and models["data"][0]["object"] == "model"
@@ -313,3 +316,82 @@ def test_a_registered_variant_is_served_by_alias_or_version(babbling_model, tmp_
     finally:
         server.stop()
     assert from_version == from_alias  # the same weights either way
+
+
+@pytest.fixture(scope="module")
+def ab_server(babbling_model, tmp_path_factory):  # noqa: F811
+    """Champion and challenger (the same weights under two names) split 50/50, with a request log."""
+    from finetune_assets.phases.serving import serve
+
+    log_url = f"sqlite:///{tmp_path_factory.mktemp('ab') / 'requests.sqlite'}"
+    server = serve.make_server(babbling_model, port=0, model_name="champion", weights=[0.5, 0.5],
+                               challengers=[f"challenger={babbling_model}"], request_log=log_url).start()  # fmt: skip
+    yield server, log_url
+    server.stop()
+
+
+def test_the_router_splits_users_stickily_and_logs_every_routed_request(ab_server):
+    from finetune_assets.phases.serving.request_log import RequestLog
+
+    server, log_url = ab_server
+    url = server.url + "/chat/completions"
+    assert [m["id"] for m in request_json(server.url + "/models")[1]["data"]] == ["champion", "challenger"]
+    served = {}
+    for i in range(24):
+        status, reply = request_json(url, {"messages": QUESTION, "max_tokens": 2, "user": f"user-{i}"})
+        assert status == 200, reply
+        served[f"user-{i}"] = (reply["model"], reply["id"])
+    assert {model for model, _ in served.values()} == {"champion", "challenger"}
+    again = request_json(url, {"messages": QUESTION, "max_tokens": 2}, headers={"X-User-Id": "user-3"})[1]
+    assert again["model"] == served["user-3"][0]  # sticky, whether the id comes in the body or a header
+    named = request_json(
+        url, {"messages": QUESTION, "max_tokens": 2, "model": "challenger", "user": "user-0"}
+    )[1]
+    assert named["model"] == "challenger"  # a client naming a variant gets it
+    refused = request_json(url, {"messages": QUESTION, "max_tokens": -3, "user": "refused-user"})
+    assert refused[0] == 400
+    logged = RequestLog(log_url).responses_by_id({rid for _, rid in served.values()})
+    assert len(logged) == 24
+    row = logged[served["user-1"][1]]
+    assert row["variant"] == served["user-1"][0] and row["user_id"] == "user-1" and row["routed"]
+    assert row["messages"] == QUESTION and row["status"] == 200 and row["completion_tokens"] >= 1
+    assert row["answer"] and row["latency_s"] > 0 and row["prompt_tokens"] > 3
+    rows = RequestLog(log_url).responses_of()
+    assert [r["status"] for r in rows if r["user_id"] == "refused-user"] == [400]  # refused requests are logged too
+    assert not next(r for r in rows if r["id"] == named["id"])["routed"]
+
+
+def test_feedback_rates_a_logged_answer_and_refuses_bad_ratings(ab_server):
+    from finetune_assets.phases.serving.request_log import RequestLog
+
+    server, log_url = ab_server
+    reply = request_json(
+        server.url + "/chat/completions", {"messages": QUESTION, "max_tokens": 2, "user": "fb"}
+    )[1]
+    feedback = server.url + "/feedback"
+    status, ack = request_json(feedback, {"response_id": reply["id"], "rating": "down",
+                                          "preferred": "A list is a mutable sequence."})  # fmt: skip
+    assert status == 200 and ack["object"] == "feedback" and ack["variant"] == reply["model"], ack
+    assert ack["label"] is False and ack["preferred"] is True
+    assert request_json(feedback, {"response_id": reply["id"], "rating": True})[0] == 200
+    for body, status, param in [
+        ({"response_id": "chatcmpl-nope", "rating": "up"}, 404, "response_id"),
+        ({"rating": "up"}, 400, "response_id"),
+        ({"response_id": reply["id"], "rating": "meh"}, 400, "rating"),
+        ({"response_id": reply["id"]}, 400, "rating"),
+        ({"response_id": reply["id"], "preferred": "   "}, 400, "preferred"),
+        ([1, 2], 400, None),
+    ]:
+        got, err = request_json(feedback, body)
+        assert (got, err["error"]["param"]) == (status, param), (body, err)
+    rated = [f for f in RequestLog(log_url).feedback_of() if f["response_id"] == reply["id"]]
+    assert [(f["label"], f["preferred"]) for f in rated] == [
+        (False, "A list is a mutable sequence."),
+        (True, None),
+    ]
+
+
+def test_without_a_request_log_feedback_is_not_found(keyed_server):
+    status, reply = request_json(keyed_server.url + "/feedback", {"response_id": "x", "rating": "up"},
+                                 headers={"Authorization": "Bearer k-test"})  # fmt: skip
+    assert status == 404 and "request log" in reply["error"]["message"]

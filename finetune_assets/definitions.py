@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from finetune_assets.defs import automation, data, evaluation, training
+from finetune_assets.defs import automation, data, evaluation, serving, training
 from finetune_assets.defs.resources import default_resources
 
-all_assets = dg.load_assets_from_modules([data, training, evaluation])
+all_assets = dg.load_assets_from_modules([data, serving, training, evaluation])
 
 defs = dg.Definitions(
     assets=all_assets,
@@ -16,7 +16,7 @@ defs = dg.Definitions(
         evaluation.every_variant_scored,
         evaluation.promotion_gate,
     ],
-    jobs=[automation.ingest_job, automation.retrain_job],
+    jobs=[automation.ingest_job, automation.retrain_job, automation.feedback_job],
     sensors=[automation.landing_sensor, automation.retrain_on_new_data],
     schedules=[automation.weekly_retrain],
     resources=default_resources(),

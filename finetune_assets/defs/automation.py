@@ -8,6 +8,7 @@ import dagster as dg
 
 from finetune_assets.defs.data import data_drops, raw_corpus
 from finetune_assets.defs.resources import ArtifactStore, RecipeResource
+from finetune_assets.defs.serving import online_feedback
 from finetune_assets.phases.data import corpus
 
 # One process per run: every step shares one embedded Ray (ray.init once per run, not once per asset).
@@ -16,9 +17,16 @@ ingest_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(raw_corpus),
     executor_def=dg.in_process_executor,
 )
+# online_feedback (daily partitions) has a job of its own: the retrain merges the days already ingested.
 retrain_job = dg.define_asset_job(
     "retrain",
-    selection=dg.AssetSelection.assets(raw_corpus).downstream(include_self=False),
+    selection=dg.AssetSelection.assets(raw_corpus).downstream(include_self=False)
+    - dg.AssetSelection.assets(online_feedback),
+    executor_def=dg.in_process_executor,
+)
+feedback_job = dg.define_asset_job(
+    "ingest_feedback",
+    selection=dg.AssetSelection.assets(online_feedback),
     executor_def=dg.in_process_executor,
 )
 

@@ -4,6 +4,8 @@
 - ArtifactStore: where datasets (Parquet) and model folders live.
 - RayResource: no address = embedded local Ray; an address joins an existing cluster.
 - MlflowResource: no URI = local sqlite store; an http(s) URI uses a tracking server.
+- RequestLogResource: the model server's request/feedback log; no URL = sqlite under the home (where
+  `finetune-assets serve` writes by default), a postgresql:// URL = the production stack's database.
 """
 
 from pathlib import Path
@@ -73,6 +75,18 @@ class MlflowResource(dg.ConfigurableResource):
         return Tracker(uri, self.experiment, self.artifact_location or local_artifacts)
 
 
+class RequestLogResource(dg.ConfigurableResource):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the serving log; empty = sqlite under $FINETUNE_ASSETS_HOME/serving.",
+    )
+
+    def open(self):
+        from finetune_assets.phases.serving.request_log import RequestLog, default_url
+
+        return RequestLog(self.url or default_url(default_home()))
+
+
 def default_resources() -> dict:
     """Resources read from the environment so a deployment switches by configuration only."""
     return {
@@ -80,4 +94,5 @@ def default_resources() -> dict:
         "store": ArtifactStore(root=dg.EnvVar("FINETUNE_ASSETS_ARTIFACTS").get_value(None)),
         "ray": RayResource(address=dg.EnvVar("FINETUNE_ASSETS_RAY_ADDRESS").get_value(None)),
         "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI").get_value(None)),
+        "request_log": RequestLogResource(url=dg.EnvVar("FINETUNE_ASSETS_REQUEST_LOG").get_value(None)),
     }

@@ -24,8 +24,10 @@ from finetune_assets.defs.data import (
     training_documents,
 )
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
+from finetune_assets.defs.serving import online_feedback
 from finetune_assets.io import content_hash, read_records
 from finetune_assets.launch.ray_train import run_training
+from finetune_assets.phases.data import online_feedback as online_feedback_phase
 from finetune_assets.phases.data import preference_set
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
 from finetune_assets.phases.training import stages
@@ -89,12 +91,13 @@ def base_checkpoint(
         )
 
 
-@dg.asset(deps=[base_checkpoint, instruction_set], group_name="data", kinds={"parquet"})
+@dg.asset(deps=[base_checkpoint, instruction_set, online_feedback], group_name="data", kinds={"parquet"})
 def preference_pairs(
     context: dg.AssetExecutionContext, recipe: RecipeResource, store: ArtifactStore, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer;
-    with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.data.safety)."""
+    with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.data.safety);
+    plus every materialized day of online_feedback (live ratings)."""
     profile = recipe.load()
     cfg = profile.preferences
     out = store.path("preference_pairs")
@@ -111,6 +114,7 @@ def preference_pairs(
             feedback_files=[input_path(name) for name in cfg.feedback_files],
             teacher_client=llm_client(cfg.teacher) if cfg.chosen_source == "teacher" else None,
             judge_client=llm_client(cfg.judge) if cfg.judge is not None else None,
+            extra_feedback={"online": online_feedback_phase.load_days(store.asset_root("online_feedback"))},
         )
         warn_quarantined(context, built.quarantine)
         tracker.log_metrics(run_id, flatten(built.stats, numbers_only=True))

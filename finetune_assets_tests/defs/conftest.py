@@ -5,9 +5,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
+from finetune_assets.defs.resources import (
+    ArtifactStore,
+    MlflowResource,
+    RayResource,
+    RecipeResource,
+    RequestLogResource,
+)
 
-# The twelve asset keys of the code location (docs/ARCHITECTURE.md).
+# The thirteen asset keys of the code location (docs/ARCHITECTURE.md).
 EXPECTED_ASSETS = {
     "raw_corpus",
     "dedup_corpus",
@@ -21,6 +27,7 @@ EXPECTED_ASSETS = {
     "tr_model",
     "eval_reports",
     "champion",
+    "online_feedback",
 }
 
 
@@ -32,6 +39,7 @@ def make_resources(home: Path, profile: str = "smoke") -> dict:
         "mlflow": MlflowResource(
             tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_location=str(home / "mlartifacts")
         ),
+        "request_log": RequestLogResource(url=f"sqlite:///{home / 'serving' / 'requests.sqlite'}"),
     }
 
 

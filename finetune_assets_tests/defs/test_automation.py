@@ -18,7 +18,7 @@ from finetune_assets.defs.data import data_drops
 from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS, ingest_landing
 
 
-def test_code_location_has_all_twelve_assets_with_lineage():
+def test_code_location_has_all_thirteen_assets_with_lineage():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == EXPECTED_ASSETS

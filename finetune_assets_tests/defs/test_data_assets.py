@@ -66,7 +66,7 @@ def _recipe(home, served) -> str:
     return str(path)
 
 
-def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
+def test_data_assets_end_to_end(fa_home, instance, served_model, babbling_model):  # noqa: F811
     resources = make_resources(fa_home, profile=_recipe(fa_home, served_model))
     landing = fa_home / "landing"
     demo_seed.seed_demo_landing(landing, load_profile("smoke").corpus)
@@ -136,3 +136,54 @@ def test_data_assets_end_to_end(fa_home, instance, served_model):  # noqa: F811
     }
     # (every drop carries the same canary page: redacted, the late drop's copy is an exact duplicate too)
     assert late_removed == {"copy.md": "exact", "contacts.txt": "exact"}
+
+    # Live feedback: a thumbs-down (with the answer the user wanted) and a bare thumbs-down, given through the
+    # served API, reach preference_pairs through online_feedback and are what the next DPO / KTO trains on.
+    feedback_round_trip(instance, resources, assets, babbling_model)
+
+
+def feedback_round_trip(instance, resources, assets, served_folder):
+    import datetime
+
+    from finetune_assets.defs.common import model_dir
+    from finetune_assets.phases.serving import serve
+    from finetune_assets.phases.training import stages
+    from finetune_assets_tests.phases.llm_server import request_json
+
+    store = resources["store"]
+    model = model_dir(store, "base_checkpoint")
+    server = serve.make_server(served_folder, port=0, model_name="champion",
+                               request_log=resources["request_log"].url).start()  # fmt: skip
+    try:
+        ask = {
+            "messages": [{"role": "user", "content": "How do I sort a dict by its values?"}],
+            "max_tokens": 8,
+        }
+        first = request_json(server.url + "/chat/completions", {**ask, "user": "ana"})[1]
+        wanted = "Use sorted(d.items(), key=lambda kv: kv[1]) and build a dict from the result."
+        ack = request_json(server.url + "/feedback", {"response_id": first["id"], "rating": "down",
+                                                      "preferred": wanted})  # fmt: skip
+        assert ack[0] == 200, ack
+        other = {"messages": [{"role": "user", "content": "What does zip() do with lists?"}], "max_tokens": 8}
+        second = request_json(server.url + "/chat/completions", {**other, "user": "bo"})[1]
+        assert request_json(server.url + "/feedback", {"response_id": second["id"], "rating": -1})[0] == 200
+    finally:
+        server.stop()
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    result = dg.materialize(assets, instance=instance, resources=resources, partition_key=today,
+                            selection=["online_feedback"])  # fmt: skip
+    assert result.success
+    day = json.loads((store.path("online_feedback", today) / "stats.json").read_text())
+    assert (day["pairwise"], day["binary"], day["quarantined"]) == (1, 2, 0)
+    assert dg.materialize(
+        assets, instance=instance, resources=resources, selection=["preference_pairs"]
+    ).success
+    prefs = json.loads((store.path("preference_pairs") / "stats.json").read_text())
+    assert prefs["feedback_sources"]["online"]["days"] == 1
+    dpo = stages.dpo_stage(store.path("preference_pairs"), start_dir=model, cfg=load_profile("smoke").dpo)
+    [pair] = [r for r in dpo.data["rows"] if r["chosen_source"] == "user_preferred"]
+    assert pair["chosen"] == wanted and pair["rejected"] == first["choices"][0]["message"]["content"]
+    kto_cfg = load_profile("smoke").dpo.model_copy(update={"preference_method": "kto"})
+    kto = stages.dpo_stage(store.path("preference_pairs"), start_dir=model, cfg=kto_cfg).data["rows"]
+    downs = {r["completion"] for r in kto if r["label"] is False}
+    assert second["choices"][0]["message"]["content"] in downs  # the bare thumbs-down, as a KTO row

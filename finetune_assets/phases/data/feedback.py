@@ -179,3 +179,20 @@ def load_feedback_files(paths: list[Path]) -> Feedback:
         quarantine += loaded.quarantine
         stats = {key: stats[key] + loaded.stats[key] for key in stats}
     return Feedback(pairwise, binary, quarantine, stats)
+
+
+def merge(parts: list[Feedback]) -> Feedback:
+    """Several Feedback sources as one; counts summed over the keys they share."""
+    stats = {"lines": 0, "pairwise": 0, "binary": 0, "quarantined": 0}
+    for part in parts:
+        stats = {key: stats[key] + part.stats.get(key, 0) for key in stats}
+    return Feedback(
+        [r for p in parts for r in p.pairwise],
+        [r for p in parts for r in p.binary],
+        [q for p in parts for q in p.quarantine],
+        {
+            **stats,
+            "pairwise": sum(len(p.pairwise) for p in parts),
+            "binary": sum(len(p.binary) for p in parts),
+        },
+    )

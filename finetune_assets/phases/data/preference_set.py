@@ -2,9 +2,10 @@
 
 ``build`` picks the prompts from the instruction set's train split, lets the base model answer them (the
 rejected side, sampled), takes the chosen side from the references or a teacher, adds the safety and
-fairness pairs (phases.data.safety) and human feedback, drops anything that shares an n-gram with the eval
-sets, and writes pairs.parquet, binary_feedback.parquet (thumbs up/down, for KTO), quarantine.jsonl and
-stats.json to ``out_dir``.
+fairness pairs (phases.data.safety) and human feedback (files, and ``extra_feedback``: live ratings from
+phases.data.online_feedback, red-team findings from phases.evaluation.redteam), drops anything that shares
+an n-gram with the eval sets, and writes pairs.parquet, binary_feedback.parquet (thumbs up/down, for KTO),
+quarantine.jsonl and stats.json to ``out_dir``.
 """
 
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ def build(
     feedback_files: list[Path] = (),
     teacher_client: ChatClient | None = None,
     judge_client: ChatClient | None = None,
+    extra_feedback: dict[str, feedback.Feedback] | None = None,
 ) -> PreferenceSet:
     """The preference pairs of ``instruction_rows`` into ``out_dir``; see the module docstring."""
     prompts = preferences.select_prompts(instruction_rows, cfg.max_pairs, seed=seed)
@@ -58,7 +60,9 @@ def build(
     chosen = None
     if teacher_client is not None:
         chosen = teacher.teacher_answers([p["prompt"] for p in prompts], teacher_client)
-    human = feedback.load_feedback_files(list(feedback_files))
+    human = feedback.merge(
+        [feedback.load_feedback_files(list(feedback_files)), *(extra_feedback or {}).values()]
+    )
     built = preferences.assemble(
         prompts,
         generate,
@@ -71,6 +75,7 @@ def build(
         system_prompt=system_prompt,
         max_new_tokens=cfg.max_new_tokens,
     )
+    built.stats["feedback_sources"] = {name: fb.stats for name, fb in (extra_feedback or {}).items()}
     path = io.write_records_parquet(built.records, out_dir / PAIRS_FILE)
     io.write_records_parquet(built.binary, out_dir / BINARY_FILE)
     seeds.write_quarantine(built.quarantine, out_dir / "quarantine.jsonl")

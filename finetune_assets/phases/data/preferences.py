@@ -146,7 +146,7 @@ def drop_contaminated(
     return clean, len(records) - len(clean)
 
 
-def _binary_text(row: dict) -> str:
+def binary_text(row: dict) -> str:
     return " ".join([*(m["content"] for m in row["prompt"]), row["completion"]])
 
 
@@ -182,7 +182,7 @@ def assemble(
     grams = eval_ngrams(eval_dir, ngram)
     records, stats["contaminated_removed"] = drop_contaminated(records + feedback.pairwise, grams, ngram)
     binary, stats["binary_contaminated_removed"] = drop_contaminated(
-        feedback.binary, grams, ngram, _binary_text
+        feedback.binary, grams, ngram, binary_text
     )
     stats.update(
         human_pairwise=len(feedback.pairwise),

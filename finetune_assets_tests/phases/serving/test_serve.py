@@ -357,7 +357,9 @@ def test_the_router_splits_users_stickily_and_logs_every_routed_request(ab_serve
     assert row["messages"] == QUESTION and row["status"] == 200 and row["completion_tokens"] >= 1
     assert row["answer"] and row["latency_s"] > 0 and row["prompt_tokens"] > 3
     rows = RequestLog(log_url).responses_of()
-    assert [r["status"] for r in rows if r["user_id"] == "refused-user"] == [400]  # refused requests are logged too
+    assert [r["status"] for r in rows if r["user_id"] == "refused-user"] == [
+        400
+    ]  # refused requests are logged too
     assert not next(r for r in rows if r["id"] == named["id"])["routed"]
 
 

@@ -463,6 +463,9 @@ class GuardrailsConfig(ConfigSection):
     bias_max_gap: float = Field(0.1, gt=0, le=1)
     max_bias_rate: float = Field(0.25, ge=0, le=1)
     max_new_tokens: int = Field(48, ge=8)
+    # Red-team probes whose findings become preference pairs (phases.evaluation.redteam): safety-set prompts,
+    # disjoint from the held-out red-team set above; 0 = no probing.
+    redteam_probes: int = Field(16, ge=0)
 
 
 class AutomationConfig(ConfigSection):
@@ -471,6 +474,19 @@ class AutomationConfig(ConfigSection):
     # Drops that land within this many seconds of each other cause one retrain, not one per drop: the retrain
     # starts once no drop has been ingested for this long.
     retrain_debounce_s: float = Field(600.0, ge=0)
+
+
+class ServingConfig(ConfigSection):
+    """What the graph reads from the model server's request log (defs.serving, defs.automation)."""
+
+    # ab_report: the trailing window of days it compares the served variants over, the reference variant
+    # (None = the one with most routed traffic, normally the champion) and the significance level.
+    ab_window_days: int = Field(7, ge=1)
+    ab_reference: str | None = None
+    ab_alpha: float = Field(0.05, gt=0, lt=1)
+    # retrain_on_feedback: this much new feedback (ratings or preferred answers) ingests the days it was given
+    # on (online_feedback) and so triggers the debounced retrain.
+    feedback_retrain_min: int = Field(50, ge=1)
 
 
 def default_home() -> Path:

@@ -22,6 +22,7 @@ from finetune_assets.config import (
     PreferencesConfig,
     RetrievalConfig,
     ScalingConfig,
+    ServingConfig,
     TrainConfig,
 )
 
@@ -46,6 +47,7 @@ class Profile(ConfigSection):
     eval: EvalConfig = EvalConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     automation: AutomationConfig = AutomationConfig()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _qlora_needs_gpu(self):

@@ -52,7 +52,12 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     # A random-init model refuses no red-team prompt: every candidate fails that guardrail, the blocking
     # promotion gate stops the champion asset, and the rest of the graph still materialized.
     assert graph.blocked == ["eval_reports:promotion_gate"]
-    assert set(graph.materialized) == EXPECTED_ASSETS - {"raw_corpus", "champion"}
+    assert set(graph.materialized) == EXPECTED_ASSETS - {
+        "raw_corpus",
+        "champion",
+        "online_feedback",
+        "ab_report",
+    }
 
     # Training streamed its steps into the Dagster run's log, and says where it ran (asset metadata too).
     messages = [entry.user_message for run_id in graph.run_ids for entry in instance.all_logs(run_id)]
@@ -167,6 +172,23 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
         assert len(tracker.client.get_metric_history(inst_version.run_id, name)) == steps, name
     dpo_version = tracker.client.get_model_version(REGISTERED_MODEL, tracker.latest_version("dpo"))
     assert tracker.client.get_metric_history(dpo_version.run_id, "train/rewards/margins")
+
+    # The red-team loop: what the variants got wrong on the probe prompts (safety-set prompts, not the held-out
+    # red-team set) becomes preference pairs in the next preference_pairs, refusal chosen over the answer.
+    findings = [
+        json.loads(x)
+        for x in (store.path("eval_reports") / "redteam_findings.jsonl").read_text().splitlines()
+    ]
+    assert findings and {f["variant"] for f in findings} <= {"base", "inst", "dpo", "tr"}
+    assert not {f["prompt"] for f in findings} & {r["prompt"] for r in sets["redteam"]}
+    again = dg.materialize(all_assets_and_checks(), instance=instance, resources=resources,
+                           selection=["preference_pairs"])  # fmt: skip
+    assert again.success
+    looped = [p for p in read_records(store.path("preference_pairs") / "pairs.parquet")
+              if p["chosen_source"].startswith("redteam:")]  # fmt: skip
+    unsafe = next(f for f in findings if f["finding"] == "unsafe_completion")
+    assert any(p["rejected"] == unsafe["answer"] and p["chosen"] == unsafe["chosen"] for p in looped)
+    assert all(not ngrams(preferences.pair_text(p)) & eval_grams for p in looped)
 
     # The same models under thresholds they meet: promoted, and the champion asset moves the alias.
     relaxed = fa_home / "relaxed.yaml"

@@ -1,5 +1,6 @@
-"""Jobs, the landing sensor (new data drop -> partition + ingest run), the debounced retrain on new data and the
-weekly retraining schedule."""
+"""Jobs, the landing sensor (new data drop -> partition + ingest run), the feedback sensor (enough new live
+feedback -> its days ingested), the debounced retrain on new data (drops or feedback days) and the weekly
+retraining schedule."""
 
 import json
 import time
@@ -7,7 +8,7 @@ import time
 import dagster as dg
 
 from finetune_assets.defs.data import data_drops, raw_corpus
-from finetune_assets.defs.resources import ArtifactStore, RecipeResource
+from finetune_assets.defs.resources import ArtifactStore, RecipeResource, RequestLogResource
 from finetune_assets.defs.serving import online_feedback
 from finetune_assets.phases.data import corpus
 
@@ -67,33 +68,83 @@ def debounce(
     return 0, state
 
 
+# What counts as new data for the retrain: an ingested drop, or an ingested day of live feedback.
+_NEW_DATA = (raw_corpus.key, online_feedback.key)
+
+
 @dg.sensor(job=retrain_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def retrain_on_new_data(context: dg.SensorEvaluationContext, recipe: RecipeResource):
-    """Rebuild everything downstream once new drops have been ingested, debounced: drops that land within
-    automation.retrain_debounce_s of each other cause one retrain (the run's tags say how many drops)."""
+    """Rebuild everything downstream once new drops (raw_corpus) or feedback days (online_feedback) have been
+    ingested, debounced: materializations within automation.retrain_debounce_s of each other cause one
+    retrain (the run's tags say how many)."""
     window = recipe.load().automation.retrain_debounce_s
     cursor = json.loads(context.cursor) if context.cursor else None
     instance = context.instance
     if cursor is None:
-        latest = instance.fetch_materializations(raw_corpus.key, limit=1).records
-        new, latest_id = [], latest[0].storage_id if latest else 0
+        latest = [r for key in _NEW_DATA for r in instance.fetch_materializations(key, limit=1).records]
+        new, latest_id = [], max((r.storage_id for r in latest), default=0)
     else:
-        found = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=raw_corpus.key, after_storage_id=cursor["seen"]),
-            limit=1000,
-            ascending=True,
-        ).records
+        found = [
+            r
+            for key in _NEW_DATA
+            for r in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, after_storage_id=cursor["seen"]),
+                limit=1000,
+                ascending=True,
+            ).records
+        ]
+        found.sort(key=lambda r: r.storage_id)
         new, latest_id = [(r.storage_id, r.timestamp) for r in found], cursor["seen"]
     drops, state = debounce(cursor, new, latest_id, time.time(), window)
     context.update_cursor(json.dumps(state))
     if not drops:
         waiting = state["pending"]
         return dg.SkipReason(
-            f"{waiting} ingested drop(s) waiting for {window:.0f} s without a new one"
+            f"{waiting} ingested drop(s) or feedback day(s) waiting for {window:.0f} s without a new one"
             if waiting
-            else "no new drops"
+            else "no new drops or feedback"
         )
     return dg.RunRequest(run_key=f"drops-up-to:{state['seen']}", tags={"finetune_assets/drops": str(drops)})
+
+
+def feedback_due(cursor: dict | None, new: list[tuple[float, str]], latest: float, minimum: int):
+    """The feedback sensor's decision: (days to ingest, [] = not yet; next cursor).
+
+    ``new``: (created, day) of the feedback given after ``cursor["after"]``, oldest first; ``latest``: the
+    newest feedback time in the log. Without a cursor (the first tick) what is logged so far is known. New
+    feedback accumulates per day until ``minimum`` of it is pending; then every pending day is ingested.
+    """
+    if cursor is None:
+        return [], {"after": latest, "pending": {}}
+    state = {"after": cursor["after"], "pending": dict(cursor["pending"])}
+    for created, day in new:
+        state["pending"][day] = state["pending"].get(day, 0) + 1
+        state["after"] = max(state["after"], created)
+    if sum(state["pending"].values()) >= minimum:
+        return sorted(state["pending"]), {**state, "pending": {}}
+    return [], state
+
+
+@dg.sensor(job=feedback_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def retrain_on_feedback(
+    context: dg.SensorEvaluationContext, recipe: RecipeResource, request_log: RequestLogResource
+):
+    """Once serving.feedback_retrain_min new ratings or preferred answers are in the request log, ingest the
+    days they were given on (online_feedback); retrain_on_new_data then retrains on them."""
+    minimum = recipe.load().serving.feedback_retrain_min
+    cursor = json.loads(context.cursor) if context.cursor else None
+    log = request_log.open()
+    after = cursor["after"] if cursor else 0.0
+    new = [(r["created"], r["day"]) for r in log.rows("feedback", lambda t: t.c.created > after)]
+    new.sort()
+    latest = new[-1][0] if new else after
+    days, state = feedback_due(cursor, new, latest, minimum)
+    context.update_cursor(json.dumps(state))
+    if not days:
+        return dg.SkipReason(
+            f"{sum(state['pending'].values())} of {minimum} new feedback needed for a retrain"
+        )
+    return [dg.RunRequest(run_key=f"feedback:{day}:{state['after']}", partition_key=day) for day in days]
 
 
 weekly_retrain = dg.ScheduleDefinition(

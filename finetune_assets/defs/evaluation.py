@@ -7,13 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from finetune_assets import io
 from finetune_assets.config import default_home
 from finetune_assets.defs.common import artifact_metadata, model_dir, tracked_run
 from finetune_assets.defs.data import eval_sets, retrieval_index
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.defs.training import base_checkpoint, dpo_model, inst_model, tr_model
 from finetune_assets.launch.ray_eval import evaluate_variants
-from finetune_assets.phases.evaluation import promotion, review, scorecard
+from finetune_assets.phases.evaluation import promotion, redteam, review, scorecard
 
 VARIANTS = {"base": "base_checkpoint", "inst": "inst_model", "dpo": "dpo_model", "tr": "tr_model"}
 
@@ -61,6 +62,8 @@ def eval_reports(
         )
         for warning in card.warnings:
             context.log.warning(warning)
+        findings = redteam.write_findings(card.results, out)  # the next preference_pairs trains on them
+        context.log.info(f"red-team findings for the next preference_pairs: {len(io.read_jsonl(findings))}")
         decision, paths = card.decision, card.report["paths"]
         return dg.MaterializeResult(
             metadata=artifact_metadata(

@@ -30,6 +30,7 @@ from finetune_assets.launch.ray_train import run_training
 from finetune_assets.phases.data import online_feedback as online_feedback_phase
 from finetune_assets.phases.data import preference_set
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
+from finetune_assets.phases.evaluation import redteam
 from finetune_assets.phases.training import stages
 from finetune_assets.recipe import load_profile
 from finetune_assets.tracking import flatten
@@ -97,7 +98,8 @@ def preference_pairs(
 ) -> dg.MaterializeResult:
     """AI-feedback pairs: chosen = the reference (stronger source), rejected = the base model's own answer;
     with preferences.safety, refusal / over-refusal pairs from the packaged safety set (phases.data.safety);
-    plus every materialized day of online_feedback (live ratings)."""
+    plus every materialized day of online_feedback (live ratings) and the last eval_reports' red-team
+    findings (phases.evaluation.redteam)."""
     profile = recipe.load()
     cfg = profile.preferences
     out = store.path("preference_pairs")
@@ -114,7 +116,11 @@ def preference_pairs(
             feedback_files=[input_path(name) for name in cfg.feedback_files],
             teacher_client=llm_client(cfg.teacher) if cfg.chosen_source == "teacher" else None,
             judge_client=llm_client(cfg.judge) if cfg.judge is not None else None,
-            extra_feedback={"online": online_feedback_phase.load_days(store.asset_root("online_feedback"))},
+            extra_feedback={
+                "online": online_feedback_phase.load_days(store.asset_root("online_feedback")),
+                # the last evaluation's red-team findings (eval_reports runs after this asset: a loop, not a dep)
+                "redteam": redteam.load_findings(store.path("eval_reports")),
+            },
         )
         warn_quarantined(context, built.quarantine)
         tracker.log_metrics(run_id, flatten(built.stats, numbers_only=True))

@@ -13,7 +13,7 @@ from finetune_assets.defs.resources import (
     RequestLogResource,
 )
 
-# The thirteen asset keys of the code location (docs/ARCHITECTURE.md).
+# The fourteen asset keys of the code location (docs/ARCHITECTURE.md).
 EXPECTED_ASSETS = {
     "raw_corpus",
     "dedup_corpus",
@@ -28,6 +28,7 @@ EXPECTED_ASSETS = {
     "eval_reports",
     "champion",
     "online_feedback",
+    "ab_report",
 }
 
 

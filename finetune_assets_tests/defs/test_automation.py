@@ -18,7 +18,7 @@ from finetune_assets.defs.data import data_drops
 from finetune_assets_tests.defs.conftest import EXPECTED_ASSETS, ingest_landing
 
 
-def test_code_location_has_all_thirteen_assets_with_lineage():
+def test_code_location_has_all_fourteen_assets_with_lineage():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == EXPECTED_ASSETS
@@ -101,7 +101,10 @@ def test_retrain_sensor_requests_one_run_for_drops_ingested_within_the_window(
     assert isinstance(first, dg.SkipReason)  # drop-a was there before the sensor: not new
     ingest_landing(instance, resources, landing, ["drop-b", "drop-c"])
     waiting, cursor = tick(cursor)
-    assert isinstance(waiting, dg.SkipReason) and "2 ingested drop(s) waiting" in waiting.skip_message
+    assert (
+        isinstance(waiting, dg.SkipReason)
+        and "2 ingested drop(s) or feedback day(s) waiting" in waiting.skip_message
+    )
 
     later = time.time() + 21  # smoke's automation.retrain_debounce_s is 20
     monkeypatch.setattr(automation.time, "time", lambda: later)

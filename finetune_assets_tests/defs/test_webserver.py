@@ -1,4 +1,4 @@
-"""`dagster dev` loads the code location and its UI lists all thirteen assets with their lineage."""
+"""`dagster dev` loads the code location and its UI lists all fourteen assets with their lineage."""
 
 import json
 import os

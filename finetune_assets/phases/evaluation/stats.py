@@ -180,3 +180,65 @@ def compare_paired(
     p = mcnemar_exact(a, b)
     significant = _significant(p, boot.low, boot.high, alpha)
     return PairedDiff(boot.diff, boot.low, boot.high, p, boot.n, "mcnemar", significant, boot.confidence)
+
+
+# Live traffic (phases.serving.ab_report) is not paired: each variant answers other users' requests.
+
+
+def two_proportions(k_a: int, n_a: int, k_b: int, n_b: int, alpha: float = 0.05) -> PairedDiff:
+    """k_a/n_a - k_b/n_b for two independent samples: Newcombe's hybrid score interval (from the two Wilson
+    intervals) and the pooled two-proportion z test's two-sided p. ``n`` is n_a + n_b."""
+    confidence = 1 - alpha
+    if n_a <= 0 or n_b <= 0:
+        return PairedDiff(
+            math.nan, math.nan, math.nan, 1.0, max(n_a, 0) + max(n_b, 0), "none", False, confidence
+        )
+    a, b = wilson_interval(k_a, n_a, confidence), wilson_interval(k_b, n_b, confidence)
+    diff = a.value - b.value
+    low = diff - math.sqrt((a.value - a.low) ** 2 + (b.high - b.value) ** 2)
+    high = diff + math.sqrt((a.high - a.value) ** 2 + (b.value - b.low) ** 2)
+    pooled = (k_a + k_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    p = 1.0 if se == 0 else min(1.0, 2 * (1 - NormalDist().cdf(abs(diff) / se)))
+    return PairedDiff(
+        diff, low, high, p, n_a + n_b, "newcombe", _significant(p, low, high, alpha), confidence
+    )
+
+
+def quantile_interval(
+    values, q: float, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> Interval:
+    """The ``q`` quantile (0..1) of ``values`` with a percentile-bootstrap interval (a latency p95)."""
+    arr = np.asarray(list(values), dtype=float)
+    if arr.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, "bootstrap", confidence)
+    value = float(np.quantile(arr, q))
+    if arr.size < 2:
+        return Interval(value, value, value, int(arr.size), "none", confidence)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arr.size, size=(n_resamples, arr.size))
+    resampled = np.quantile(arr[idx], q, axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(resampled, [tail, 100 - tail])
+    return Interval(value, float(low), float(high), int(arr.size), "bootstrap", confidence)
+
+
+def bootstrap_diff_of_quantiles(
+    a, b, q: float, alpha: float = 0.05, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> PairedDiff:
+    """quantile_q(a) - quantile_q(b) for two independent samples: each resampled on its own; the interval
+    and a two-sided p from the resampled differences."""
+    a_arr, b_arr = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    confidence, n = 1 - alpha, int(a_arr.size + b_arr.size)
+    if a_arr.size < 2 or b_arr.size < 2:
+        return PairedDiff(math.nan, math.nan, math.nan, 1.0, n, "none", False, confidence)
+    diff = float(np.quantile(a_arr, q) - np.quantile(b_arr, q))
+    rng = np.random.default_rng(seed)
+    da = np.quantile(a_arr[rng.integers(0, a_arr.size, size=(n_resamples, a_arr.size))], q, axis=1)
+    db = np.quantile(b_arr[rng.integers(0, b_arr.size, size=(n_resamples, b_arr.size))], q, axis=1)
+    d = da - db
+    tail = alpha / 2 * 100
+    low, high = (float(x) for x in np.percentile(d, [tail, 100 - tail]))
+    below, above = int((d <= 0).sum()), int((d >= 0).sum())
+    p = min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1))
+    return PairedDiff(diff, low, high, p, n, "bootstrap", _significant(p, low, high, alpha), confidence)

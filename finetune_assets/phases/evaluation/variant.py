@@ -29,7 +29,7 @@ from pathlib import Path
 from finetune_assets import io
 from finetune_assets.config import EvalConfig, GuardrailsConfig, RetrievalConfig
 from finetune_assets.phases.data import probes
-from finetune_assets.phases.evaluation import compare, guardrails
+from finetune_assets.phases.evaluation import compare, guardrails, redteam
 from finetune_assets.phases.evaluation.hallucination import (
     decode_speed,
     definition_conversations,
@@ -142,6 +142,11 @@ def evaluate_variant(
             generate, probe_model, tokenizer, guardrails_cfg, sets, outputs, cfg.batch_size
         )
         del probe_model
+    probed = None
+    if guardrails_cfg is not None and guardrails_cfg.redteam_probes:
+        items = redteam.probe_items(guardrails_cfg.redteam_probes)
+        probed = redteam.probe(generate, items, guardrails_cfg.max_new_tokens, name)
+        io.write_jsonl(probed["rows"], out_dir / "redteam_probe.jsonl")
     timings["time/guardrails_s"] = time.perf_counter() - t0
 
     gen = halluc["generation"]
@@ -158,6 +163,7 @@ def evaluate_variant(
         **speed,
         **tool_metrics,
         **(guard["metrics"] if guard else {}),
+        **({f"redteam/{k}": float(v) for k, v in probed["stats"].items()} if probed else {}),
         **timings,
     }
     metrics["time/total_s"] = time.perf_counter() - t_start
@@ -178,6 +184,7 @@ def evaluate_variant(
         "items": items,
         "guardrails": guard["checks"] if guard else {},
         "guardrails_skipped": guard.get("skipped", []) if guard else [],
+        "redteam": probed,  # findings for the next preference_pairs (phases.evaluation.redteam)
         "warnings": [f"lm-eval task {task} skipped: {why}" for task, why in skipped.items()]
         + [f"guardrail {name} not measured (no items)" for name in (guard or {}).get("skipped", [])],
         "calibration": calibration,

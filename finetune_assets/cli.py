@@ -12,6 +12,8 @@ finetune-assets review import FILE... [--key review_key.json]
                                         store expert labels (a filled review_sample.csv/.jsonl from
                                         eval_reports/review/) for the next report; prints the agreement
 finetune-assets review show             agreement of the stored labels with the automatic judge
+finetune-assets requests rotate [--keep-days 30] [--url URL]
+                                        move older days of the serving request log (sqlite) into Parquet
 finetune-assets stack up|down|status    the production layout on 127.0.0.1: Postgres, MLflow server, Ray head
                                         + worker (token auth), Dagster code server, webserver and daemon
 """
@@ -260,6 +262,20 @@ def cmd_stack(args) -> int:
     return 0 if all(s["up"] for s in state["services"].values()) else 1
 
 
+def cmd_requests(args) -> int:
+    from finetune_assets.phases.serving.request_log import RequestLog
+    from finetune_assets.phases.serving.serve import default_request_log
+
+    if args.keep_days < 0:
+        raise ValueError("--keep-days must be 0 or more")
+    log = RequestLog(args.url or default_request_log())
+    moved = log.rotate(args.keep_days)
+    print(
+        f"rotated {moved['responses']} responses and {moved['feedback']} feedback rows into {log.archive_dir()}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -303,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("files", nargs="*", help="filled review_sample.csv / .jsonl files (import)")
     rev.add_argument("--key", help="review_key.json of a blind export (default: found beside each file)")
     rev.set_defaults(func=cmd_review)
+    req = sub.add_parser("requests", help="maintain the model server's request/feedback log")
+    req.add_argument("action", choices=["rotate"])
+    req.add_argument("--keep-days", type=int, default=30, help="days kept in the database (older: Parquet)")
+    req.add_argument(
+        "--url", help="the log's SQLAlchemy URL (default: $FINETUNE_ASSETS_REQUEST_LOG, else sqlite)"
+    )
+    req.set_defaults(func=cmd_requests)
     stk = sub.add_parser("stack", help="start, stop or show the production layout on 127.0.0.1")
     stk.add_argument("action", choices=["up", "down", "status"])
     stk.set_defaults(func=cmd_stack)

@@ -185,3 +185,18 @@ def test_review_import_stores_labels_and_prints_agreement(empty_home: Path, tmp_
 def test_review_show_without_labels_exits_1(empty_home: Path, capsys):
     assert main(["review", "show"]) == 1
     assert "no labels stored" in capsys.readouterr().err
+
+
+def test_requests_rotate_moves_old_days_into_parquet(tmp_path: Path, capsys):
+    from finetune_assets.phases.serving.request_log import RequestLog
+
+    url = f"sqlite:///{tmp_path / 'serving' / 'requests.sqlite'}"
+    log = RequestLog(url)
+    for i, age_days in enumerate([40, 1]):
+        log.log_response({"id": f"r{i}", "created": time.time() - age_days * 86400, "variant": "v", "status": 200,
+                          "latency_s": 0.1, "messages": [{"role": "user", "content": "q"}]})  # fmt: skip
+    assert main(["requests", "rotate", "--keep-days", "30", "--url", url]) == 0
+    assert "rotated 1 responses" in capsys.readouterr().out
+    assert [r["id"] for r in log.rows("responses")] == ["r1"] and len(log.responses_of()) == 2
+    assert main(["requests", "rotate", "--keep-days", "-1", "--url", url]) == 1
+    assert "--keep-days" in capsys.readouterr().err

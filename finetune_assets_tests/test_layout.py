@@ -11,7 +11,14 @@ import finetune_assets
 PACKAGE = Path(finetune_assets.__file__).parent
 MAX_MODULE_LINES = 500
 # The phase wings, lowest first: a wing imports only from wings before it (and from the core).
-WING_ORDER = ["text", "inference", "data", "training", "evaluation", "serving"]  # serving deploys what was evaluated
+WING_ORDER = [
+    "text",
+    "inference",
+    "data",
+    "training",
+    "evaluation",
+    "serving",
+]  # serving deploys what was evaluated
 # Layers: a module imports only its own layer or the ones after it.
 LAYERS = ["entry", "defs", "launch", "phases", "core"]
 ENTRY = {"finetune_assets.definitions", "finetune_assets.cli", "finetune_assets.pipeline"}

@@ -1,7 +1,8 @@
 """The production layout as local processes on 127.0.0.1: ``finetune-assets stack up|down|status``.
 
 Services, started in this order and stopped in the reverse one (launch.processes: by PID, never by name):
-- postgres: Debian's PostgreSQL with its own initdb folder and port; databases ``dagster`` and ``mlflow``;
+- postgres: Debian's PostgreSQL with its own initdb folder and port; databases ``dagster``, ``mlflow`` and
+  ``serving`` (the model server's request/feedback log: FINETUNE_ASSETS_REQUEST_LOG in env.sh);
 - mlflow: ``mlflow server`` with its backend store on Postgres, ``--serve-artifacts`` and an artifact root;
 - ray-head (no CPUs of its own: it schedules) and ray-worker (the machine's cores), token auth on, both
   on 127.0.0.1 (launch.ray_node);
@@ -170,6 +171,7 @@ class Stack:
             "DAGSTER_HOME": str(self.dagster_home),
             "DAGSTER_PG_URL": self.pg_url("dagster", "+psycopg2"),
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.ports.mlflow}",
+            "FINETUNE_ASSETS_REQUEST_LOG": self.pg_url("serving", "+psycopg2"),
             "FINETUNE_ASSETS_RAY_ADDRESS": f"127.0.0.1:{self.ports.ray_gcs}",
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.ray_token_path),
@@ -294,7 +296,7 @@ def init_postgres(stack: Stack) -> None:
         raise StackError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def create_databases(stack: Stack, names=("dagster", "mlflow")) -> None:
+def create_databases(stack: Stack, names=("dagster", "mlflow", "serving")) -> None:
     import psycopg2
 
     conn = psycopg2.connect(stack.pg_url("postgres"))

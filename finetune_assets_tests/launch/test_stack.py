@@ -340,6 +340,30 @@ def step_window(where, run_id: str, step: str) -> tuple[float, float]:
     return times["ExecutionStepStartEvent"], times["ExecutionStepSuccessEvent"]
 
 
+def test_the_request_log_lives_in_the_stacks_postgres_and_ab_report_reads_it(running_stack):
+    """A server pointed at the stack (env.sh) logs to its Postgres; the code server's runs read it there."""
+    from finetune_assets.phases.serving.request_log import RequestLog
+
+    where, _ = running_stack
+    url = where.client_env()["FINETUNE_ASSETS_REQUEST_LOG"]
+    assert url.startswith("postgresql+psycopg2://") and url.endswith("/serving")
+    log = RequestLog(url)
+    for i in range(40):
+        rid = f"chatcmpl-stack-{i}"
+        question = [{"role": "user", "content": f"q{i}"}]
+        log.log_response({"id": rid, "variant": ("champion", "challenger")[i % 2], "routed": True, "status": 200,
+                          "latency_s": 0.2, "messages": question, "answer": "a"})  # fmt: skip
+        log.log_feedback(rid, i % 3 != 0)
+    assert pg_count(where, "serving", "SELECT count(*) FROM responses") == 40
+    run_id = launch(where, "__ASSET_JOB", assets=["ab_report"])
+    done = wait_for(
+        lambda: [r for r in runs(where, runIds=[run_id]) if r["status"] in FINISHED], 300, "ab_report"
+    )
+    assert done[0]["status"] == "SUCCESS", failures(where, run_id)
+    report = json.loads((where.home / "artifacts" / "ab_report" / "current" / "report.json").read_text())
+    assert report["requests"] == 40 and set(report["variants"]) == {"champion", "challenger"}
+
+
 def test_two_training_runs_at_once_queue_on_the_gpu_pool(running_stack):
     where, _ = running_stack
     first, second = (launch(where, "__ASSET_JOB", assets=["inst_model"]) for _ in range(2))

@@ -4,6 +4,8 @@ finetune-assets demo [--profile demo]   materialize the whole graph on the defau
 finetune-assets seed [--profile demo]   only put the demo documents into the landing directory
 finetune-assets chat MODEL_DIR          talk to a trained model (add --tr INDEX_DIR for tools and retrieval)
 finetune-assets serve MODEL_DIR         an OpenAI-compatible endpoint on 127.0.0.1:8000 (--adapter, --port)
+finetune-assets export MODEL_DIR|models:/... --output DIR [--outtype q8_0]
+                                        GGUF + Ollama Modelfile, checked against the source (template, logits)
 finetune-assets dedup INPUT... --output DIR   MinHash LSH dedup of JSONL files / text folders
 finetune-assets compare [--last N] [--run DAGSTER_RUN_ID ...] [--metrics a,b] [--format markdown|csv]
                                         the variants' evaluation metrics across pipeline runs, from MLflow
@@ -262,6 +264,23 @@ def cmd_stack(args) -> int:
     return 0 if all(s["up"] for s in state["services"].values()) else 1
 
 
+def cmd_export(args) -> int:
+    from finetune_assets.phases.serving import export, serve
+
+    source = args.model_dir
+    folder = serve.registered_folder(source) if source.startswith("models:/") else Path(source)
+    info = export.export(folder, Path(args.output), args.outtype, name=args.name, verify=not args.no_verify)
+    print(f"wrote {Path(args.output) / info['gguf']} ({info['bytes'] / 2**20:.1f} MiB) and a Modelfile")
+    if "template" in info:
+        logits, template = info["logits"], info["template"]
+        print(f"chat template identical on {template['n']} conversations: {template['identical_text']}; "
+              f"logits max |diff| {logits['max_abs_diff']:.4g} ({logits['relative']:.2%} of the largest), "
+              f"argmax agreement {logits['argmax_agreement']:.1%} over {logits['tokens']} tokens")  # fmt: skip
+        if not template["identical_text"]:
+            return 1
+    return 0
+
+
 def cmd_requests(args) -> int:
     from finetune_assets.phases.serving.request_log import RequestLog
     from finetune_assets.phases.serving.serve import default_request_log
@@ -297,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a model folder as an OpenAI-compatible chat endpoint")
     add_serve_arguments(serve).set_defaults(func=cmd_serve)
+    exp = sub.add_parser("export", help="export a merged model as GGUF with an Ollama Modelfile")
+    exp.add_argument("model_dir", help="a merged HF folder, or models:/finetune_assets@champion")
+    exp.add_argument("--output", required=True, metavar="DIR", help="gets model-<outtype>.gguf, Modelfile")
+    from finetune_assets.phases.serving.export import OUTTYPES
+
+    exp.add_argument("--outtype", choices=OUTTYPES, default="q8_0", help="weight type (default q8_0)")
+    exp.add_argument("--name", help="general.name in the GGUF (default: the folder's name)")
+    exp.add_argument("--no-verify", action="store_true", help="skip loading it back to compare")
+    exp.set_defaults(func=cmd_export)
     dedup = sub.add_parser("dedup", help="remove exact and near duplicates from JSONL files or text folders")
     dedup.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL with a 'text' field, or a folder")
     dedup.add_argument("--output", required=True, metavar="DIR", help="gets kept.jsonl and duplicates.jsonl")

@@ -200,3 +200,12 @@ def test_requests_rotate_moves_old_days_into_parquet(tmp_path: Path, capsys):
     assert [r["id"] for r in log.rows("responses")] == ["r1"] and len(log.responses_of()) == 2
     assert main(["requests", "rotate", "--keep-days", "-1", "--url", url]) == 1
     assert "--keep-days" in capsys.readouterr().err
+
+
+def test_export_writes_a_gguf_and_reports_its_checks(tiny_model_dir: Path, tmp_path: Path, capsys):
+    assert main(["export", str(tiny_model_dir), "--output", str(tmp_path / "out"), "--outtype", "f32"]) == 0
+    out = capsys.readouterr().out
+    assert "model-f32.gguf" in out and "chat template identical on 4 conversations: True" in out
+    assert (tmp_path / "out" / "Modelfile").is_file()
+    assert main(["export", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 1
+    assert "is not a Hugging Face model folder" in capsys.readouterr().err

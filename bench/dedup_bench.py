@@ -6,14 +6,20 @@ Run it (one command, from the repo root after `bash scripts/setup.sh`):
 
 What it does, all in one process on one core:
 1. Builds a labeled set from the Python documentation shipped by python3-doc: ``--docs`` base documents of
-   ``--words`` words (distinct windows of real text), plus near-copies of some of them at known word-edit
-   rates (substitutions, deletions, insertions). The true Jaccard similarity of every copy to its base is
-   computed exactly from the 5-word shingle sets; a pair is a true duplicate when it is >= the threshold.
-2. Runs the graph's dedup (phases.data.dedup.find_duplicates: Signer + LSH + verification) and the baseline: the
-   same exact pass and the same LSH and verification, but each document signed the straightforward way,
-   ``m = MinHash(num_perm); for s in shingles: m.update(s)``. Both see the same documents in the same order.
-3. Reports documents per second per core for both, their ratio, and precision/recall of both against the
-   labels (a removal is correct when the true Jaccard with the document it was matched to is >= threshold).
+   ``--words`` words (distinct windows of real text), plus near-copies of some of them at word-edit rates
+   (substitutions, deletions, insertions) drawn uniformly from ``--min-edit``..``--max-edit`` (``--spread
+   continuous``, the default: true similarities spread evenly across the threshold) or from fixed rates
+   (``--spread fixed``). The true Jaccard similarity of every copy to its base is computed exactly from the
+   5-word shingle sets; a pair is a true duplicate when it is >= the threshold.
+2. Runs the graph's dedup (phases.data.dedup.find_duplicates: Signer + LSH + the estimate as pre-filter +
+   exact shingle Jaccard) and the baselines: the same exact pass, the same LSH and the same exact
+   verification, but each document signed the straightforward way, ``m = MinHash(num_perm); for s in
+   shingles: m.update(s)`` (or datasketch's MinHash.bulk); and, for the quality comparison, that loop deciding
+   by the MinHash estimate alone (how dedup_corpus decided before exact verification). All see the same
+   documents in the same order.
+3. Reports documents per second per core, their ratios, and precision/recall against the labels (a removal is
+   correct when the true Jaccard with the document it was matched to is >= threshold), overall and in
+   bands of true Jaccard around the threshold (below it: the share wrongly removed; above: the share found).
 
 Timings on shared machines are noisy: read the ratio, measured in the same run, not the absolute numbers.
 """
@@ -78,27 +84,38 @@ def true_jaccard(a: str, b: str, k: int) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
-def labeled_set(count: int, words: int, copies: int, seed: int) -> tuple[list[str], list[int | None]]:
+def labeled_set(
+    count: int, words: int, copies: int, seed: int, spread: str = "continuous", edits=(0.002, 0.12)
+) -> tuple[list[str], list[int | None]]:
     """Texts (bases first, then the near-copies in random order) and, per text, the base it copies."""
     bases = base_documents(count, words, seed)
     rng = random.Random(seed + 1)
     vocab = sorted({w for doc in bases for w in doc})
-    pairs = [
-        (b, edit(bases[b], rng.choice(EDIT_RATES), vocab, rng)) for b in rng.sample(range(count), copies)
-    ]
+
+    def rate() -> float:
+        return rng.uniform(*edits) if spread == "continuous" else rng.choice(EDIT_RATES)
+
+    pairs = [(b, edit(bases[b], rate(), vocab, rng)) for b in rng.sample(range(count), copies)]
     rng.shuffle(pairs)
     texts = [" ".join(d) for d in bases] + [" ".join(c) for _, c in pairs]
     return texts, [None] * count + [b for b, _ in pairs]
 
 
 def baseline_dedup(
-    texts: list[str], num_perm: int, threshold: float, k: int, bulk: bool = False
+    texts: list[str],
+    num_perm: int,
+    threshold: float,
+    k: int,
+    bulk: bool = False,
+    exact: bool = True,
+    margin: float = 0.15,
 ) -> list[dict]:
     """The graph's algorithm with datasketch's straightforward signing: one MinHash per document,
     updated shingle by shingle (``bulk``: datasketch's MinHash.bulk instead, for reference) and
-    datasketch's MinHashLSH."""
+    datasketch's MinHashLSH; candidates pre-filtered by the estimate and decided by the exact Jaccard of the
+    shingle sets (``exact=False``: by the estimate alone)."""
     lsh = MinHashLSH(threshold=threshold * 0.8, num_perm=num_perm)
-    first_by_key, sketches, removed = {}, {}, []
+    first_by_key, sketches, sets, removed = {}, {}, {}, []
     bulk_sketches = iter(MinHash.bulk([shingles(t, k) for t in texts], num_perm=num_perm)) if bulk else None
     for i, text in enumerate(texts):
         key = exact_key(text)
@@ -112,30 +129,51 @@ def baseline_dedup(
             for shingle in shingles(text, k):
                 m.update(shingle)
         best, best_j = None, 0.0
+        mine = set(shingles(text, k)) if exact else None
         for candidate in sorted(lsh.query(m)):
             j = m.jaccard(sketches[candidate])
+            if exact:
+                if j < threshold - margin:
+                    continue
+                j = len(mine & sets[candidate]) / len(mine | sets[candidate])
             if j >= threshold and j > best_j:
                 best, best_j = candidate, j
         if best is None:
             lsh.insert(i, m)
             sketches[i] = m
+            if exact:
+                sets[i] = mine
         else:
             removed.append({"index": i, "duplicate_of": best})
     return removed
 
 
+BAND_EDGES = (-0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1)  # true Jaccard - threshold
+
+
 def score(texts, copy_of, removed, threshold, k) -> dict:
-    """Precision/recall of removals against the true shingle Jaccard."""
+    """Precision/recall of removals against the true shingle Jaccard, overall and per band of it."""
     truth = {i: true_jaccard(texts[i], texts[b], k) for i, b in enumerate(copy_of) if b is not None}
     positives = {i for i, j in truth.items() if j >= threshold}
     correct = sum(true_jaccard(texts[r["index"]], texts[r["duplicate_of"]], k) >= threshold for r in removed)
-    found = {r["index"] for r in removed} & positives
+    gone = {r["index"] for r in removed}
+    found = gone & positives
+    bands = {}
+    edges = [-1.0, *BAND_EDGES, 1.0]
+    for low, high in zip(edges, edges[1:], strict=False):
+        members = [i for i, j in truth.items() if low <= j - threshold < high]
+        name = f"[{threshold + low:.2f}, {threshold + high:.2f})" if -1 < low and high < 1 else (
+            f"< {threshold + high:.2f}" if low == -1 else f">= {threshold + low:.2f}")  # fmt: skip
+        hit = sum(i in gone for i in members)
+        share = round(hit / len(members), 3) if members else None
+        bands[name] = {"copies": len(members), "removed": hit, "share_removed": share}
     return {
         "precision": correct / len(removed) if removed else 1.0,
         "recall": len(found) / len(positives) if positives else 1.0,
         "true_pairs": len(positives),
         "removed": len(removed),
         "copies_below_threshold": len(truth) - len(positives),
+        "bands": bands,
     }
 
 
@@ -152,6 +190,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=2000, help="distinct base documents")
     parser.add_argument("--copies", type=int, default=600, help="near-copies at the known edit rates")
+    parser.add_argument("--spread", choices=["continuous", "fixed"], default="continuous",
+                        help="edit rates: uniform in [--min-edit, --max-edit], or the fixed EDIT_RATES")  # fmt: skip
+    parser.add_argument("--min-edit", type=float, default=0.002)
+    parser.add_argument("--max-edit", type=float, default=0.12)
     parser.add_argument("--words", type=int, default=300, help="words per base document")
     parser.add_argument("--num-perm", type=int, default=128)
     parser.add_argument("--threshold", type=float, default=0.8)
@@ -161,13 +203,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    texts, copy_of = labeled_set(args.docs, args.words, args.copies, args.seed)
+    texts, copy_of = labeled_set(args.docs, args.words, args.copies, args.seed, args.spread,
+                                 (args.min_edit, args.max_edit))  # fmt: skip
     k, n = args.shingle_words, len(texts)
     ours_s, ours = timed(lambda: find_duplicates(texts, args.num_perm, args.threshold, k), args.repeat)
     base_s, base = timed(lambda: baseline_dedup(texts, args.num_perm, args.threshold, k), args.repeat)
     bulk_s, bulk = timed(
         lambda: baseline_dedup(texts, args.num_perm, args.threshold, k, bulk=True), args.repeat
     )
+    estimate_only = baseline_dedup(texts, args.num_perm, args.threshold, k, exact=False)
     result = {
         "documents": n,
         "words_per_document": args.words,
@@ -181,13 +225,20 @@ def main(argv=None) -> dict:
         "ours": score(texts, copy_of, ours, args.threshold, k),
         "baseline": score(texts, copy_of, base, args.threshold, k),
         "bulk": score(texts, copy_of, bulk, args.threshold, k),
+        "estimate_only": score(texts, copy_of, estimate_only, args.threshold, k),
     }
     print(f"{n} documents of ~{args.words} words, num_perm={args.num_perm}, threshold={args.threshold}")
-    print(f"{'':10} {'docs/s/core':>12} {'precision':>10} {'recall':>8}")
-    for name in ("ours", "baseline", "bulk"):
-        rate = f"{name}_docs_per_s_per_core"
+    print(f"{'':13} {'docs/s/core':>9} {'precision':>10} {'recall':>8}")
+    for name in ("ours", "baseline", "bulk", "estimate_only"):
+        rate = result.get(f"{name}_docs_per_s_per_core")
         s = result[name]
-        print(f"{name:10} {result[rate]:12.1f} {s['precision']:10.3f} {s['recall']:8.3f}")
+        print(f"{name:13} {rate if rate else '-':>9} {s['precision']:10.3f} {s['recall']:8.3f}")
+    print("share of copies removed by band of true Jaccard (below the threshold: wrong; above: found):")
+    print(f"{'band':16}{'copies':>7}" + "".join(f"{n:>15}" for n in ("ours", "estimate_only")))
+    for band, row in result["ours"]["bands"].items():
+        cells = "".join(f"{result[n]['bands'][band]['share_removed'] if row['copies'] else '-':>15}"
+                        for n in ("ours", "estimate_only"))  # fmt: skip
+        print(f"{band:16}{row['copies']:>7}{cells}")
     print(
         f"throughput ratio (ours / datasketch per-document MinHash.update loop): {result['throughput_ratio']}x"
     )

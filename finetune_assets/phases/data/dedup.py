@@ -2,25 +2,26 @@
 
 Two passes over the documents, in (drop, source) order so the outcome never depends on input order:
 1. exact: the hash of the normalized text with punctuation stripped (whitespace/case/markup-only copies);
-2. near: MinHash over word shingles, LSH for candidates, each candidate verified by its estimated Jaccard
-   similarity before anything is removed. The first occurrence always wins.
+2. near: MinHash over word shingles, LSH for candidates, the estimate as a pre-filter, and each remaining
+   candidate decided by the exact Jaccard of the two shingle sets (phases.data.dedup_index). The first
+   occurrence always wins.
 
 The shingles are taken from text with reST inline markup stripped: the same page as reST source and as
 rendered HTML differs mostly in markup (:func:`x` vs x), and those are the duplicates worth catching.
 """
 
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import MinHash
 
 from finetune_assets import io
 from finetune_assets.config import DedupConfig
+from finetune_assets.phases.data.dedup_index import MINHASH_SEED, DedupIndex, exact_jaccard, make_lsh  # noqa: F401
 from finetune_assets.phases.text.html import html_to_text
 
 _ROLE = re.compile(r":(?:[\w.+-]+:)+`~?!?([^`<]*?)(?:\s*<[^>]*>)?`")
@@ -97,8 +98,6 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 
-MINHASH_SEED = 1  # datasketch's default seed: signatures are interchangeable with MinHash(seed=1)
-
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 32-bit finalizer, as datasketch's affine32 scheme pre-mixes every input hash."""
@@ -155,13 +154,18 @@ class Signer:
         """(len(texts), num_perm) uint32 MinHash signatures."""
         return self.signatures_of_words([_WORD.findall(normalize(strip_markup(t))) for t in texts])
 
-    def signatures_of_words(self, word_lists: Sequence[list[str]]) -> np.ndarray:
-        """Signatures of already tokenized texts (what ``signatures`` computes after tokenizing)."""
+    def signatures_of_words(
+        self, word_lists: Sequence[list[str]], shingle_sets: list | None = None
+    ) -> np.ndarray:
+        """Signatures of already tokenized texts (what ``signatures`` computes after tokenizing); with a list
+        as ``shingle_sets``, each text's sorted distinct shingle hashes are appended to it (exact Jaccard)."""
         out = np.empty((len(word_lists), self.num_perm), dtype=np.uint32)
         batch: list[np.ndarray] = []
         first = rows = 0
         for i, words in enumerate(word_lists):
             hashes = self._hash_words(words)
+            if shingle_sets is not None:
+                shingle_sets.append(np.unique(hashes))
             batch.append(hashes)
             rows += len(hashes)
             if rows >= self.chunk_rows:
@@ -180,114 +184,6 @@ class Signer:
         return np.minimum.reduceat(permuted, starts, axis=1).T
 
 
-def make_lsh(cfg: DedupConfig) -> MinHashLSH:
-    """datasketch's MinHashLSH with the configured bands/rows, or with the banding it picks for a threshold
-    set below the real one. LSH only proposes candidates; tuned at the threshold itself it misses many true
-    pairs near it (at 0.8 with 128 permutations: 60% of pairs with Jaccard 0.8, 31% at 0.85), so it is tuned
-    lower for recall and every candidate is verified against the real threshold."""
-    if cfg.bands is not None:
-        return MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
-    return MinHashLSH(threshold=cfg.threshold * 0.8, num_perm=cfg.num_perm)
-
-
-def index_params(cfg: DedupConfig) -> dict:
-    """What a persisted index depends on: change any of it and earlier signatures no longer apply."""
-    keys = ("num_perm", "threshold", "shingle_words", "bands", "rows")
-    return {
-        "minhash_seed": MINHASH_SEED,
-        "signer": "affine32-rolled-blake2b",
-        **cfg.model_dump(include=set(keys)),
-    }
-
-
-class DedupIndex:
-    """Exact keys and MinHash signatures of every kept document, with datasketch's MinHashLSH over them.
-
-    ``add`` decides documents one at a time in the order given: a document whose exact key is known, or
-    whose signature agrees with a kept one's at ``threshold`` or more, is a duplicate of that one (the
-    earliest at the best similarity); otherwise it is kept and indexed. Adding drop after drop therefore
-    gives the same decisions as adding all of them at once, and ``save``/``load`` let a later drop be
-    checked without recomputing anything for earlier ones.
-    """
-
-    def __init__(self, cfg: DedupConfig):
-        self.cfg = cfg
-        self.lsh = make_lsh(cfg)
-        self.ids: list[str] = []
-        self.exact: dict[str, str] = {}  # exact key -> kept id
-        self._signatures: list[np.ndarray] = []
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, ids: Sequence[str], keys: Sequence[str], signatures: np.ndarray) -> list[dict]:
-        """Decide each (id, exact key, signature) in order; returns {id, reason, duplicate_of, jaccard} for
-        every document found to be a duplicate (the others are now in the index)."""
-        found = []
-        for doc_id, key, signature in zip(ids, keys, signatures, strict=True):
-            if key in self.exact:
-                found.append(
-                    {"id": doc_id, "reason": "exact", "duplicate_of": self.exact[key], "jaccard": 1.0}
-                )
-                continue
-            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
-            best, best_j = None, 0.0
-            for position in sorted(self.lsh.query(sketch)):  # LSH keys are positions: earlier first
-                # LSH proposes likely matches only; the estimate decides (ties go to the earlier document).
-                j = np.count_nonzero(self._signatures[position] == signature) / self.cfg.num_perm
-                if j >= self.cfg.threshold and j > best_j:
-                    best, best_j = position, j
-            if best is not None:
-                found.append(
-                    {
-                        "id": doc_id,
-                        "reason": "near",
-                        "duplicate_of": self.ids[best],
-                        "jaccard": round(best_j, 4),
-                    }
-                )
-            else:
-                self._keep(doc_id, key, signature, sketch)
-        return found
-
-    def _keep(self, doc_id: str, key: str, signature: np.ndarray, sketch: LeanMinHash) -> None:
-        self.lsh.insert(len(self.ids), sketch, check_duplication=False)
-        self.exact[key] = doc_id
-        self.ids.append(doc_id)
-        self._signatures.append(np.asarray(signature, dtype=np.uint32))
-
-    def save(self, folder: Path) -> Path:
-        """Write the index (ids, exact keys, signatures, parameters) atomically to ``folder``."""
-        with io.atomic_dir(Path(folder)) as tmp:
-            signatures = np.stack(self._signatures) if self._signatures else np.empty((0, self.cfg.num_perm))
-            np.save(tmp / "signatures.npy", signatures.astype(np.uint32))
-            key_of = {doc_id: key for key, doc_id in self.exact.items()}
-            state = {"params": index_params(self.cfg), "ids": self.ids, "keys": [key_of[i] for i in self.ids]}
-            (tmp / "index.json").write_text(json.dumps(state))
-        return Path(folder)
-
-    @classmethod
-    def load(cls, folder: Path, cfg: DedupConfig) -> "DedupIndex | None":
-        """The index saved in ``folder``, or None when there is none or it was built with other
-        parameters (then everything must be recomputed)."""
-        folder = Path(folder)
-        if not (folder / "index.json").is_file():
-            return None
-        state = json.loads((folder / "index.json").read_text())
-        if state.get("params") != index_params(cfg):
-            return None
-        index = cls(cfg)
-        signatures = np.load(folder / "signatures.npy")
-        for doc_id, key, signature in zip(state["ids"], state["keys"], signatures, strict=True):
-            index._keep(
-                doc_id,
-                key,
-                signature,
-                LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32"),
-            )
-        return index
-
-
 Sign = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -304,8 +200,8 @@ def decide(
 ) -> list[dict]:
     """Run ``texts`` (with unique ``ids``) through ``index`` in order; returns the findings of
     DedupIndex.add. ``sign`` computes signatures (default: a local Signer; launch.ray_data provides the
-    same on Ray Data). Each distinct text is signed once, and a text whose exact copy is already kept is
-    not signed at all."""
+    same on Ray Data; the shingle sets for exact verification are then hashed here). Each distinct text is
+    signed once, and a text whose exact copy is already kept is not signed at all."""
     features = [_words(t) for t in texts]
     keys = [key for key, _ in features]
     first_of: dict[str, int] = {}
@@ -314,17 +210,23 @@ def decide(
             first_of.setdefault(key, i)
     need = list(first_of.values())
     signatures = np.zeros((len(texts), index.cfg.num_perm), dtype=np.uint32)
+    shingle_sets: list = [None] * len(texts)
     if need:
+        signer = Signer(index.cfg.num_perm, index.cfg.shingle_words)
+        computed_sets: list[np.ndarray] = []
         if sign is None:
-            signer = Signer(index.cfg.num_perm, index.cfg.shingle_words)
-            computed = signer.signatures_of_words([features[i][1] for i in need])
+            computed = signer.signatures_of_words([features[i][1] for i in need], computed_sets)
         else:
             computed = np.asarray(sign([texts[i] for i in need]), dtype=np.uint32)
+            computed_sets = [np.unique(signer._hash_words(features[i][1])) for i in need]
         signatures[need] = computed
+        for i, shingle_set in zip(need, computed_sets, strict=True):
+            shingle_sets[i] = shingle_set
         for i, key in enumerate(keys):  # later copies share the first copy's signature
             if key in first_of and first_of[key] != i:
                 signatures[i] = signatures[first_of[key]]
-    return index.add(ids, keys, signatures)
+                shingle_sets[i] = shingle_sets[first_of[key]]
+    return index.add(ids, keys, signatures, shingle_sets)
 
 
 def find_duplicates(

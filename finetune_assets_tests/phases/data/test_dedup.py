@@ -211,3 +211,57 @@ def test_dedup_inputs_set_aside_one_bad_line_and_keep_line_separators(tmp_path):
     docs, problems = read_dedup_inputs([path])
     assert [d["text"] for d in docs] == [text]
     assert [(p["line"], "not UTF-8" in p["reason"]) for p in problems] == [(2, True)]
+
+
+def _edited(words: list[str], rate: float, rng) -> str:
+    return " ".join(f"edit{rng.randrange(10**6)}" if rng.random() < rate else w for w in words)
+
+
+def test_near_the_threshold_the_exact_jaccard_decides_not_the_estimate():
+    """Pairs edited to sit around J = 0.8: with 64 permutations the estimate falls on the wrong side of the
+    threshold for some of them; every decision still follows the exact shingle Jaccard."""
+    import random
+
+    import numpy as np
+
+    from finetune_assets.phases.data.dedup import Signer
+    from finetune_assets.phases.data.dedup_index import exact_jaccard
+
+    rng = random.Random(3)
+    vocabulary = [f"w{i}" for i in range(5000)]
+    cfg = DedupConfig(num_perm=64, threshold=0.8)
+    signer = Signer(cfg.num_perm, cfg.shingle_words)
+    disagreements = 0
+    for _ in range(60):
+        words = rng.choices(vocabulary, k=400)
+        pair = [" ".join(words), _edited(words, rng.uniform(0.02, 0.06), rng)]
+        [a, b] = [np.unique(signer.shingle_hashes(t)) for t in pair]
+        exact = exact_jaccard(a, b)
+        sig = signer.signatures(pair)
+        estimate = float(np.count_nonzero(sig[0] == sig[1])) / cfg.num_perm
+        disagreements += (estimate >= 0.8) != (exact >= 0.8)
+        found = find_duplicates(pair, num_perm=cfg.num_perm, threshold=cfg.threshold)
+        assert bool(found) == (exact >= 0.8), (exact, estimate, found)
+        if found:
+            assert found[0]["jaccard"] == round(exact, 4) and found[0]["estimate"] == round(estimate, 4)
+    assert disagreements >= 3  # the estimate alone would have decided these wrongly
+
+
+def test_a_saved_index_verifies_later_drops_against_memory_mapped_shingles(tmp_path):
+    import numpy as np
+
+    from finetune_assets.phases.data.dedup import DedupIndex
+
+    index = DedupIndex(DedupConfig(num_perm=64))
+    dedup_documents(_drops()[0], index.cfg, index=index)
+    index.save(tmp_path / "index")
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [
+        "index.json", "shingle_offsets.npy", "shingles.npy", "signatures.npy"
+    ]  # fmt: skip
+    loaded = DedupIndex.load(tmp_path / "index", index.cfg)
+    assert isinstance(loaded.shingles[0], np.memmap) and len(loaded.shingles) == len(loaded)
+    assert [loaded.shingles[i].tolist() for i in range(len(loaded))] == [
+        index.shingles[i].tolist() for i in range(len(index))
+    ]
+    (tmp_path / "index" / "shingles.npy").unlink()  # an index from before exact verification: recomputed
+    assert DedupIndex.load(tmp_path / "index", index.cfg) is None

@@ -17,7 +17,10 @@ What it does, all in one process on one core:
    shingles: m.update(s)`` (or datasketch's MinHash.bulk); and, for the quality comparison, that loop deciding
    by the MinHash estimate alone (how dedup_corpus decided before exact verification). All see the same
    documents in the same order.
-3. Reports documents per second per core, their ratios, and precision/recall against the labels (a removal is
+3. Reports documents per second per core, their ratios, the peak memory each allocates (tracemalloc, in a
+   separate untimed run), the seconds of each stage of ours (shingle: tokenize and exact keys; sign: shingle
+   hashes and MinHash; lsh: query and insert; verify: estimate pre-filter and exact Jaccard; reading and
+   writing Parquet are dedup_corpus's, not measured here), and precision/recall against the labels (a removal is
    correct when the true Jaccard with the document it was matched to is >= threshold), overall and in
    bands of true Jaccard around the threshold (below it: the share wrongly removed; above: the share found).
 
@@ -29,6 +32,7 @@ import json
 import random
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -177,6 +181,16 @@ def score(texts, copy_of, removed, threshold, k) -> dict:
     }
 
 
+def peak_mib(fn) -> float:
+    """Peak memory Python and numpy allocate while ``fn`` runs (tracemalloc; the inputs are already built)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    finally:
+        tracemalloc.stop()
+
+
 def timed(fn, repeat: int):
     best, result = float("inf"), None
     for _ in range(repeat):
@@ -212,6 +226,13 @@ def main(argv=None) -> dict:
         lambda: baseline_dedup(texts, args.num_perm, args.threshold, k, bulk=True), args.repeat
     )
     estimate_only = baseline_dedup(texts, args.num_perm, args.threshold, k, exact=False)
+    stages: dict = {}
+    find_duplicates(texts, args.num_perm, args.threshold, k, times=stages)  # untimed: per-stage seconds
+    peaks = {
+        "ours": peak_mib(lambda: find_duplicates(texts, args.num_perm, args.threshold, k)),
+        "baseline": peak_mib(lambda: baseline_dedup(texts, args.num_perm, args.threshold, k)),
+        "bulk": peak_mib(lambda: baseline_dedup(texts, args.num_perm, args.threshold, k, bulk=True)),
+    }
     result = {
         "documents": n,
         "words_per_document": args.words,
@@ -226,13 +247,17 @@ def main(argv=None) -> dict:
         "baseline": score(texts, copy_of, base, args.threshold, k),
         "bulk": score(texts, copy_of, bulk, args.threshold, k),
         "estimate_only": score(texts, copy_of, estimate_only, args.threshold, k),
+        "ours_stage_s": {name: round(v, 3) for name, v in stages.items()},
+        "peak_mib": peaks,
     }
     print(f"{n} documents of ~{args.words} words, num_perm={args.num_perm}, threshold={args.threshold}")
-    print(f"{'':13} {'docs/s/core':>9} {'precision':>10} {'recall':>8}")
+    print(f"{'':13} {'docs/s/core':>9} {'precision':>10} {'recall':>8} {'peak MiB':>9}")
     for name in ("ours", "baseline", "bulk", "estimate_only"):
         rate = result.get(f"{name}_docs_per_s_per_core")
         s = result[name]
-        print(f"{name:13} {rate if rate else '-':>9} {s['precision']:10.3f} {s['recall']:8.3f}")
+        peak = result["peak_mib"].get(name, "-")
+        print(f"{name:13} {rate if rate else '-':>9} {s['precision']:10.3f} {s['recall']:8.3f} {peak:>9}")
+    print("ours by stage (s): " + ", ".join(f"{k} {v}" for k, v in result["ours_stage_s"].items()))
     print("share of copies removed by band of true Jaccard (below the threshold: wrong; above: found):")
     print(f"{'band':16}{'copies':>7}" + "".join(f"{n:>15}" for n in ("ours", "estimate_only")))
     for band, row in result["ours"]["bands"].items():

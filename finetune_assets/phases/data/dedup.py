@@ -12,6 +12,7 @@ rendered HTML differs mostly in markup (:func:`x` vs x), and those are the dupli
 
 import hashlib
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -196,12 +197,19 @@ def _words(text: str) -> tuple[str, list[str]]:
 
 
 def decide(
-    ids: Sequence[str], texts: Sequence[str], index: DedupIndex, sign: Sign | None = None
+    ids: Sequence[str],
+    texts: Sequence[str],
+    index: DedupIndex,
+    sign: Sign | None = None,
+    times: dict | None = None,
 ) -> list[dict]:
     """Run ``texts`` (with unique ``ids``) through ``index`` in order; returns the findings of
     DedupIndex.add. ``sign`` computes signatures (default: a local Signer; launch.ray_data provides the
     same on Ray Data; the shingle sets for exact verification are then hashed here). Each distinct text is
-    signed once, and a text whose exact copy is already kept is not signed at all."""
+    signed once, and a text whose exact copy is already kept is not signed at all. ``times`` (a dict) gets
+    the seconds of each stage added: shingle (tokenize, exact keys), sign (hashes, MinHash), and the index's
+    lsh and verify."""
+    clock = time.perf_counter()
     features = [_words(t) for t in texts]
     keys = [key for key, _ in features]
     first_of: dict[str, int] = {}
@@ -209,6 +217,7 @@ def decide(
         if key not in index.exact:
             first_of.setdefault(key, i)
     need = list(first_of.values())
+    clock = _lap(times, "shingle", clock)
     signatures = np.zeros((len(texts), index.cfg.num_perm), dtype=np.uint32)
     shingle_sets: list = [None] * len(texts)
     if need:
@@ -226,7 +235,15 @@ def decide(
             if key in first_of and first_of[key] != i:
                 signatures[i] = signatures[first_of[key]]
                 shingle_sets[i] = shingle_sets[first_of[key]]
-    return index.add(ids, keys, signatures, shingle_sets)
+    _lap(times, "sign", clock)
+    return index.add(ids, keys, signatures, shingle_sets, times)
+
+
+def _lap(times: dict | None, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    if times is not None:
+        times[stage] = times.get(stage, 0.0) + now - since
+    return now
 
 
 def find_duplicates(
@@ -235,14 +252,15 @@ def find_duplicates(
     threshold: float = 0.8,
     shingle_words: int = 5,
     sign: Sign | None = None,
+    times: dict | None = None,
 ) -> list[dict]:
     """Duplicates among ``texts`` taken in the given order (earlier wins).
 
-    Returns one {index, reason: "exact"|"near", duplicate_of: index, jaccard} per removed text. Reused by
-    the instruction phase on prompt+response strings.
+    Returns one {index, reason: "exact"|"near", duplicate_of: index, jaccard, estimate} per removed text.
+    Reused by the instruction phase on prompt+response strings. ``times``: see ``decide``.
     """
     cfg = DedupConfig(num_perm=num_perm, threshold=threshold, shingle_words=shingle_words)
-    found = decide([str(i) for i in range(len(texts))], texts, DedupIndex(cfg), sign)
+    found = decide([str(i) for i in range(len(texts))], texts, DedupIndex(cfg), sign, times)
     return [{**f, "index": int(f.pop("id")), "duplicate_of": int(f["duplicate_of"])} for f in found]
 
 

@@ -11,6 +11,7 @@ drops without re-reading them.
 """
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,19 +113,25 @@ class DedupIndex:
         keys: Sequence[str],
         signatures: np.ndarray,
         shingle_sets: Sequence[np.ndarray],
+        times: dict | None = None,
     ) -> list[dict]:
         """Decide each (id, exact key, signature, sorted distinct shingle hashes) in order; returns {id,
-        reason, duplicate_of, jaccard (exact), estimate} for every duplicate (the others are now indexed)."""
-        found = []
+        reason, duplicate_of, jaccard (exact), estimate} for every duplicate (the others are now indexed).
+        ``times`` gets the seconds spent in LSH (query, insert) and in verification added."""
+        found, lsh_s, verify_s = [], 0.0, 0.0
         floor = self.cfg.threshold - self.cfg.prefilter_margin
         for doc_id, key, signature, shingles in zip(ids, keys, signatures, shingle_sets, strict=True):
             if key in self.exact:
                 found.append({"id": doc_id, "reason": "exact", "duplicate_of": self.exact[key], "jaccard": 1.0,
                               "estimate": 1.0})  # fmt: skip
                 continue
+            started = time.perf_counter()
             sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
             best, best_j, best_est = None, 0.0, 0.0
-            for position in sorted(self.lsh.query(sketch)):  # LSH keys are positions: earlier first
+            candidates = sorted(self.lsh.query(sketch))  # LSH keys are positions: earlier first
+            queried = time.perf_counter()
+            lsh_s += queried - started
+            for position in candidates:
                 self.verified["candidates"] += 1
                 estimate = np.count_nonzero(self._signatures[position] == signature) / self.cfg.num_perm
                 if estimate < floor:
@@ -134,11 +141,17 @@ class DedupIndex:
                 j = exact_jaccard(self.shingles[position], shingles)
                 if j >= self.cfg.threshold and j > best_j:  # ties go to the earlier document
                     best, best_j, best_est = position, j, estimate
+            verify_s += time.perf_counter() - queried
             if best is not None:
                 found.append({"id": doc_id, "reason": "near", "duplicate_of": self.ids[best],
                               "jaccard": round(best_j, 4), "estimate": round(best_est, 4)})  # fmt: skip
             else:
+                inserting = time.perf_counter()
                 self._keep(doc_id, key, signature, sketch, shingles)
+                lsh_s += time.perf_counter() - inserting
+        if times is not None:
+            times["lsh"] = times.get("lsh", 0.0) + lsh_s
+            times["verify"] = times.get("verify", 0.0) + verify_s
         return found
 
     def _keep(self, doc_id: str, key: str, signature: np.ndarray, sketch: LeanMinHash, shingles) -> None:

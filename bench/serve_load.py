@@ -50,10 +50,17 @@ def build_model(kind: str, work: Path) -> Path:
     return out
 
 
-def start_server(model_dir: Path, log: Path, max_queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model_dir: Path, log: Path, max_queue: int, request_log: bool = True
+) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "finetune_assets.cli", "serve", str(model_dir), "--port", "0",
-           "--model-name", "bench", "--max-queue", str(max_queue),
-           "--request-log", f"sqlite:///{log.parent / 'requests.sqlite'}"]  # logging on, as deployed  # fmt: skip
+           "--model-name", "bench", "--max-queue", str(max_queue)]  # fmt: skip
+    # logging on, as deployed; off to measure what the log costs
+    cmd += (
+        ["--request-log", f"sqlite:///{log.parent / 'requests.sqlite'}"]
+        if request_log
+        else ["--no-request-log"]
+    )
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -155,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=120, help="requests per level")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--max-queue", type=int, default=8, help="the server's --max-queue")
+    parser.add_argument("--no-request-log", action="store_true", help="serve without the request log")
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
         model_dir = args.model_dir or build_model(args.model, work)
-        proc, base = start_server(model_dir, work / "server.log", args.max_queue)
+        proc, base = start_server(model_dir, work / "server.log", args.max_queue, not args.no_request_log)
         try:
             url = base + "/chat/completions"
             one_request(url, 0, args.max_tokens)  # warm-up: the first forward pays one-time costs
@@ -178,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         row["throughput_vs_first_level"] = round(row["requests_per_s"] / baseline, 2)
     failed = {s: n for row in levels for s, n in row["statuses"].items() if s not in ("200", "429")}
     report = {"model": str(args.model_dir or args.model), "max_tokens": args.max_tokens,
-              "max_queue": args.max_queue, "levels": levels, "server_rss_mib": memory,
+              "max_queue": args.max_queue, "request_log": not args.no_request_log, "levels": levels,
+              "server_rss_mib": memory,
               "rss_growth_mib": round(memory[-1] - memory[0], 1), "failures_beyond_429": failed}  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)

@@ -128,39 +128,75 @@ def cmd_serve(args) -> int:
     return serve.run_from_args(args)
 
 
+DEDUP_OUTPUTS = ("kept.jsonl", "duplicates.jsonl", "skipped.jsonl", "stats.json")
+
+
+def check_output_dir(out: Path, owned: tuple[str, ...]) -> None:
+    """Fail before any work when ``out`` cannot take the output: a file is in the way, the folder holds
+    other files (it is replaced as a whole), or no folder can be written there."""
+    from finetune_assets.config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in owned)
+        if foreign:
+            raise ConfigError(
+                f"--output {out} holds other files ({', '.join(foreign[:3])}); it is replaced as a whole, "
+                "so give a new or empty folder"
+            )
+    # The swap writes a sibling of ``out``: its parent, or the nearest folder above that exists, must take it.
+    existing = next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {out}: cannot write under {existing}")
+
+
 def cmd_dedup(args) -> int:
     from pydantic import ValidationError
 
     from finetune_assets.config import ConfigError, DedupConfig
-    from finetune_assets.io import write_json, write_jsonl
+    from finetune_assets.io import atomic_dir, write_json, write_jsonl
     from finetune_assets.phases.data import dedup
 
     try:
-        cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm, shingle_words=args.shingle_words)
+        cfg = DedupConfig(
+            threshold=args.threshold,
+            num_perm=args.num_perm,
+            shingle_words=args.shingle_words,
+            max_document_chars=args.max_document_chars,
+        )
     except ValidationError as err:
         raise ConfigError(
             f"invalid dedup option: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}"
         ) from err
+    out = Path(args.output)
+    check_output_dir(out, DEDUP_OUTPUTS)
     try:
-        docs, problems = dedup.read_dedup_inputs([Path(p) for p in args.inputs])
+        docs, problems = dedup.read_dedup_inputs([Path(p) for p in args.inputs], cfg.max_document_chars)
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from err
     for problem in problems:
         where = f"{problem['path']}:{problem['line']}" if problem["line"] else problem["path"]
         print(f"skipped {where}: {problem['reason']}", file=sys.stderr)
+    if not docs:
+        raise ConfigError(
+            f"no document could be read from {', '.join(args.inputs)} ({len(problems)} set aside, listed "
+            "above): give JSONL files with a string 'text' field or folders of .txt/.md/.rst/.html files"
+        )
     started = time.perf_counter()
     result = dedup.dedup_texts(docs, cfg)
     elapsed = time.perf_counter() - started
-    out = Path(args.output)
-    write_jsonl(result["kept"], out / "kept.jsonl")
-    write_jsonl(result["duplicates"], out / "duplicates.jsonl")
-    write_jsonl(problems, out / "skipped.jsonl")
     stats = {**result["stats"], "skipped": len(problems), "seconds": round(elapsed, 3)}
-    write_json(stats, out / "stats.json")
+    # One generation: the four files appear together or not at all (a kill leaves the previous output).
+    with atomic_dir(out) as tmp:
+        write_jsonl(result["kept"], tmp / "kept.jsonl")
+        write_jsonl(result["duplicates"], tmp / "duplicates.jsonl")
+        write_jsonl(problems, tmp / "skipped.jsonl")
+        write_json(stats, tmp / "stats.json")
     print(
         f"{stats['input']} documents: kept {stats['kept']}, removed {stats['exact_removed']} exact and "
-        f"{stats['near_removed']} near duplicates, skipped {stats['skipped']} unreadable; wrote {out}/"
-        "kept.jsonl, duplicates.jsonl"
+        f"{stats['near_removed']} near duplicates, skipped {stats['skipped']} unreadable or oversized; wrote "
+        f"{out}/kept.jsonl, duplicates.jsonl"
     )
     return 0
 
@@ -329,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL with a 'text' field, or a folder")
     dedup.add_argument("--output", required=True, metavar="DIR", help="gets kept.jsonl and duplicates.jsonl")
     dedup.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity for near duplicates")
-    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
-    dedup.add_argument("--shingle-words", type=int, default=5, help="words per shingle")
+    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (16-1024)")
+    dedup.add_argument("--shingle-words", type=int, default=5, help="words per shingle (1-32)")
+    dedup.add_argument("--max-document-chars", type=int, default=2_000_000,
+                       help="longer documents are set aside, listed in skipped.jsonl")  # fmt: skip
     dedup.set_defaults(func=cmd_dedup)
     compare = sub.add_parser("compare", help="compare the variants' evaluation metrics across pipeline runs")
     compare.add_argument("--last", type=int, default=1, metavar="N", help="the N newest pipeline runs")

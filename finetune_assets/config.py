@@ -71,9 +71,14 @@ class PiiConfig(ConfigSection):
 
 
 class DedupConfig(ConfigSection):
-    num_perm: int = Field(128, ge=16)
+    # Bounded: a signature costs num_perm x 4 bytes per document and every shingle is hashed num_perm times,
+    # so an accidental --num-perm 1000000 would exhaust memory instead of failing here.
+    num_perm: int = Field(128, ge=16, le=1024)
     threshold: float = Field(0.8, gt=0, lt=1)
-    shingle_words: int = Field(5, ge=1)
+    shingle_words: int = Field(5, ge=1, le=32)
+    # Documents longer than this are set aside with the reason (a 50 MB document took the dedup command to
+    # 5 GB of memory); the longest page of the demo corpus is about 210,000 characters.
+    max_document_chars: int = Field(2_000_000, ge=1_000)
     # LSH banding; None for both derives bands/rows from the threshold (tuned below it for recall, every
     # candidate is verified against the threshold anyway). Set both to fix them: bands * rows <= num_perm.
     bands: int | None = Field(None, ge=2)

@@ -76,28 +76,55 @@ class JsonLine(NamedTuple):
     error: str | None  # None when the line parsed; else why not ("not UTF-8 ...", "invalid JSON ...")
 
 
-def iter_jsonl(path: Path) -> Iterator[JsonLine]:
+def iter_jsonl(path: Path, max_line_bytes: int | None = None) -> Iterator[JsonLine]:
     """Every non-blank line of a JSONL file, parsed one at a time.
 
+    Streamed: the file is read a line at a time, so a big file never sits in memory whole. With
+    ``max_line_bytes`` a longer line is not held either: it is skipped in chunks and reported ("line longer
+    than N bytes"), so one oversized record cannot exhaust memory and the lines after it go through.
     Split on "\n" only: str.splitlines would also split on U+2028, U+2029 and U+0085, which JSON allows
     unescaped inside a string. Each line is decoded on its own, so one bad byte costs that line, not the file.
     A UTF-8 byte-order mark and CRLF line ends are accepted.
     """
-    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        line = line.removesuffix(b"\r")
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            reason = f"not UTF-8 text (byte {err.start + 1} of the line); re-save the file as UTF-8"
-            yield JsonLine(number, line.decode("utf-8", "replace"), None, reason)
-            continue
-        try:
-            yield JsonLine(number, text, json.loads(text), None)
-        except json.JSONDecodeError as err:
-            yield JsonLine(number, text, None, f"invalid JSON ({err.msg} at column {err.colno})")
+    limit = -1 if max_line_bytes is None else max_line_bytes + 2  # + room for the line end itself
+    with open(path, "rb") as fh:
+        number = 0
+        while True:
+            line = fh.readline(limit)
+            if not line:
+                return
+            number += 1
+            if number == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)
+            if max_line_bytes is not None and len(line.rstrip(b"\r\n")) > max_line_bytes:
+                skipped = _skip_rest_of_line(fh, line)
+                reason = f"line longer than {max_line_bytes} bytes ({skipped} bytes); split the record"
+                yield JsonLine(number, line[:200].decode("utf-8", "replace") + "...", None, reason)
+                continue
+            line = line.removesuffix(b"\n").removesuffix(b"\r")
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                reason = f"not UTF-8 text (byte {err.start + 1} of the line); re-save the file as UTF-8"
+                yield JsonLine(number, line.decode("utf-8", "replace"), None, reason)
+                continue
+            try:
+                yield JsonLine(number, text, json.loads(text), None)
+            except json.JSONDecodeError as err:
+                yield JsonLine(number, text, None, f"invalid JSON ({err.msg} at column {err.colno})")
+
+
+def _skip_rest_of_line(fh, start: bytes, chunk: int = 1 << 20) -> int:
+    """Read past the end of the line that began with ``start`` a chunk at a time; returns its length."""
+    length = len(start)
+    while not start.endswith(b"\n"):
+        start = fh.readline(chunk)
+        if not start:
+            break
+        length += len(start)
+    return length
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -74,6 +74,94 @@ def test_dedup_bad_options_and_missing_input_exit_2(tmp_path: Path, capsys):
     assert "threshold" in capsys.readouterr().err
 
 
+def test_dedup_sets_aside_documents_over_the_size_cap_and_reads_the_rest(tmp_path: Path):
+    rows = [
+        {"id": "ok", "text": essay(7)},
+        {"id": "huge", "text": "word " * 5_000},
+        {"id": "ok2", "text": essay(8)},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "big.txt").write_text("x" * 30_000)  # over 4 bytes a character: refused by its size, unread
+    (folder / "small.txt").write_text(essay(9))
+    args = ["dedup", str(tmp_path / "in.jsonl"), str(folder), "--output", str(tmp_path / "out")]
+    assert main([*args, "--max-document-chars", "5000"]) == 0
+    kept = sorted(r["id"] for r in read(tmp_path / "out" / "kept.jsonl"))
+    assert kept == ["docs/small.txt", "ok", "ok2"]
+    skipped = read(tmp_path / "out" / "skipped.jsonl")
+    assert [(Path(s["path"]).name, s["line"]) for s in skipped] == [("in.jsonl", 2), ("big.txt", None)]
+    assert all("dedup.max_document_chars" in s["reason"] for s in skipped)
+    assert main([*args, "--max-document-chars", "100000"]) == 0, "a higher cap admits them"
+    assert len(read(tmp_path / "out" / "kept.jsonl")) == 5
+
+
+def test_dedup_bounds_num_perm_and_shingle_size(tmp_path: Path, capsys):
+    (tmp_path / "x.jsonl").write_text(json.dumps({"text": essay(1)}) + "\n")
+    for option, value in (("--num-perm", "1000000"), ("--shingle-words", "1000")):
+        assert main(["dedup", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"), option, value]) == 2
+        assert option.strip("-").replace("-", "_") in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_dedup_exits_non_zero_when_nothing_could_be_read(tmp_path: Path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{not json\n{"id": "no text"}\n')
+    assert main(["dedup", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no document could be read" in err and "bad.jsonl:1" in err
+    assert not (tmp_path / "out").exists(), "no output for a run that read nothing"
+
+
+def test_dedup_checks_the_output_path_before_any_work(tmp_path: Path, capsys, monkeypatch):
+    from finetune_assets.phases.data import dedup
+
+    def must_not_read(*_a, **_k):
+        raise AssertionError("inputs were read before the output path was checked")
+
+    monkeypatch.setattr(dedup, "read_dedup_inputs", must_not_read)
+    (tmp_path / "x.jsonl").write_text(json.dumps({"text": essay(1)}) + "\n")
+    (tmp_path / "a-file").write_text("mine")
+    assert main(["dedup", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "a-file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    assert main(["dedup", str(tmp_path / "x.jsonl"), "--output", str(theirs)]) == 2
+    assert "holds other files (notes.txt)" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "keep me"
+
+
+def test_a_killed_dedup_leaves_the_previous_output_whole(tmp_path: Path):
+    """SIGKILL in the middle of writing (after kept/duplicates/skipped, before stats): the output folder is
+    still the previous run's four files, never a mix of two runs."""
+    import subprocess
+    import sys
+
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(json.dumps({"id": f"a{i}", "text": essay(i)}) + "\n" for i in range(3)))
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps({"id": f"b{i}", "text": essay(10 + i)}) + "\n" for i in range(5)))
+    out = tmp_path / "out"
+    assert main(["dedup", str(first), "--output", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    killer = (
+        "import os, signal, sys\n"
+        "import finetune_assets.io as fio\n"
+        "fio.write_json = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from finetune_assets.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", killer, "dedup", str(second), "--output", str(out)], check=False
+    )
+    assert proc.returncode == -9, "the run was killed mid-write"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert all(name.endswith(".tmp") for name in leftovers), "only a dot-tmp sibling can be left, never 'out'"
+    assert main(["dedup", str(second), "--output", str(out)]) == 0, "the next run replaces it"
+    assert [r["id"] for r in read(out / "kept.jsonl")] == [f"b{i}" for i in range(5)]
+
+
 @pytest.fixture
 def empty_home(tmp_path: Path, monkeypatch) -> Path:
     """A project home of its own: `compare` reads the default sqlite store under it (no MLFLOW_TRACKING_URI)."""

@@ -116,3 +116,20 @@ def test_unique_labels_tell_same_named_files_apart(tmp_path: Path):
     assert unique_labels([a, a]) == ["data.jsonl", "data.jsonl"]  # the same file twice is one file
     nested = [tmp_path / "x" / "f" / "README.txt", tmp_path / "y" / "f" / "README.txt"]
     assert unique_labels(nested) == ["x/f/README.txt", "y/f/README.txt"]
+
+
+def test_iter_jsonl_streams_and_skips_an_oversized_line_without_holding_it(tmp_path: Path):
+    import tracemalloc
+
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as fh:
+        fh.write(json.dumps({"text": "first"}) + "\n")
+        fh.write(json.dumps({"text": "x" * 30_000_000}) + "\n")  # a 30 MB record
+        fh.write(json.dumps({"text": "after"}) + "\n")
+    tracemalloc.start()
+    lines = list(iter_jsonl(path, max_line_bytes=1_000_000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [line.value for line in lines if line.error is None] == [{"text": "first"}, {"text": "after"}]
+    assert lines[1].number == 2 and "line longer than 1000000 bytes" in lines[1].error
+    assert peak < 8_000_000, f"the 30 MB line was held in memory (peak {peak} bytes)"

@@ -1,6 +1,7 @@
 """dedup_corpus end to end: quality filters -> exact + near dedup -> PII redaction, incremental over drops.
 
-Each drop's raw documents go through the Gopher/C4 quality filters (phases.data.quality), then PII redaction
+Each drop's raw documents longer than ``dedup.max_document_chars`` are set aside (reported under "oversized"
+in removed.json), the others go through the Gopher/C4 quality filters (phases.data.quality), then PII redaction
 (phases.data.pii), then exact and MinHash LSH dedup against everything kept so far (phases.data.dedup.DedupIndex).
 Dedup sees the redacted text, the text that is kept: two copies that differ only in an e-mail address become
 exact duplicates and one goes, so no exact duplicate can appear after curation (a blocking check).
@@ -22,7 +23,14 @@ from finetune_assets.config import DedupConfig
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
 from finetune_assets.phases.data import pii, quality
 from finetune_assets.phases.data.corpus import require_documents
-from finetune_assets.phases.data.dedup import DedupIndex, Sign, clusters_of, dedup_documents, exact_key
+from finetune_assets.phases.data.dedup import (
+    DedupIndex,
+    Sign,
+    clusters_of,
+    dedup_documents,
+    exact_key,
+    too_long,
+)
 
 DOCUMENTS = "documents.parquet"
 
@@ -78,12 +86,27 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
     index = DedupIndex.load(out_dir / INDEX, cfg) if previous else DedupIndex(cfg)
 
     docs = [doc for drop in todo for doc in read_records(drops[drop])]
+    oversized = [
+        {
+            "id": d["id"],
+            "source": d["source"],
+            "drop": d["drop"],
+            "reason": too_long(len(d["text"]), cfg.max_document_chars),
+        }
+        for d in docs
+        if len(d["text"]) > cfg.max_document_chars
+    ]
+    if oversized:
+        too_big = {o["id"] for o in oversized}
+        docs = [d for d in docs if d["id"] not in too_big]
     filtered = quality.filter_documents(docs, cfg.quality)
     redacted = pii.redact_documents(filtered["kept"], cfg.pii)
     sign = (sign_for or (lambda n: None))(len(redacted["documents"]))
     deduped = dedup_documents(redacted["documents"], cfg, index=index, sign=sign)
 
     report = previous or {"removed": [], "quality_removed": [], "pii_counts": dict.fromkeys(pii.PII_TYPES, 0)}
+    report.setdefault("oversized", [])
+    report["oversized"] += oversized
     kept = (read_records(out_dir / DOCUMENTS) if previous else []) + deduped["kept"]
     require_documents(kept, "dedup_corpus (after curation)")
     report["removed"] += deduped["removed"]
@@ -94,7 +117,11 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
     for r in report["quality_removed"]:
         quality_counts[r["filter"]] += 1
     report["stats"] = {
-        "input": len(kept) + len(report["removed"]) + len(report["quality_removed"]),
+        "input": len(kept)
+        + len(report["removed"])
+        + len(report["quality_removed"])
+        + len(report["oversized"]),
+        "oversized": len(report["oversized"]),
         "quality_removed": len(report["quality_removed"]),
         "exact_removed": sum(r["reason"] == "exact" for r in report["removed"]),
         "near_removed": sum(r["reason"] == "near" for r in report["removed"]),
@@ -128,7 +155,7 @@ def _previous(out_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    return {k: report[k] for k in ("removed", "quality_removed", "pii_counts")}
+    return {k: report.get(k, []) for k in ("removed", "quality_removed", "pii_counts", "oversized")}
 
 
 def exact_duplicates(docs: list[dict]) -> list[dict]:

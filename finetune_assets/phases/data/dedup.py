@@ -334,10 +334,13 @@ def _dedup_in_order(
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")
 
 
-def read_dedup_inputs(paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
+def read_dedup_inputs(
+    paths: Sequence[Path], max_chars: int = DedupConfig().max_document_chars
+) -> tuple[list[dict], list[dict]]:
     """Documents {id, text, origin} in input order from JSONL files (a ``text`` field, optional ``id``) and
     folders of text files. What cannot be read is reported in ``problems`` ({path, line, reason}) and set
-    aside; the rest goes through.
+    aside; the rest goes through. So is a document longer than ``max_chars`` characters: JSONL is streamed
+    a line at a time and a text file is sized before it is read, so an oversized input is never held whole.
 
     A document without its own id is named by its line (``data.jsonl:3``) or its path in the folder
     (``sub/README.txt``). With several inputs the folder's own label comes first (``io.unique_labels``: the
@@ -352,9 +355,9 @@ def read_dedup_inputs(paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
     problems: list[dict] = []
     for path, label in zip(paths, io.unique_labels(paths), strict=True):
         if path.is_dir():
-            _read_folder(path, f"{label}/" if len(paths) > 1 else "", docs, problems)
+            _read_folder(path, f"{label}/" if len(paths) > 1 else "", max_chars, docs, problems)
         else:
-            _read_jsonl(path, label, docs, problems)
+            _read_jsonl(path, label, max_chars, docs, problems)
     seen: set[str] = set()
     unique = []
     for doc in docs:
@@ -366,31 +369,52 @@ def read_dedup_inputs(paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
     return unique, problems
 
 
-def _read_jsonl(path: Path, label: str, docs: list[dict], problems: list[dict]) -> None:
+def too_long(length: int, max_chars: int, unit: str = "characters") -> str:
+    """The reason an oversized document is set aside, naming the setting that admits it."""
+    return (
+        f"longer than {max_chars:,} characters ({length:,} {unit}); split it, or raise "
+        "dedup.max_document_chars (--max-document-chars)"
+    )
+
+
+# A JSON line of at most max_chars characters: UTF-8 takes up to 4 bytes a character, escapes a few more.
+_BYTES_PER_CHAR = 6
+
+
+def _read_jsonl(path: Path, label: str, max_chars: int, docs: list[dict], problems: list[dict]) -> None:
     try:
-        lines = list(io.iter_jsonl(path))
+        for number, _, record, error in io.iter_jsonl(path, max_line_bytes=max_chars * _BYTES_PER_CHAR):
+            text = record.get("text") if isinstance(record, dict) else None
+            if error or not isinstance(text, str):
+                reason = error or "no string 'text' field"
+                problems.append({"path": str(path), "line": number, "reason": reason})
+            elif len(text) > max_chars:
+                problems.append({"path": str(path), "line": number, "reason": too_long(len(text), max_chars)})
+            else:
+                doc_id = str(record["id"]) if record.get("id") is not None else f"{label}:{number}"
+                docs.append({"id": doc_id, "text": text, "origin": f"{path}:{number}"})
     except OSError as err:
         problems.append({"path": str(path), "line": None, "reason": f"unreadable: {err}"})
-        return
-    for number, _, record, error in lines:
-        text = record.get("text") if isinstance(record, dict) else None
-        if error or not isinstance(text, str):
-            reason = error or "no string 'text' field"
-            problems.append({"path": str(path), "line": number, "reason": reason})
-            continue
-        doc_id = str(record["id"]) if record.get("id") is not None else f"{label}:{number}"
-        docs.append({"id": doc_id, "text": text, "origin": f"{path}:{number}"})
 
 
-def _read_folder(folder: Path, prefix: str, docs: list[dict], problems: list[dict]) -> None:
+def _read_folder(folder: Path, prefix: str, max_chars: int, docs: list[dict], problems: list[dict]) -> None:
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
         try:
+            size = file.stat().st_size
+            if size > max_chars * 4:  # more bytes than max_chars characters can take in UTF-8: not read
+                problems.append(
+                    {"path": str(file), "line": None, "reason": too_long(size, max_chars, "bytes")}
+                )
+                continue
             text = io.read_text_file(file)
         except (OSError, UnicodeDecodeError) as err:
             problems.append({"path": str(file), "line": None, "reason": f"unreadable: {err}"})
             continue
         if file.suffix.lower() in (".html", ".htm"):
             text = html_to_text(text)[1]
+        if len(text) > max_chars:
+            problems.append({"path": str(file), "line": None, "reason": too_long(len(text), max_chars)})
+            continue
         docs.append(
             {"id": f"{prefix}{file.relative_to(folder).as_posix()}", "text": text, "origin": str(file)}
         )

@@ -67,6 +67,7 @@ def test_quality_dedup_and_pii_in_one_pass(tmp_path):
         "near_removed": 1,
         "pii_redacted": 4,  # redaction runs before dedup: the copies' matches count too
         "kept": 4,
+        "oversized": 0,
     }
     assert summary["quality_counts"]["min_words"] == 1
     assert summary["pii_counts"]["email"] == 2 and summary["pii_counts"]["ip_address"] == 2
@@ -165,3 +166,17 @@ def test_the_summary_carries_the_duplicate_clusters_it_wrote(tmp_path):
     summary = curation.curate(_drops(tmp_path), tmp_path / "out", DedupConfig(num_perm=64))
     assert summary["clusters"] == json.loads((tmp_path / "out" / curation.CLUSTERS).read_text())
     assert {d["reason"] for c in summary["clusters"] for d in c["duplicates"]} == {"exact", "near"}
+
+
+def test_documents_over_the_size_cap_are_set_aside_with_the_reason(tmp_path):
+    drops = _drops(tmp_path)
+    long_doc = make_document("2026-04", "long.txt", _prose("long", 3_000))
+    drops["2026-04"] = write_records_parquet([long_doc], tmp_path / "raw" / "2026-04" / "documents.parquet")
+    summary = curation.curate(drops, tmp_path / "out", DedupConfig(max_document_chars=5_000))
+    report = json.loads((tmp_path / "out" / curation.REPORT).read_text())
+    assert [o["source"] for o in report["oversized"]] == ["long.txt"]
+    assert "dedup.max_document_chars" in report["oversized"][0]["reason"]
+    assert summary["stats"]["oversized"] == 1 and summary["stats"]["input"] == 9, "every document counted"
+    assert "long.txt" not in _kept_sources(tmp_path / "out")
+    generous = curation.curate(drops, tmp_path / "out2", DedupConfig())
+    assert generous["stats"]["oversized"] == 0 and "long.txt" in _kept_sources(tmp_path / "out2")

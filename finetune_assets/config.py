@@ -70,6 +70,22 @@ class PiiConfig(ConfigSection):
     types: list[Literal["email", "phone", "ip_address", "credit_card", "secret"]] = list(PII_TYPES)
 
 
+class SemanticDedupConfig(ConfigSection):
+    """Optional SemDeDup-style stage after near dedup (phases.data.semdedup): MiniLM embeddings, k-means
+    clusters, cosine within clusters. Off by default: it removes paraphrases, which a corpus may want."""
+
+    enabled: bool = False
+    # Cosine of two documents' embeddings. Rewritten summaries measured 0.75-0.87 against their page, short
+    # distinct pages on neighbouring topics up to 0.50 (the texts of finetune_assets_tests/.../test_semdedup.py).
+    threshold: float = Field(0.7, gt=0, le=1)
+    chunk_words: int = Field(128, ge=8, le=512)  # MiniLM reads 256 word pieces: ~128-200 words
+    max_chunks: int = Field(4, ge=1, le=64)  # a document's embedding: the mean of its first chunks
+    batch_size: int = Field(32, ge=1)
+    clusters: int | None = Field(None, ge=1)  # None: sqrt(documents)
+    clusters_per_doc: int = Field(2, ge=1)  # nearest centroids a document is compared within
+    seed: int = 0
+
+
 class DedupConfig(ConfigSection):
     # Bounded: a signature costs num_perm x 4 bytes per document and every shingle is hashed num_perm times,
     # so an accidental --num-perm 1000000 would exhaust memory instead of failing here.
@@ -89,9 +105,16 @@ class DedupConfig(ConfigSection):
     # Signatures are computed on Ray Data (in parallel over the cluster) when a run has at least this many
     # new documents; below it the local path is faster than Ray's start-up. Same result either way.
     ray_min_documents: int = Field(20_000, ge=1)
+    # A full curation (first run, changed settings) runs wholly on Ray Data: workers read the raw Parquet,
+    # filter, sign, band, join and verify; the driver holds counts only (launch.ray_dedup). "auto" goes when
+    # the drops hold at least distributed_min_documents rows. Same kept set as the local path.
+    distributed: Literal["auto", "always", "never"] = "auto"
+    distributed_min_documents: int = Field(200_000, ge=1)
+    shuffle_partitions: int | None = Field(None, ge=1)  # None: twice the cluster's CPUs
     # Keep a persisted index of kept documents so a new drop is checked against it without recomputing
     # earlier drops.
     incremental: bool = True
+    semantic: SemanticDedupConfig = SemanticDedupConfig()
     quality: QualityConfig = QualityConfig()
     pii: PiiConfig = PiiConfig()
 

@@ -15,6 +15,7 @@ from finetune_assets.defs.common import (
 from finetune_assets.defs.resources import ArtifactStore, MlflowResource, RayResource, RecipeResource
 from finetune_assets.io import content_hash, read_records
 from finetune_assets.launch.ray_data import ray_signer
+from finetune_assets.launch.ray_dedup import curate_on_ray
 from finetune_assets.phases.data import corpus, curation, evalsets, probes
 from finetune_assets.phases.data import instruction_set as instruction_set_phase
 from finetune_assets.phases.data.datastats import markdown_image
@@ -93,9 +94,14 @@ def dedup_corpus(
         )
         return ray_signer(cfg.num_perm, cfg.shingle_words, ray_address=ray.address)
 
+    def on_ray_data(drops: dict, out, cfg):
+        ray.ensure()
+        context.log.info(f"curating {len(drops)} drops on Ray Data (dedup.distributed={cfg.distributed})")
+        return curate_on_ray(drops, out, cfg, ray_address=ray.address)
+
     with tracked_run(context, mlflow, {"dedup": cfg.model_dump()}) as (tracker, run_id):
         out = store.path("dedup_corpus")
-        summary = curation.curate(drops, out, cfg, sign_for)
+        summary = curation.curate(drops, out, cfg, sign_for, distributed=on_ray_data)
         context.log.info(f"dedup_corpus: {summary['run']['mode']} ({summary['run']['why']})")
         tracker.log_metrics(
             run_id,
@@ -121,12 +127,16 @@ def dedup_corpus(
         )
 
 
+def _similarity(dup: dict) -> str:
+    return f"cos={dup['cosine']}" if dup.get("cosine") is not None else f"J={dup['jaccard']}"
+
+
 def _clusters_table(clusters: list[dict], limit: int = 20) -> str:
     """The largest duplicate clusters as Markdown: which document was kept, which were dropped for it."""
     if not clusters:
         return "No duplicates found."
     rows = [
-        [c["kept"], ", ".join(f"{d['id']} ({d['reason']}, J={d['jaccard']})" for d in c["duplicates"])]
+        [c["kept"], ", ".join(f"{d['id']} ({d['reason']}, {_similarity(d)})" for d in c["duplicates"])]
         for c in clusters[:limit]
     ]
     more = f"\n\n{len(clusters) - limit} more clusters in clusters.json" if len(clusters) > limit else ""

@@ -16,12 +16,15 @@ a curated one) curates every drop from scratch. Both give the same corpus, becau
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from finetune_assets.config import DedupConfig
 from finetune_assets.io import content_hash, read_records, write_json, write_records_parquet
-from finetune_assets.phases.data import pii, quality
+from finetune_assets.phases.data import pii, quality, semdedup
 from finetune_assets.phases.data.corpus import require_documents
 from finetune_assets.phases.data.dedup import (
     DedupIndex,
@@ -42,12 +45,36 @@ STATE = "state.json"
 
 INDEX = "index"
 
+EMBEDDINGS = "embeddings"  # the semantic stage's embedding cache (by content hash)
+
 SignFor = Callable[[int], Sign | None]  # number of documents to sign -> signer (None = local)
+
+# (drops, out_dir, cfg) -> summary: the whole curation elsewhere (launch.ray_dedup.curate_on_ray)
+Distributed = Callable[[dict[str, Path], Path, DedupConfig], dict]
+
+
+def goes_distributed(drops: dict[str, Path], cfg: DedupConfig) -> tuple[bool, str]:
+    """Whether a full curation of ``drops`` runs on Ray Data (dedup.distributed), and why. "auto" goes when
+    the drops hold at least dedup.distributed_min_documents rows (read from the Parquet footers only)."""
+    if cfg.semantic.enabled:
+        return False, "dedup.semantic is enabled: the semantic stage runs on the local path"
+    if cfg.distributed != "auto":
+        return cfg.distributed == "always", f"dedup.distributed is {cfg.distributed}"
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in drops.values())
+    big = rows >= cfg.distributed_min_documents
+    return big, f"{rows} documents {'>=' if big else '<'} dedup.distributed_min_documents"
 
 
 def settings_hash(cfg: DedupConfig) -> str:
     """Hash of the settings that change the curated corpus (not where signatures run, nor incrementality)."""
-    relevant = cfg.model_dump(exclude={"ray_min_documents", "incremental"})
+    where = {
+        "ray_min_documents",
+        "incremental",
+        "distributed",
+        "distributed_min_documents",
+        "shuffle_partitions",
+    }
+    relevant = cfg.model_dump(exclude=where)
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -76,16 +103,26 @@ def plan(out_dir: Path, drops: dict[str, Path], cfg: DedupConfig) -> tuple[str, 
     return "incremental", new, f"{len(done)} drops already curated"
 
 
-def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: SignFor | None = None) -> dict:
+def curate(
+    drops: dict[str, Path],
+    out_dir: Path,
+    cfg: DedupConfig,
+    sign_for: SignFor | None = None,
+    distributed: Distributed | None = None,
+) -> dict:
     """Curate ``drops`` ({drop: its raw documents.parquet}) into ``out_dir``; returns the summary
     (mode, why, drops curated now, stats, quality counts, PII counts) that is also in removed.json, and the
-    duplicate clusters of clusters.json. Raises EmptyCorpusError, writing nothing, when no document is left."""
+    duplicate clusters of clusters.json. Raises EmptyCorpusError, writing nothing, when no document is left.
+    A full curation goes to ``distributed`` when given and ``goes_distributed`` says so (same corpus)."""
     out_dir = Path(out_dir)
     mode, todo, why = plan(out_dir, drops, cfg)
+    if mode == "full" and distributed is not None and goes_distributed(drops, cfg)[0]:
+        return _curate_distributed(drops, out_dir, cfg, distributed, why)
     previous = _previous(out_dir) if mode == "incremental" else None
     index = DedupIndex.load(out_dir / INDEX, cfg) if previous else DedupIndex(cfg)
 
     docs = [doc for drop in todo for doc in read_records(drops[drop])]
+    documents_read = len(docs)
     oversized = [
         {
             "id": d["id"],
@@ -107,33 +144,23 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
     report = previous or {"removed": [], "quality_removed": [], "pii_counts": dict.fromkeys(pii.PII_TYPES, 0)}
     report.setdefault("oversized", [])
     report["oversized"] += oversized
-    kept = (read_records(out_dir / DOCUMENTS) if previous else []) + deduped["kept"]
-    require_documents(kept, "dedup_corpus (after curation)")
+    earlier = read_records(out_dir / DOCUMENTS) if previous else []
+    new_kept = deduped["kept"]
     report["removed"] += deduped["removed"]
+    if cfg.semantic.enabled:
+        new_kept, semantic_removed = _semantic(earlier, new_kept, out_dir, cfg)
+        report["removed"] += semantic_removed
+    kept = earlier + new_kept
+    require_documents(kept, "dedup_corpus (after curation)")
     report["quality_removed"] += filtered["removed"]
     for kind, n in redacted["counts"].items():
         report["pii_counts"][kind] = report["pii_counts"].get(kind, 0) + n
-    quality_counts = {f.name: 0 for f in quality.FILTERS}
-    for r in report["quality_removed"]:
-        quality_counts[r["filter"]] += 1
-    report["stats"] = {
-        "input": len(kept)
-        + len(report["removed"])
-        + len(report["quality_removed"])
-        + len(report["oversized"]),
-        "oversized": len(report["oversized"]),
-        "quality_removed": len(report["quality_removed"]),
-        "exact_removed": sum(r["reason"] == "exact" for r in report["removed"]),
-        "near_removed": sum(r["reason"] == "near" for r in report["removed"]),
-        "pii_redacted": sum(report["pii_counts"].values()),
-        "kept": len(kept),
-    }
-    report["quality_counts"] = quality_counts
+    summarize(report, len(kept))
     report["run"] = {
         "mode": mode,
         "why": why,
         "drops_curated": todo,
-        "documents_read": len(docs),
+        "documents_read": documents_read,
         "signed_on": "local" if sign is None else "ray",
     }
 
@@ -145,9 +172,67 @@ def curate(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, sign_for: Si
     write_json(report, out_dir / REPORT)
     clusters = clusters_of(report["removed"])
     write_json(clusters, out_dir / CLUSTERS)
+    _write_state(drops, out_dir, cfg)
+    return {**{k: report[k] for k in ("stats", "quality_counts", "pii_counts", "run")}, "clusters": clusters}
+
+
+def _write_state(drops: dict[str, Path], out_dir: Path, cfg: DedupConfig) -> None:
     digests = {drop: content_hash(path) for drop, path in drops.items()}
     write_json({"settings": settings_hash(cfg), "drops": digests}, out_dir / STATE)
-    return {**{k: report[k] for k in ("stats", "quality_counts", "pii_counts", "run")}, "clusters": clusters}
+
+
+def _curate_distributed(
+    drops: dict[str, Path], out_dir: Path, cfg: DedupConfig, distributed, why: str
+) -> dict:
+    """The Ray Data path: it writes documents, removed.json and clusters.json; no index, so the next run is
+    a full one again (an index of an earlier local run is removed: it no longer matches the documents)."""
+    (out_dir / STATE).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / INDEX, ignore_errors=True)
+    summary = distributed(drops, out_dir, cfg)
+    summary["run"]["why"] = f"{why}; on Ray Data: {goes_distributed(drops, cfg)[1]}"
+    _write_state(drops, out_dir, cfg)
+    return summary
+
+
+def _semantic(
+    earlier: list[dict], new: list[dict], out_dir: Path, cfg: DedupConfig
+) -> tuple[list[dict], list]:
+    """The semantic stage over what near dedup kept: new documents (in (drop, source) order) against the
+    earlier drops' kept documents and each other. Embeddings are cached in out_dir/embeddings."""
+    ordered = sorted(new, key=lambda d: (d["drop"], d["source"]))
+    docs = earlier + ordered
+    cache = semdedup.EmbeddingCache(out_dir / EMBEDDINGS)
+    vectors = semdedup.embed_documents([d["text"] for d in docs], cfg.semantic, cache)
+    cache.save()
+    found = semdedup.find_semantic_duplicates(
+        [d["id"] for d in docs], vectors, cfg.semantic, decided=len(earlier)
+    )
+    by_id = {d["id"]: d for d in ordered}
+    removed = [{"id": f["id"], "source": by_id[f["id"]]["source"], "drop": by_id[f["id"]]["drop"],
+                "reason": "semantic", "duplicate_of": f["duplicate_of"], "jaccard": None, "cosine": f["cosine"]}
+               for f in found]  # fmt: skip
+    gone = {f["id"] for f in found}
+    return [d for d in new if d["id"] not in gone], removed
+
+
+def summarize(report: dict, kept: int) -> dict:
+    """Add stats and quality_counts to a report of removals (both paths, local and Ray Data, use this)."""
+    quality_counts = {f.name: 0 for f in quality.FILTERS}
+    for r in report["quality_removed"]:
+        quality_counts[r["filter"]] += 1
+    removed, quality_removed, oversized = report["removed"], report["quality_removed"], report["oversized"]
+    report["stats"] = {
+        "input": kept + len(removed) + len(quality_removed) + len(oversized),
+        "oversized": len(oversized),
+        "quality_removed": len(quality_removed),
+        "exact_removed": sum(r["reason"] == "exact" for r in removed),
+        "near_removed": sum(r["reason"] == "near" for r in removed),
+        "semantic_removed": sum(r["reason"] == "semantic" for r in removed),
+        "pii_redacted": sum(report["pii_counts"].values()),
+        "kept": kept,
+    }
+    report["quality_counts"] = quality_counts
+    return report
 
 
 def _previous(out_dir: Path) -> dict | None:

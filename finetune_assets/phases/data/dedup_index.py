@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
+from datasketch import MinHashLSH
 
 from finetune_assets import io
 from finetune_assets.config import DedupConfig
@@ -63,6 +63,33 @@ class ShingleStore:
         return cls(np.load(folder / "shingles.npy", mmap_mode="r"), np.load(folder / "shingle_offsets.npy"))
 
 
+class BandIndex:
+    """LSH buckets over signatures: for each band, its ``rows`` values (as bytes) -> the positions holding them.
+
+    What datasketch's MinHashLSH does for the same bands and rows (query returns every key sharing a band),
+    without building a LeanMinHash per document or hashing bands through its storage layer: the LSH stage
+    of bench/dedup_bench.py went from 0.18 s to 0.02 s for 2,600 documents. datasketch still picks the
+    banding (``make_lsh``)."""
+
+    def __init__(self, bands: int, rows: int):
+        self.bands, self.rows = bands, rows
+        self._tables: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
+
+    def _keys(self, signature: np.ndarray) -> list[bytes]:
+        raw, step = np.ascontiguousarray(signature, dtype=np.uint32).tobytes(), self.rows * 4
+        return [raw[b * step : (b + 1) * step] for b in range(self.bands)]
+
+    def query(self, signature: np.ndarray) -> set[int]:
+        found: set[int] = set()
+        for table, key in zip(self._tables, self._keys(signature), strict=True):
+            found.update(table.get(key, ()))
+        return found
+
+    def insert(self, position: int, signature: np.ndarray) -> None:
+        for table, key in zip(self._tables, self._keys(signature), strict=True):
+            table.setdefault(key, []).append(position)
+
+
 def make_lsh(cfg: DedupConfig) -> MinHashLSH:
     """datasketch's MinHashLSH with the configured bands/rows, or with the banding it picks for a threshold
     set below the real one. LSH only proposes candidates; tuned at the threshold itself it misses many true
@@ -97,7 +124,8 @@ class DedupIndex:
 
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
-        self.lsh = make_lsh(cfg)
+        banding = make_lsh(cfg)
+        self.lsh = BandIndex(banding.b, banding.r)
         self.ids: list[str] = []
         self.exact: dict[str, str] = {}  # exact key -> kept id
         self._signatures: list[np.ndarray] = []
@@ -126,9 +154,8 @@ class DedupIndex:
                               "estimate": 1.0})  # fmt: skip
                 continue
             started = time.perf_counter()
-            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
             best, best_j, best_est = None, 0.0, 0.0
-            candidates = sorted(self.lsh.query(sketch))  # LSH keys are positions: earlier first
+            candidates = sorted(self.lsh.query(signature))  # LSH keys are positions: earlier first
             queried = time.perf_counter()
             lsh_s += queried - started
             for position in candidates:
@@ -147,15 +174,15 @@ class DedupIndex:
                               "jaccard": round(best_j, 4), "estimate": round(best_est, 4)})  # fmt: skip
             else:
                 inserting = time.perf_counter()
-                self._keep(doc_id, key, signature, sketch, shingles)
+                self._keep(doc_id, key, signature, shingles)
                 lsh_s += time.perf_counter() - inserting
         if times is not None:
             times["lsh"] = times.get("lsh", 0.0) + lsh_s
             times["verify"] = times.get("verify", 0.0) + verify_s
         return found
 
-    def _keep(self, doc_id: str, key: str, signature: np.ndarray, sketch: LeanMinHash, shingles) -> None:
-        self.lsh.insert(len(self.ids), sketch, check_duplication=False)
+    def _keep(self, doc_id: str, key: str, signature: np.ndarray, shingles) -> None:
+        self.lsh.insert(len(self.ids), signature)
         self.exact[key] = doc_id
         self.ids.append(doc_id)
         self._signatures.append(np.asarray(signature, dtype=np.uint32))
@@ -186,8 +213,7 @@ class DedupIndex:
         index = cls(cfg)
         signatures = np.load(folder / "signatures.npy")
         for doc_id, key, signature in zip(state["ids"], state["keys"], signatures, strict=True):
-            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
-            index._keep(doc_id, key, signature, sketch, None)
+            index._keep(doc_id, key, signature, None)
         index.shingles = ShingleStore.load(folder)  # memory-mapped: verification reads only what it compares
         if len(index.shingles) != len(index.ids):
             return None

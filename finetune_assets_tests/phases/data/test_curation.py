@@ -68,6 +68,7 @@ def test_quality_dedup_and_pii_in_one_pass(tmp_path):
         "pii_redacted": 4,  # redaction runs before dedup: the copies' matches count too
         "kept": 4,
         "oversized": 0,
+        "semantic_removed": 0,
     }
     assert summary["quality_counts"]["min_words"] == 1
     assert summary["pii_counts"]["email"] == 2 and summary["pii_counts"]["ip_address"] == 2

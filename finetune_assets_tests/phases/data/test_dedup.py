@@ -3,6 +3,8 @@
 import json
 import random
 
+import numpy as np
+
 from finetune_assets.config import DedupConfig
 from finetune_assets.phases.data import demo_seed
 from finetune_assets.phases.data.corpus import make_document
@@ -99,6 +101,42 @@ def test_signer_is_datasketch_minhash_of_the_same_shingle_hashes():
         assert (reference.hashvalues == signature).all()
 
 
+def test_fast_tokens_and_batched_shingle_hashing_change_no_value():
+    """ASCII text is tokenized as bytes and shingles are rolled over many documents at once: every word,
+    exact key and signature must equal the plain per-document str path's."""
+    from datasketch import MinHash
+
+    from finetune_assets.phases.data.dedup import (
+        _WORD,
+        Signer,
+        doc_features,
+        exact_key,
+        normalize,
+        strip_markup,
+        tokens,
+    )
+
+    texts = [_long_text(t) for t in TOPICS] + [
+        "Ünïcode wörds, the ﬁ ligature and ASCII words " * 30,
+        "",
+        "two words",
+    ]
+    for text in texts:
+        assert [w.decode() if isinstance(w, bytes) else w for w in tokens(text)] == _WORD.findall(
+            normalize(text)
+        )
+        assert doc_features(text)[0] == exact_key(text)
+    signer = Signer(num_perm=64, shingle_words=5, chunk_rows=2_000)  # several long documents a chunk
+    sets: list = []
+    signatures = signer.signatures_of_words([doc_features(t)[1] for t in texts], sets)
+    for text, signature, shingle_set in zip(texts, signatures, sets, strict=True):
+        plain = Signer(num_perm=64, shingle_words=5)._hash_words(_WORD.findall(normalize(strip_markup(text))))
+        reference = MinHash(num_perm=64, seed=1, hashfunc=int)
+        reference.update_batch(plain.tolist())
+        assert (reference.hashvalues == signature).all()
+        assert (shingle_set == np.unique(plain)).all()
+
+
 def _drops() -> list[list[dict]]:
     """Three drops with copies inside a drop, across drops, and a near copy of a near copy."""
     texts = {t: _long_text(t) for t in TOPICS}
@@ -165,7 +203,7 @@ def test_explicit_bands_and_rows_drive_the_lsh():
     from finetune_assets.phases.data.dedup import DedupIndex
     from finetune_assets.recipe import validate_profile
 
-    assert DedupIndex(DedupConfig(num_perm=64, bands=16, rows=4)).lsh.b == 16
+    assert DedupIndex(DedupConfig(num_perm=64, bands=16, rows=4)).lsh.bands == 16
     # Two bands of 32 rows: a pair at Jaccard 0.9 collides with probability 1-(1-0.9**32)**2 = 7%; this one
     # does not, so the near copy survives (the default banding, tuned for recall, catches it above).
     strict = dedup_documents(_docs(), DedupConfig(num_perm=64, bands=2, rows=32))
@@ -265,3 +303,22 @@ def test_a_saved_index_verifies_later_drops_against_memory_mapped_shingles(tmp_p
     ]
     (tmp_path / "index" / "shingles.npy").unlink()  # an index from before exact verification: recomputed
     assert DedupIndex.load(tmp_path / "index", index.cfg) is None
+
+
+def test_band_index_proposes_what_datasketch_lsh_proposes():
+    from datasketch import LeanMinHash, MinHashLSH
+
+    from finetune_assets.phases.data.dedup_index import BandIndex
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**32, size=(60, 64), dtype=np.uint64).astype(np.uint32)
+    copies = base[rng.integers(0, 60, size=60)].copy()
+    copies[:, rng.integers(0, 64, size=(60, 12))] = 7  # share some bands with their base, not all
+    signatures = np.concatenate([base, copies])
+    ours, theirs = BandIndex(bands=16, rows=4), MinHashLSH(num_perm=64, params=(16, 4))
+    for i, sig in enumerate(signatures):
+        sketch = LeanMinHash(seed=1, hashvalues=sig, scheme="affine32")
+        assert ours.query(sig) == set(theirs.query(sketch))
+        ours.insert(i, sig)
+        theirs.insert(i, sketch)
+    assert any(ours.query(sig) for sig in copies), "the set has collisions to compare"

@@ -8,7 +8,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all stack-up stack-down stack-status bench bench-backfill bench-serve bench-train bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all stack-up stack-down stack-status bench bench-dedup-scale bench-semdedup bench-backfill bench-serve bench-train bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -33,6 +33,12 @@ stack-status:
 
 bench-serve: setup  ## load test of `finetune-assets serve` on loopback: 1, 4, 16 clients, latency percentiles, memory
 	OMP_NUM_THREADS=1 $(VENV)/python bench/serve_load.py $(ARGS)
+
+bench-dedup-scale: setup  ## dedup_corpus at 200k generated documents: local vs Ray Data path, same kept set, throughput, driver/worker peak memory
+	OMP_NUM_THREADS=1 $(VENV)/python bench/dedup_scale_bench.py $(ARGS)
+
+bench-semdedup: setup  ## what the semantic dedup stage removes on the demo corpus (counts, cosine bands, examples)
+	OMP_NUM_THREADS=1 $(VENV)/python bench/semdedup_demo.py $(ARGS)
 
 bench-backfill: setup  ## 50 drops curated one by one vs one backfill: same dedup_corpus, wall time and peak memory of both
 	OMP_NUM_THREADS=1 $(VENV)/python bench/backfill_bench.py $(ARGS)

@@ -19,10 +19,11 @@ What it does, all in one process on one core:
    documents in the same order.
 3. Reports documents per second per core, their ratios, the peak memory each allocates (tracemalloc, in a
    separate untimed run), the seconds of each stage of ours (shingle: tokenize and exact keys; sign: shingle
-   hashes and MinHash; lsh: query and insert; verify: estimate pre-filter and exact Jaccard; reading and
-   writing Parquet are dedup_corpus's, not measured here), and precision/recall against the labels (a removal is
-   correct when the true Jaccard with the document it was matched to is >= threshold), overall and in
-   bands of true Jaccard around the threshold (below it: the share wrongly removed; above: the share found).
+   hashes and MinHash; lsh: query and insert; verify: estimate pre-filter and exact Jaccard; read and write:
+   the documents from and the kept ones to Parquet, as dedup_corpus does), and precision/recall against the
+   labels (a removal is correct when the true Jaccard with the document it was matched to is >= threshold),
+   overall and in bands of true Jaccard around the threshold (below it: the share wrongly removed; above:
+   the share found).
 
 Timings on shared machines are noisy: read the ratio, measured in the same run, not the absolute numbers.
 """
@@ -200,6 +201,53 @@ def timed(fn, repeat: int):
     return best, result
 
 
+def stage_seconds(texts: list[str], num_perm: int, threshold: float, k: int) -> dict:
+    """Seconds of each stage of one pass (untimed otherwise): read the documents from Parquet, shingle,
+    sign, lsh, verify (find_duplicates' own), write the kept ones to Parquet."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "documents.parquet"
+        pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), path)
+        started = time.perf_counter()
+        table = pq.read_table(path)
+        read_texts = table.column("text").to_pylist()
+        stages = {"read": time.perf_counter() - started}
+        removed = {d["index"] for d in find_duplicates(read_texts, num_perm, threshold, k, times=stages)}
+        started = time.perf_counter()
+        pq.write_table(
+            table.filter(pa.array([i not in removed for i in range(len(texts))])), Path(tmp) / "kept.parquet"
+        )
+        stages["write"] = time.perf_counter() - started
+    return stages
+
+
+def incremental_equals_all_at_once(
+    texts: list[str], num_perm: int, threshold: float, k: int, drops: int = 5
+) -> bool:
+    """The texts cut into ``drops`` consecutive drops, each decided against the index saved after the one
+    before (loaded memory-mapped, as dedup_corpus's incremental mode does): same findings as one pass?"""
+    import tempfile
+
+    from finetune_assets.config import DedupConfig
+    from finetune_assets.phases.data.dedup import DedupIndex, decide
+
+    cfg = DedupConfig(num_perm=num_perm, threshold=threshold, shingle_words=k)
+    ids = [str(i) for i in range(len(texts))]
+    at_once = decide(ids, texts, DedupIndex(cfg))
+    step, found = -(-len(texts) // drops), []
+    with tempfile.TemporaryDirectory() as tmp:
+        index = DedupIndex(cfg)
+        for start in range(0, len(texts), step):
+            found += decide(ids[start : start + step], texts[start : start + step], index)
+            index.save(Path(tmp) / "index")
+            index = DedupIndex.load(Path(tmp) / "index", cfg)
+    return found == at_once
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=2000, help="distinct base documents")
@@ -226,8 +274,7 @@ def main(argv=None) -> dict:
         lambda: baseline_dedup(texts, args.num_perm, args.threshold, k, bulk=True), args.repeat
     )
     estimate_only = baseline_dedup(texts, args.num_perm, args.threshold, k, exact=False)
-    stages: dict = {}
-    find_duplicates(texts, args.num_perm, args.threshold, k, times=stages)  # untimed: per-stage seconds
+    stages = stage_seconds(texts, args.num_perm, args.threshold, k)
     peaks = {
         "ours": peak_mib(lambda: find_duplicates(texts, args.num_perm, args.threshold, k)),
         "baseline": peak_mib(lambda: baseline_dedup(texts, args.num_perm, args.threshold, k)),
@@ -248,6 +295,9 @@ def main(argv=None) -> dict:
         "bulk": score(texts, copy_of, bulk, args.threshold, k),
         "estimate_only": score(texts, copy_of, estimate_only, args.threshold, k),
         "ours_stage_s": {name: round(v, 3) for name, v in stages.items()},
+        "incremental_equals_all_at_once": incremental_equals_all_at_once(
+            texts, args.num_perm, args.threshold, k
+        ),
         "peak_mib": peaks,
     }
     print(f"{n} documents of ~{args.words} words, num_perm={args.num_perm}, threshold={args.threshold}")
@@ -258,6 +308,9 @@ def main(argv=None) -> dict:
         peak = result["peak_mib"].get(name, "-")
         print(f"{name:13} {rate if rate else '-':>9} {s['precision']:10.3f} {s['recall']:8.3f} {peak:>9}")
     print("ours by stage (s): " + ", ".join(f"{k} {v}" for k, v in result["ours_stage_s"].items()))
+    print(
+        f"5 drops decided one by one against the saved index = all at once: {result['incremental_equals_all_at_once']}"
+    )
     print("share of copies removed by band of true Jaccard (below the threshold: wrong; above: found):")
     print(f"{'band':16}{'copies':>7}" + "".join(f"{n:>15}" for n in ("ours", "estimate_only")))
     for band, row in result["ours"]["bands"].items():

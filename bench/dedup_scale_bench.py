@@ -74,16 +74,18 @@ def bench_config() -> DedupConfig:
 
 
 class PeakSampler:
-    """Peak RSS of this process's Ray worker descendants (``ray::`` processes), sampled in a thread."""
+    """Peak RSS of this process's Ray worker descendants (``ray::`` processes) and this process's own peak
+    USS (its private memory: RSS also counts the shared object-store pages it maps), sampled in a thread."""
 
     def __init__(self):
-        self.worker_peak = 0
+        self.worker_peak = self.driver_uss_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         me = psutil.Process()
         while not self._stop.wait(0.2):
+            self.driver_uss_peak = max(self.driver_uss_peak, me.memory_full_info().uss)
             for proc in me.children(recursive=True):
                 try:
                     if proc.name().startswith("ray::") or "default_worker" in " ".join(proc.cmdline()):
@@ -118,6 +120,7 @@ def run_path(path: str, corpus: Path, out: Path) -> dict:
         wall = time.perf_counter() - started
     return {"path": path, "wall_s": round(wall, 1), "stats": summary["stats"],
             "driver_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "driver_peak_uss_mib": round(sampler.driver_uss_peak / 2**20, 1),
             "worker_peak_mib": round(sampler.worker_peak / 2**20, 1)}  # fmt: skip
 
 

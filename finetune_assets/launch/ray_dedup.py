@@ -25,18 +25,21 @@ is curated from scratch again (on this path when it is still large), which suits
 """
 
 import json
+import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from finetune_assets.config import DedupConfig
-from finetune_assets.io import write_json, write_records_parquet
+from finetune_assets.io import write_json
 from finetune_assets.launch.ray_cluster import ensure_ray
 from finetune_assets.phases.data import pii, quality
+from finetune_assets.phases.data.corpus import require_documents
 from finetune_assets.phases.data.curation import CLUSTERS, DOCUMENTS, REPORT, summarize
 from finetune_assets.phases.data.dedup import (
     Signer,
@@ -286,7 +289,7 @@ def curate_on_ray(
     floor = cfg.threshold - cfg.prefilter_margin
     joined.map_batches(_Verify, fn_constructor_kwargs={"threshold": cfg.threshold, "floor": floor},
                        batch_format="numpy").write_parquet(str(scratch / "edges"))  # fmt: skip
-    reps.select_columns(["id", "order", "record"]).write_parquet(str(scratch / "reps"))
+    reps.select_columns(["id", "order", "record"]).sort("order").write_parquet(str(scratch / "reps"))
     finish = ray.remote(num_cpus=1)(_finish)
     summary = ray.get(finish.remote(str(scratch), str(out_dir), cfg.model_dump_json(), sorted(drops)))
     _remove_tree(scratch)
@@ -305,19 +308,13 @@ def _finish(scratch: str, out_dir: str, cfg_json: str, drops: list[str]) -> dict
     scratch, out_dir = Path(scratch), Path(out_dir)
     edges = _read_folder(scratch / "edges", ["lo_id", "hi_id", "jaccard", "estimate"]).to_pylist()
     copies = _read_folder(scratch / "copies", ["id", "order", "rep", "rep_order"]).to_pylist()
-    reps = _read_folder(scratch / "reps", ["id", "order", "record"])
+    reps = _read_folder(scratch / "reps", ["id", "order"])
     order_of = dict(zip(reps["id"].to_pylist(), reps["order"].to_pylist(), strict=True))
+    del reps
     linked = {e["lo_id"] for e in edges} | {e["hi_id"] for e in edges}
     removals = decide_from_edges([(order_of[i], i) for i in linked], edges, copies)
     order_of.update({c["id"]: c["order"] for c in copies})
-    removed_ids = {r["id"] for r in removals}
-    kept = [
-        json.loads(record)
-        for _, doc_id, record in sorted(
-            zip(reps["order"].to_pylist(), reps["id"].to_pylist(), reps["record"].to_pylist(), strict=True)
-        )
-        if doc_id not in removed_ids
-    ]
+    kept = _write_kept(scratch / "reps", {r["id"] for r in removals}, out_dir / DOCUMENTS)
     side = _read_folder(scratch / "side", ["kind", "record"]).to_pylist()
     report = {
         "removed": [],
@@ -336,10 +333,9 @@ def _finish(scratch: str, out_dir: str, cfg_json: str, drops: list[str]) -> dict
         drop, source = order_of[r["id"]].split(SEP, 1)
         report["removed"].append({"id": r["id"], "source": source, "drop": drop, "reason": r["reason"],
                                   "duplicate_of": r["duplicate_of"], "jaccard": r["jaccard"]})  # fmt: skip
-    summarize(report, len(kept))
+    summarize(report, kept)
     report["run"] = {"mode": "full", "why": "curated on Ray Data", "drops_curated": drops,
                      "documents_read": report["stats"]["input"], "signed_on": "ray"}  # fmt: skip
-    write_records_parquet(kept, out_dir / DOCUMENTS)
     write_json(report, out_dir / REPORT)
     clusters = clusters_of(report["removed"])
     write_json(clusters, out_dir / CLUSTERS)
@@ -347,6 +343,38 @@ def _finish(scratch: str, out_dir: str, cfg_json: str, drops: list[str]) -> dict
         **{k: report[k] for k in ("stats", "quality_counts", "pii_counts", "run")},
         "clusters": clusters[:20],
     }
+
+
+def _write_kept(reps: Path, removed: set[str], path: Path) -> int:
+    """Stream the sorted representatives' records, one part file at a time, into one Parquet file of the kept
+    documents in (drop, source) order (written beside ``path``, then renamed); returns how many were kept.
+    The sort's parts are disjoint ranges: ordered by their smallest key they are in order (checked; parts
+    that overlap are merged in memory instead)."""
+    parts = [(pq.read_table(f, columns=["order"]).column("order"), f) for f in sorted(reps.glob("*.parquet"))]
+    parts = sorted((pc.min(col).as_py(), pc.max(col).as_py(), f) for col, f in parts if len(col))
+    ordered = all(parts[i][1] < parts[i + 1][0] for i in range(len(parts) - 1))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer, kept = None, 0
+    try:
+        batches = [(f,) for _, _, f in parts] if ordered else [tuple(f for _, _, f in parts)]
+        for files in batches:
+            table = pa.concat_tables([pq.read_table(f, columns=["order", "id", "record"]) for f in files])
+            table = table.sort_by("order")
+            records = [json.loads(r) for i, r in zip(table["id"].to_pylist(), table["record"].to_pylist(),
+                                                     strict=True) if i not in removed]  # fmt: skip
+            if not records:
+                continue
+            chunk = pa.Table.from_pylist(records, schema=writer.schema if writer else None)
+            writer = writer or pq.ParquetWriter(tmp, chunk.schema)
+            writer.write_table(chunk)
+            kept += len(records)
+        if writer is None:
+            require_documents([], "dedup_corpus (after curation)")
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return kept
 
 
 def _remove_tree(path: Path) -> None:

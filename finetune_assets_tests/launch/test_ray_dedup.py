@@ -65,6 +65,8 @@ def test_ray_data_curation_keeps_the_same_set_as_the_local_path(tmp_path, embedd
     assert stats["near_removed"] >= 30 and stats["exact_removed"] >= 10 and stats["quality_removed"] == 1
     assert pii_counts["email"] == 1
     assert not (tmp_path / "ray" / curation.INDEX).exists(), "the Ray path writes no index"
+    written = [(d["drop"], d["source"]) for d in read_records(tmp_path / "ray" / curation.DOCUMENTS)]
+    assert written == sorted(written), "kept documents are written in (drop, source) order"
     again = curation.plan(tmp_path / "ray", drops, cfg)
     assert again[0] == "full", "without an index the next run curates from scratch"
 

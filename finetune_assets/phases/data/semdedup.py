@@ -82,7 +82,7 @@ def embed_documents(
 
 
 def _load_embedder():
-    from finetune_assets.phases.evaluation.judge import EMBEDDER_PIP, load_embedder
+    from finetune_assets.phases.inference.embedder import EMBEDDER_PIP, load_embedder
 
     embedder = load_embedder()
     if embedder is None:

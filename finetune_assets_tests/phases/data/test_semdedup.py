@@ -10,7 +10,7 @@ from finetune_assets.io import write_records_parquet
 from finetune_assets.phases.data import curation, semdedup
 from finetune_assets.phases.data.corpus import make_document
 from finetune_assets.phases.data.dedup import dedup_texts
-from finetune_assets.phases.evaluation.judge import load_embedder
+from finetune_assets.phases.inference.embedder import load_embedder
 
 PAIRS = [
     (

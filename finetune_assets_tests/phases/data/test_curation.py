@@ -181,3 +181,32 @@ def test_documents_over_the_size_cap_are_set_aside_with_the_reason(tmp_path):
     assert "long.txt" not in _kept_sources(tmp_path / "out")
     generous = curation.curate(drops, tmp_path / "out2", DedupConfig())
     assert generous["stats"]["oversized"] == 0 and "long.txt" in _kept_sources(tmp_path / "out2")
+
+
+def test_a_full_curation_goes_to_ray_data_by_size_or_by_config(tmp_path):
+    drops = _drops(tmp_path)  # 8 documents
+    calls = []
+
+    def distributed(drops, out, cfg):
+        calls.append(out)
+        return curation.curate(drops, out, cfg.model_copy(update={"distributed": "never"}))
+
+    small = DedupConfig(distributed_min_documents=9)
+    assert curation.goes_distributed(drops, small) == (False, "8 documents < dedup.distributed_min_documents")
+    curation.curate(drops, tmp_path / "a", small, distributed=distributed)
+    assert calls == [], "below the size the local path runs"
+    assert curation.goes_distributed(drops, DedupConfig(distributed_min_documents=8))[0]
+    assert curation.goes_distributed(drops, DedupConfig(distributed="always"))[0]
+    assert not curation.goes_distributed(
+        drops, DedupConfig(distributed="never", distributed_min_documents=1)
+    )[0]
+    semantic = DedupConfig(distributed="always", semantic={"enabled": True})
+    assert curation.goes_distributed(drops, semantic) == (
+        False,
+        "dedup.semantic is enabled: the semantic stage runs on the local path",
+    )
+    summary = curation.curate(
+        drops, tmp_path / "b", DedupConfig(distributed="always"), distributed=distributed
+    )
+    assert calls == [tmp_path / "b"] and "on Ray Data: dedup.distributed is always" in summary["run"]["why"]
+    assert (tmp_path / "b" / curation.STATE).is_file(), "the state is written after the distributed run"

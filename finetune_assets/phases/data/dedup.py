@@ -147,14 +147,18 @@ class Signer:
 
     def _word_array(self, words: list) -> np.ndarray:
         """Each word's 64-bit hash (blake2b of its UTF-8 bytes; str and bytes words alike), cached."""
-        cache = self._word_hashes
         try:  # the common case once the vocabulary is known
-            return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+            return np.fromiter(map(self._word_hashes.__getitem__, words), dtype=np.uint64, count=len(words))
         except KeyError:
-            for word in set(words).difference(cache):
-                raw = word if isinstance(word, bytes) else word.encode()
-                cache[word] = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
-            return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+            self._learn(set(words))
+            return np.fromiter(map(self._word_hashes.__getitem__, words), dtype=np.uint64, count=len(words))
+
+    def _learn(self, words: set) -> None:
+        """Hash the words not cached yet (one set difference for many documents at once)."""
+        cache = self._word_hashes
+        for word in words.difference(cache):
+            raw = word if isinstance(word, bytes) else word.encode()
+            cache[word] = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
     def shingle_hashes(self, text: str) -> np.ndarray:
         """32-bit hashes of the k-word shingles (one for a text shorter than k words), duplicates included:
@@ -184,16 +188,19 @@ class Signer:
         Documents go in chunks of about ``chunk_rows`` shingles: hashed together, then MinHashed together."""
         out = np.empty((len(word_lists), self.num_perm), dtype=np.uint32)
         first = rows = 0
-        arrays: list[np.ndarray] = []
         for i, words in enumerate(word_lists):
-            arrays.append(self._word_array(words))
             rows += len(words)
             if rows >= self.chunk_rows or i == len(word_lists) - 1:
-                batch = self._hash_many(arrays)
+                chunk = word_lists[first : i + 1]
+                vocabulary: set = set()
+                for words_of_doc in chunk:
+                    vocabulary.update(words_of_doc)
+                self._learn(vocabulary)
+                batch = self._hash_many([self._word_array(w) for w in chunk])
                 if shingle_sets is not None:
-                    shingle_sets.extend(np.unique(h) for h in batch)
+                    shingle_sets.extend(_distinct_each(batch))
                 out[first : i + 1] = self._min_hash(batch)
-                arrays, first, rows = [], i + 1, 0
+                first, rows = i + 1, 0
         return out
 
     def _hash_many(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -222,6 +229,21 @@ class Signer:
         permuted = np.multiply(self._a[:, None], mixed)  # uint32 wraparound is the scheme's modulo 2^32
         np.add(permuted, self._b[:, None], out=permuted)
         return np.minimum.reduceat(permuted, starts, axis=1).T
+
+
+def _distinct_each(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """np.unique of each array, by one sort of them all (document index in the high 32 bits)."""
+    lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+    if not len(arrays) or not lengths.sum():
+        return [np.unique(a) for a in arrays]
+    owner = np.repeat(np.arange(len(arrays), dtype=np.uint64), lengths)
+    keyed = np.sort((owner << np.uint64(32)) | np.concatenate(arrays).astype(np.uint64))
+    first = np.ones(len(keyed), dtype=bool)
+    first[1:] = keyed[1:] != keyed[:-1]
+    keyed = keyed[first]
+    bounds = np.searchsorted(keyed >> np.uint64(32), np.arange(len(arrays) + 1, dtype=np.uint64))
+    values = (keyed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return [values[bounds[i] : bounds[i + 1]] for i in range(len(arrays))]
 
 
 Sign = Callable[[Sequence[str]], np.ndarray]

@@ -62,8 +62,10 @@ class SemanticDedupConfig(ConfigSection):
 
     enabled: bool = False
     # Cosine of two documents' embeddings. Rewritten summaries measured 0.75-0.87 against their page, short
-    # distinct pages on neighbouring topics up to 0.50 (the texts of finetune_assets_tests/.../test_semdedup.py).
-    threshold: float = Field(0.7, gt=0, le=1)
+    # distinct pages on neighbouring topics up to 0.50 (test_semdedup.py's texts); but whole Python-docs pages
+    # are alike to MiniLM: on the demo corpus 0.7 would remove 40% of it (bench/semdedup_demo.py), so the
+    # default only takes near-restatements. Lower it for a corpus of rewrites.
+    threshold: float = Field(0.9, gt=0, le=1)
     chunk_words: int = Field(128, ge=8, le=512)  # MiniLM reads 256 word pieces: ~128-200 words
     max_chunks: int = Field(4, ge=1, le=64)  # a document's embedding: the mean of its first chunks
     batch_size: int = Field(32, ge=1)

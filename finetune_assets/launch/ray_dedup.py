@@ -86,7 +86,7 @@ class _Prepare:
         rows.append(_side("pii", redacted["counts"]))
         features = [doc_features(d["text"]) for d in redacted["documents"]]
         shingle_sets: list = []
-        signatures = self.signer.signatures_of_words([words for _, words in features], shingle_sets)
+        signatures = self.signer.signatures_of_streams([stream for _, stream in features], shingle_sets)
         for doc, (key, _), signature, shingles in zip(redacted["documents"], features, signatures, shingle_sets,
                                                       strict=True):  # fmt: skip
             rows.append({"kind": "doc", "id": doc["id"], "order": order_key(doc), "key": key,

@@ -105,7 +105,7 @@ def index_params(cfg: DedupConfig) -> dict:
     keys = ("num_perm", "threshold", "shingle_words", "bands", "rows")
     return {
         "minhash_seed": MINHASH_SEED,
-        "signer": "affine32-rolled-blake2b",
+        "signer": "affine32-rolled-poly64",
         "verify": "exact-shingle-jaccard",
         **cfg.model_dump(include=set(keys)),
     }

@@ -101,40 +101,50 @@ def test_signer_is_datasketch_minhash_of_the_same_shingle_hashes():
         assert (reference.hashvalues == signature).all()
 
 
-def test_fast_tokens_and_batched_shingle_hashing_change_no_value():
-    """ASCII text is tokenized as bytes and shingles are rolled over many documents at once: every word,
-    exact key and signature must equal the plain per-document str path's."""
+def test_word_streams_and_batched_hashing_change_no_value():
+    """A chunk of documents is hashed as one byte array: every stream, exact key, word hash and signature
+    must equal the plain per-document computation (Horner's rule over each word's bytes)."""
     from datasketch import MinHash
 
     from finetune_assets.phases.data.dedup import (
+        _MIX,
+        _POLY,
         _WORD,
         Signer,
         doc_features,
         exact_key,
-        normalize,
-        strip_markup,
-        tokens,
+        word_stream,
     )
+
+    def horner(word: bytes) -> int:
+        h = 0
+        for byte in word:
+            h = (h * _POLY + byte) % 2**64
+        h ^= h >> 33
+        h = (h * int(_MIX)) % 2**64
+        return h ^ (h >> 29)
 
     texts = [_long_text(t) for t in TOPICS] + [
         "Ünïcode wörds, the ﬁ ligature and ASCII words " * 30,
         "",
         "two words",
     ]
+    streams = [doc_features(t)[1] for t in texts]
     for text in texts:
-        assert [w.decode() if isinstance(w, bytes) else w for w in tokens(text)] == _WORD.findall(
-            normalize(text)
-        )
+        assert word_stream(text) == " ".join(_WORD.findall(normalize(text))).encode()
         assert doc_features(text)[0] == exact_key(text)
     signer = Signer(num_perm=64, shingle_words=5, chunk_rows=2_000)  # several long documents a chunk
+    for stream, hashes in zip(streams, signer.word_hashes(streams), strict=True):
+        assert hashes.tolist() == [horner(w) for w in stream.split()]
     sets: list = []
-    signatures = signer.signatures_of_words([doc_features(t)[1] for t in texts], sets)
-    for text, signature, shingle_set in zip(texts, signatures, sets, strict=True):
-        plain = Signer(num_perm=64, shingle_words=5)._hash_words(_WORD.findall(normalize(strip_markup(text))))
+    signatures = signer.signatures_of_streams(streams, sets)
+    for text, stream, signature, shingle_set in zip(texts, streams, signatures, sets, strict=True):
+        alone = Signer(num_perm=64, shingle_words=5)
+        assert (alone.signatures_of_streams([stream])[0] == signature).all()
         reference = MinHash(num_perm=64, seed=1, hashfunc=int)
-        reference.update_batch(plain.tolist())
+        reference.update_batch(alone.shingle_hashes(text).tolist())
         assert (reference.hashvalues == signature).all()
-        assert (shingle_set == np.unique(plain)).all()
+        assert (shingle_set == np.unique(alone.shingle_hashes(text))).all()
 
 
 def _drops() -> list[list[dict]]:

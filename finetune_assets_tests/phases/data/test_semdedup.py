@@ -82,7 +82,7 @@ def test_semantic_dedup_removes_each_summary_for_its_page_and_keeps_distinct_pag
         + [f"d{i}" for i in range(len(DISTINCT))]
         + [f"s{i}" for i in range(len(SUMMARIES))]
     )
-    cfg = SemanticDedupConfig(enabled=True)
+    cfg = SemanticDedupConfig(enabled=True, threshold=0.7)
     vectors = semdedup.embed_documents(texts, cfg, semdedup.EmbeddingCache(tmp_path / "cache"), embedder)
     found = semdedup.find_semantic_duplicates(ids, vectors, cfg)
     assert {(f["id"], f["duplicate_of"]) for f in found} == {(f"s{i}", f"p{i}") for i in range(len(PAIRS))}
@@ -91,7 +91,7 @@ def test_semantic_dedup_removes_each_summary_for_its_page_and_keeps_distinct_pag
 
 
 def test_embeddings_are_cached_by_content_hash(embedder, tmp_path):
-    cfg = SemanticDedupConfig(enabled=True)
+    cfg = SemanticDedupConfig(enabled=True, threshold=0.7)
     cache = semdedup.EmbeddingCache(tmp_path / "cache")
     first = semdedup.embed_documents(DISTINCT, cfg, cache, embedder)
     cache.save()
@@ -116,7 +116,7 @@ def test_curation_counts_semantic_removals_like_the_others(embedder, tmp_path):
         d: write_records_parquet(docs, tmp_path / "raw" / d / "documents.parquet")
         for d, docs in drops.items()
     }
-    cfg = DedupConfig(semantic=SemanticDedupConfig(enabled=True), quality={"enabled": False})
+    cfg = DedupConfig(semantic=SemanticDedupConfig(enabled=True, threshold=0.7), quality={"enabled": False})
     summary = curation.curate(paths, tmp_path / "out", cfg)
     assert summary["stats"]["semantic_removed"] == len(SUMMARIES)
     report = json.loads((tmp_path / "out" / curation.REPORT).read_text())

@@ -12,11 +12,11 @@ What it does, all in one process on one core:
    (``--spread fixed``). The true Jaccard similarity of every copy to its base is computed exactly from the
    5-word shingle sets; a pair is a true duplicate when it is >= the threshold.
 2. Runs the graph's dedup (phases.data.dedup.find_duplicates: Signer + LSH + the estimate as pre-filter +
-   exact shingle Jaccard) and the baselines: the same exact pass, the same LSH and the same exact
-   verification, but each document signed the straightforward way, ``m = MinHash(num_perm); for s in
-   shingles: m.update(s)`` (or datasketch's MinHash.bulk); and, for the quality comparison, that loop deciding
-   by the MinHash estimate alone (how dedup_corpus decided before exact verification). All see the same
-   documents in the same order.
+   exact shingle Jaccard) and the baselines: the same exact pass, the same LSH (BandIndex) and exact
+   verification (of Python sets of shingle strings), but each document signed the straightforward way,
+   ``m = MinHash(num_perm); for s in shingles: m.update(s)`` (or datasketch's MinHash.bulk); and, for the
+   quality comparison, that loop deciding by the MinHash estimate alone (how dedup_corpus decided before
+   exact verification). All see the same documents in the same order.
 3. Reports documents per second per core, their ratios, the peak memory each allocates (tracemalloc, in a
    separate untimed run), the seconds of each stage of ours (shingle: tokenize and exact keys; sign: shingle
    hashes and MinHash; lsh: query and insert; verify: estimate pre-filter and exact Jaccard; read and write:
@@ -42,6 +42,7 @@ from datasketch import MinHash, MinHashLSH
 
 from finetune_assets.phases.data import demo_seed
 from finetune_assets.phases.data.dedup import exact_key, find_duplicates, shingles
+from finetune_assets.phases.data.dedup_index import BandIndex
 from finetune_assets.phases.text import rst
 
 # Word-edit rates of the near-copies. With 5-word shingles one edit touches up to 5 shingles, so the
@@ -116,10 +117,12 @@ def baseline_dedup(
     margin: float = 0.15,
 ) -> list[dict]:
     """The graph's algorithm with datasketch's straightforward signing: one MinHash per document,
-    updated shingle by shingle (``bulk``: datasketch's MinHash.bulk instead, for reference) and
-    datasketch's MinHashLSH; candidates pre-filtered by the estimate and decided by the exact Jaccard of the
-    shingle sets (``exact=False``: by the estimate alone)."""
-    lsh = MinHashLSH(threshold=threshold * 0.8, num_perm=num_perm)
+    updated shingle by shingle (``bulk``: datasketch's MinHash.bulk instead, for reference); the same LSH as
+    ours (BandIndex, with the bands and rows datasketch picks); candidates pre-filtered by the estimate and
+    decided by the exact Jaccard of the shingle sets (``exact=False``: by the estimate alone). Each
+    document's shingles are computed once."""
+    banding = MinHashLSH(threshold=threshold * 0.8, num_perm=num_perm)
+    lsh = BandIndex(banding.b, banding.r)
     first_by_key, sketches, sets, removed = {}, {}, {}, []
     bulk_sketches = iter(MinHash.bulk([shingles(t, k) for t in texts], num_perm=num_perm)) if bulk else None
     for i, text in enumerate(texts):
@@ -129,13 +132,14 @@ def baseline_dedup(
             removed.append({"index": i, "duplicate_of": first_by_key[key]})
             continue
         first_by_key[key] = i
+        mine = shingles(text, k)
         if not bulk:
             m = MinHash(num_perm=num_perm)
-            for shingle in shingles(text, k):
+            for shingle in mine:
                 m.update(shingle)
+        mine = set(mine) if exact else None
         best, best_j = None, 0.0
-        mine = set(shingles(text, k)) if exact else None
-        for candidate in sorted(lsh.query(m)):
+        for candidate in sorted(lsh.query(m.hashvalues)):
             j = m.jaccard(sketches[candidate])
             if exact:
                 if j < threshold - margin:
@@ -144,7 +148,7 @@ def baseline_dedup(
             if j >= threshold and j > best_j:
                 best, best_j = candidate, j
         if best is None:
-            lsh.insert(i, m)
+            lsh.insert(i, m.hashvalues)
             sketches[i] = m
             if exact:
                 sets[i] = mine

@@ -225,7 +225,27 @@ class TrainConfig(ConfigSection):
     num_generations: int = Field(4, ge=2)
     max_completion_length: int = Field(64, ge=4)
     max_steps: int = Field(30, ge=1)
+    # Epochs instead of steps: when set, training runs this many passes over the data and max_steps is not
+    # used (transformers' num_train_epochs; fractions allowed).
+    epochs: float | None = Field(None, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
+    # The learning-rate schedule (transformers' lr_scheduler_type): warmup over warmup_ratio of the steps or
+    # warmup_steps steps (one of them), then linear or cosine decay to 0, or constant.
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay (0.01 is common)
+    max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping
+    # Evaluate on the validation split every eval_steps steps (0: once, after training). With
+    # early_stopping_patience > 0, training stops after that many evaluations without an improvement of
+    # best_metric by more than early_stopping_min_delta, and the best evaluated checkpoint is the result
+    # (load_best_at_end). SFT stages only: preference data has no validation split.
+    eval_steps: int = Field(0, ge=0)
+    early_stopping_patience: int = Field(0, ge=0)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    best_metric: str = "eval_loss"
+    greater_is_better: bool = False
+    load_best_at_end: bool = True
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
@@ -257,6 +277,14 @@ class TrainConfig(ConfigSection):
     # goes to the artifact store and a restarted worker resumes from the latest one. 0: no checkpoints.
     checkpoint_steps: int = Field(50, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _schedule(self):
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("set warmup_ratio or warmup_steps, not both")
+        if self.early_stopping_patience and not self.eval_steps:
+            raise ValueError("early_stopping_patience needs eval_steps > 0 (how often to evaluate)")
+        return self
 
     @model_validator(mode="after")
     def _whole_grpo_groups(self):

@@ -85,7 +85,7 @@ def sft(
         # without packing, batches of similar lengths waste less compute on padding
         sampling = {} if packing else {"train_sampling_strategy": "group_by_length"}
         args = SFTConfig(
-            **common_args(cfg, scratch, deepspeed),
+            **common_args(cfg, scratch, deepspeed, evaluation=eval_ds is not None),
             **sampling,
             assistant_only_loss=True,
             packing=packing,
@@ -100,6 +100,7 @@ def sft(
             peft_config=peft_config(cfg),
             callbacks=callbacks,
         )
+        add_early_stopping(trainer, cfg)
         return train_and_save(
             trainer, tokenizer, "sft", out_dir, ray_context=ray_context, extra={"packing": packing}
         )
@@ -393,13 +394,16 @@ def peft_config(cfg: TrainConfig):
     )
 
 
-def common_args(cfg: TrainConfig, output_dir: str, deepspeed: dict | None = None) -> dict:
-    """Arguments shared by SFTConfig and DPOConfig (trl 1.16 / transformers 5 names)."""
+def common_args(
+    cfg: TrainConfig, output_dir: str, deepspeed: dict | None = None, evaluation: bool = False
+) -> dict:
+    """Arguments shared by SFTConfig and DPOConfig (trl 1.16 / transformers 5 names). ``evaluation``: the
+    trainer has a validation set, so cfg.eval_steps and early stopping apply."""
     cuda = _on_cuda()
     precision, _ = resolve_precision(cfg.precision)
     return {
+        **_schedule_args(cfg),
         "output_dir": output_dir,
-        "max_steps": cfg.max_steps,
         "learning_rate": cfg.learning_rate,
         "per_device_train_batch_size": cfg.per_device_batch_size,
         "per_device_eval_batch_size": cfg.per_device_batch_size,
@@ -414,6 +418,7 @@ def common_args(cfg: TrainConfig, output_dir: str, deepspeed: dict | None = None
         "save_steps": cfg.checkpoint_steps or 500,
         "save_total_limit": 1,
         "eval_strategy": "no",
+        **(_evaluation_args(cfg) if evaluation else {}),
         "use_cpu": not cuda,
         # bf16 autocast (on CPU too: use_cpu + bf16 runs torch.autocast("cpu")); the weights stay fp32
         "bf16": precision == "bf16",
@@ -424,6 +429,42 @@ def common_args(cfg: TrainConfig, output_dir: str, deepspeed: dict | None = None
         "include_num_input_tokens_seen": "non_padding",  # real token counts for tokens_per_s
         "deepspeed": deepspeed,
     }
+
+
+def _schedule_args(cfg: TrainConfig) -> dict:
+    """Length and schedule: max_steps or epochs, warmup (a ratio below 1 is transformers 5's warmup_steps
+    convention), the scheduler, weight decay and clipping."""
+    length = {"max_steps": -1, "num_train_epochs": cfg.epochs} if cfg.epochs else {"max_steps": cfg.max_steps}
+    return {
+        **length,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "warmup_steps": cfg.warmup_ratio or cfg.warmup_steps,
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+    }
+
+
+def _evaluation_args(cfg: TrainConfig) -> dict:
+    """Evaluation every cfg.eval_steps; keeping the best checkpoint needs a save at every evaluation."""
+    if not cfg.eval_steps:
+        return {}
+    best = cfg.load_best_at_end or cfg.early_stopping_patience > 0
+    keep = {"load_best_model_at_end": True, "save_strategy": "steps", "save_steps": cfg.eval_steps,
+            "save_total_limit": 2} if best else {}  # fmt: skip
+    return {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "metric_for_best_model": cfg.best_metric,
+            "greater_is_better": cfg.greater_is_better, **keep}  # fmt: skip
+
+
+def add_early_stopping(trainer, cfg: TrainConfig) -> None:
+    """transformers' EarlyStoppingCallback when cfg asks for it (and the trainer has a validation set)."""
+    if cfg.early_stopping_patience and trainer.eval_dataset is not None:
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(
+            EarlyStoppingCallback(
+                cfg.early_stopping_patience, early_stopping_threshold=cfg.early_stopping_min_delta
+            )
+        )
 
 
 def train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_context: bool, extra=None) -> dict:
@@ -448,6 +489,12 @@ def train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_contex
     summary = run_summary(trainer, method, output.metrics, wall, before)
     summary.update(extra or {})
     summary["resumed_from_step"] = resumed_from
+    summary["planned_steps"] = int(trainer.state.max_steps)
+    summary["stopped_early"] = int(summary["steps"] < summary["planned_steps"])  # a number: MLflow logs it
+    if trainer.state.best_metric is not None:  # evaluated during training (eval_steps)
+        summary["best_metric"] = float(trainer.state.best_metric)
+        best = trainer.state.best_model_checkpoint  # ".../checkpoint-<step>"
+        summary["best_checkpoint_step"] = int(Path(best).name.rsplit("-", 1)[-1]) if best else None
     if "eval_loss" in eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
     model = trainer.model

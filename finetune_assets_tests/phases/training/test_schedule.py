@@ -15,7 +15,7 @@ BASE = {"max_steps": 10, "learning_rate": 1e-2, "per_device_batch_size": 4, "lor
 
 
 class Logs(TrainerCallback):
-    """Every log line with its global step (transformers logs the learning rate after each step)."""
+    """Every log line with its global step (a step's line holds the learning rate that step used)."""
 
     def __init__(self):
         self.rows = []
@@ -39,10 +39,11 @@ def test_cosine_with_warmup_steps_follows_the_formula(tmp_path, tiny_model_dir, 
     summary, rows = _train(tmp_path, tiny_model_dir, tiny_chat_rows, lr_scheduler="cosine", warmup_steps=3)
     total, warm, peak = 10, 3, 1e-2
 
-    def expected(step):  # the rate after `step` optimizer steps
-        if step < warm:
-            return peak * step / warm
-        return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+    def expected(step):  # the rate step `step` (from 1) trained at: the schedule after step - 1 updates
+        done = step - 1
+        if done < warm:
+            return peak * done / warm
+        return peak * 0.5 * (1 + math.cos(math.pi * (done - warm) / (total - warm)))
 
     lrs = _lr_by_step(rows)
     assert sorted(lrs) == list(range(1, total + 1)) and summary["steps"] == total
@@ -54,7 +55,8 @@ def test_linear_with_a_warmup_ratio_and_constant_rates(tmp_path, tiny_model_dir,
     _, rows = _train(tmp_path / "linear", tiny_model_dir, tiny_chat_rows, warmup_ratio=0.2)
     warm = math.ceil(10 * 0.2)
     for step, lr in _lr_by_step(rows).items():
-        want = 1e-2 * (step / warm if step < warm else max(0.0, (10 - step) / (10 - warm)))
+        done = step - 1
+        want = 1e-2 * (done / warm if done < warm else max(0.0, (10 - done) / (10 - warm)))
         assert lr == pytest.approx(want, rel=1e-6, abs=1e-12), (step, lr)
     _, rows = _train(tmp_path / "constant", tiny_model_dir, tiny_chat_rows, lr_scheduler="constant")
     assert set(_lr_by_step(rows).values()) == {1e-2}

@@ -48,6 +48,7 @@ from finetune_assets.phases.training.examples import (
     to_kto_example,
     to_preference_example,
 )
+from finetune_assets.phases.training.schedule import add_early_stopping, evaluation_args, schedule_args
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ def common_args(
     cuda = _on_cuda()
     precision, _ = resolve_precision(cfg.precision)
     return {
-        **_schedule_args(cfg),
+        **schedule_args(cfg),
         "output_dir": output_dir,
         "learning_rate": cfg.learning_rate,
         "per_device_train_batch_size": cfg.per_device_batch_size,
@@ -418,7 +419,7 @@ def common_args(
         "save_steps": cfg.checkpoint_steps or 500,
         "save_total_limit": 1,
         "eval_strategy": "no",
-        **(_evaluation_args(cfg) if evaluation else {}),
+        **(evaluation_args(cfg) if evaluation else {}),
         "use_cpu": not cuda,
         # bf16 autocast (on CPU too: use_cpu + bf16 runs torch.autocast("cpu")); the weights stay fp32
         "bf16": precision == "bf16",
@@ -429,42 +430,6 @@ def common_args(
         "include_num_input_tokens_seen": "non_padding",  # real token counts for tokens_per_s
         "deepspeed": deepspeed,
     }
-
-
-def _schedule_args(cfg: TrainConfig) -> dict:
-    """Length and schedule: max_steps or epochs, warmup (a ratio below 1 is transformers 5's warmup_steps
-    convention), the scheduler, weight decay and clipping."""
-    length = {"max_steps": -1, "num_train_epochs": cfg.epochs} if cfg.epochs else {"max_steps": cfg.max_steps}
-    return {
-        **length,
-        "lr_scheduler_type": cfg.lr_scheduler,
-        "warmup_steps": cfg.warmup_ratio or cfg.warmup_steps,
-        "weight_decay": cfg.weight_decay,
-        "max_grad_norm": cfg.max_grad_norm,
-    }
-
-
-def _evaluation_args(cfg: TrainConfig) -> dict:
-    """Evaluation every cfg.eval_steps; keeping the best checkpoint needs a save at every evaluation."""
-    if not cfg.eval_steps:
-        return {}
-    best = cfg.load_best_at_end or cfg.early_stopping_patience > 0
-    keep = {"load_best_model_at_end": True, "save_strategy": "steps", "save_steps": cfg.eval_steps,
-            "save_total_limit": 2} if best else {}  # fmt: skip
-    return {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "metric_for_best_model": cfg.best_metric,
-            "greater_is_better": cfg.greater_is_better, **keep}  # fmt: skip
-
-
-def add_early_stopping(trainer, cfg: TrainConfig) -> None:
-    """transformers' EarlyStoppingCallback when cfg asks for it (and the trainer has a validation set)."""
-    if cfg.early_stopping_patience and trainer.eval_dataset is not None:
-        from transformers import EarlyStoppingCallback
-
-        trainer.add_callback(
-            EarlyStoppingCallback(
-                cfg.early_stopping_patience, early_stopping_threshold=cfg.early_stopping_min_delta
-            )
-        )
 
 
 def train_and_save(trainer, tokenizer, method: str, out_dir: Path, *, ray_context: bool, extra=None) -> dict:

@@ -258,6 +258,10 @@ class TrainConfig(ConfigSection):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: str | list[str] = "all-linear"
+    # The first K decoder layers get no update: no LoRA adapter there, or (full) frozen with the embeddings.
+    freeze_layers: int = Field(0, ge=0)
+    # Layer-wise learning-rate decay: decoder layer i of L learns at learning_rate * d^(L-1-i) (1: off).
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1)
     beta: float = Field(0.1, gt=0)  # DPO only
     # DPO only: add this weight x the NLL of the chosen answer to the DPO loss (RPO, trl loss_type
     # ["sigmoid", "sft"]). DPO alone lowers the chosen answer's likelihood too, and on small pair sets it

@@ -48,6 +48,12 @@ from finetune_assets.phases.training.examples import (
     to_kto_example,
     to_preference_example,
 )
+from finetune_assets.phases.training.layers import (
+    adapted_layers,
+    freeze_full_layers,
+    layerwise_optimizer,
+    linear_module_names,
+)
 from finetune_assets.phases.training.schedule import add_early_stopping, evaluation_args, schedule_args
 
 log = logging.getLogger(__name__)
@@ -98,9 +104,10 @@ def sft(
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tokenizer,
-            peft_config=peft_config(cfg),
+            peft_config=peft_config(cfg, model),
             callbacks=callbacks,
         )
+        apply_layer_settings(trainer, cfg)
         add_early_stopping(trainer, cfg)
         return train_and_save(
             trainer, tokenizer, "sft", out_dir, ray_context=ray_context, extra={"packing": packing}
@@ -261,8 +268,9 @@ def _preference_run(
             args=config_cls(**common_args(cfg, scratch, deepspeed), beta=cfg.beta, **method_args),
             train_dataset=as_dataset(examples),
             processing_class=tokenizer,
-            peft_config=peft_config(cfg),
+            peft_config=peft_config(cfg, model),
         )
+        apply_layer_settings(trainer, cfg)
         return train_and_save(trainer, tokenizer, method, out_dir, ray_context=ray_context)
 
 
@@ -380,19 +388,37 @@ def _base_dtype(cfg: TrainConfig):
     return torch.bfloat16 if bf16 else torch.float32
 
 
-def peft_config(cfg: TrainConfig):
-    """LoRA on ``cfg.lora_target_modules`` for lora and qlora; None (train every weight) for full."""
+def peft_config(cfg: TrainConfig, model=None):
+    """LoRA on ``cfg.lora_target_modules`` (of the layers cfg.freeze_layers leaves in ``model``) for lora and
+    qlora; None (train every weight) for full."""
     if cfg.adapter == "full":
         return None
     from peft import LoraConfig
 
+    layers = adapted_layers(cfg, model.config.num_hidden_layers) if model is not None else None
+    targets = cfg.lora_target_modules
+    if layers is not None and isinstance(targets, str):  # peft takes chosen layers with named modules only
+        targets = linear_module_names(model)
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
+
+
+def apply_layer_settings(trainer, cfg: TrainConfig) -> None:
+    """cfg.freeze_layers for full fine-tuning and cfg.layerwise_lr_decay's optimizer, on a built trainer
+    (after peft wrapped the model, so the adapter's weights are the trainable ones)."""
+    if cfg.adapter == "full":
+        freeze_full_layers(trainer.model, cfg)
+    optimizer = layerwise_optimizer(trainer.model, cfg)
+    if optimizer is not None and trainer.args.deepspeed:
+        raise ValueError("layerwise_lr_decay builds its own optimizer, which DeepSpeed replaces: set it to 1")
+    if optimizer is not None:
+        trainer.optimizer = optimizer  # the trainer schedules it (each group's lr scaled by the schedule)
 
 
 def common_args(

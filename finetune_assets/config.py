@@ -258,6 +258,10 @@ class TrainConfig(ConfigSection):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: str | list[str] = "all-linear"
+    # INST stage: per-source mixing of the instruction set's train split, {generator: factor}: each named
+    # generator's rows are resampled to factor x their count (2 doubles a source, 0.5 halves it, 0 drops it;
+    # seeded), unnamed ones stay as they are. The validation split is never resampled.
+    mix_weights: dict[str, float] = {}
     # The first K decoder layers get no update: no LoRA adapter there, or (full) frozen with the embeddings.
     freeze_layers: int = Field(0, ge=0)
     # Layer-wise learning-rate decay: decoder layer i of L learns at learning_rate * d^(L-1-i) (1: off).
@@ -288,6 +292,9 @@ class TrainConfig(ConfigSection):
             raise ValueError("set warmup_ratio or warmup_steps, not both")
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("early_stopping_patience needs eval_steps > 0 (how often to evaluate)")
+        negative = sorted(g for g, w in self.mix_weights.items() if w < 0)
+        if negative:
+            raise ValueError(f"mix_weights must be >= 0 (0 drops a source); negative for {negative}")
         return self
 
     @model_validator(mode="after")

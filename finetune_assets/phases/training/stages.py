@@ -8,6 +8,7 @@ The runner (launch.ray_train.run_training bound to a cluster) and the tracker co
 sits above phases/, and a fake runner lets the tests drive the whole step without Ray or Dagster.
 """
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,18 +61,37 @@ class TrainedVariant:
     reused: bool  # True when the folder already held this exact run
 
 
-def sft_data(rows: list[dict]) -> dict:
-    """SFT's data arguments: the train split to learn from, the validation split for eval loss."""
+def sft_data(rows: list[dict], mix_weights: dict[str, float] | None = None, seed: int = 0) -> dict:
+    """SFT's data arguments: the train split to learn from (mixed by ``mix_weights``), the validation split
+    for eval loss."""
+    train = [r for r in rows if r["split"] == "train"]
     return {
-        "train_rows": [r for r in rows if r["split"] == "train"],
+        "train_rows": mix_by_source(train, mix_weights or {}, seed),
         "eval_rows": [r for r in rows if r["split"] == "validation"],
     }
+
+
+def mix_by_source(rows: list[dict], weights: dict[str, float], seed: int = 0) -> list[dict]:
+    """Each named generator's rows resampled to weight x their count: whole copies for the integer part, a
+    seeded sample without replacement for the rest; other generators' rows unchanged, order kept."""
+    unknown = sorted(set(weights) - {r["generator"] for r in rows})
+    if unknown:
+        raise ValueError(f"mix_weights names generators the instruction set does not have: {unknown}")
+    rng = random.Random(seed)
+    out: list[dict] = []
+    for generator in dict.fromkeys(r["generator"] for r in rows):
+        group = [r for r in rows if r["generator"] == generator]
+        weight = weights.get(generator, 1.0)
+        whole, extra = int(weight), round((weight - int(weight)) * len(group))
+        out += group * whole + rng.sample(group, extra)
+    return out
 
 
 def inst_stage(instruction_dir: Path, *, start_dir: Path, cfg: TrainConfig) -> Stage:
     """The INST model: SFT on the instruction set."""
     path = Path(instruction_dir) / INSTRUCTIONS_FILE
-    return Stage("inst", "sft", start_dir, cfg, sft_data(io.read_records(path)), {"instruction_set": path})
+    data = sft_data(io.read_records(path), cfg.mix_weights, cfg.seed)
+    return Stage("inst", "sft", start_dir, cfg, data, {"instruction_set": path})
 
 
 def dpo_stage(pairs_dir: Path, *, start_dir: Path, cfg: TrainConfig) -> Stage:

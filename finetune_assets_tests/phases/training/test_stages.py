@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from finetune_assets import io
-from finetune_assets.config import ModelConfig, ScalingConfig
+from finetune_assets.config import ModelConfig, ScalingConfig, TrainConfig
 from finetune_assets.phases.data import preference_set
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE
 from finetune_assets.phases.training import stages
@@ -147,3 +147,20 @@ def test_ray_tags_say_where_a_run_trained():
         "ray_address": "10.0.0.5:6379", "ray_job_id": "02000000", "ray_cluster": "external"
     }  # fmt: skip
     assert stages.ray_tags({"steps": 3}) == {}  # a runner that is not Ray's (the tests' fake one)
+
+
+def test_mix_weights_resample_each_named_source_and_leave_the_rest():
+    from finetune_assets.phases.training.stages import mix_by_source, sft_data
+
+    rows = [{"id": f"{g}{i}", "generator": g, "split": "train"} for g in "abcd" for i in range(10)]
+    rows += [{"id": f"v{i}", "generator": "a", "split": "validation"} for i in range(3)]
+    data = sft_data(rows, {"a": 2.0, "b": 0.5, "c": 0.0}, seed=1)
+    counts = {g: sum(r["generator"] == g for r in data["train_rows"]) for g in "abcd"}
+    assert counts == {"a": 20, "b": 5, "c": 0, "d": 10}
+    assert len(data["eval_rows"]) == 3, "the validation split is never resampled"
+    assert mix_by_source(rows[:40], {"b": 0.5}, seed=1) == mix_by_source(rows[:40], {"b": 0.5}, seed=1)
+    assert sft_data(rows)["train_rows"] == rows[:40], "no weights: the train split as it is"
+    with pytest.raises(ValueError, match="does not have"):
+        mix_by_source(rows, {"nope": 1.0})
+    with pytest.raises(ValueError, match="mix_weights must be >= 0"):
+        TrainConfig(mix_weights={"a": -1.0})

@@ -7,6 +7,7 @@ finetune-assets serve MODEL_DIR         an OpenAI-compatible endpoint on 127.0.0
 finetune-assets export MODEL_DIR|models:/... --output DIR [--outtype q8_0]
                                         GGUF + Ollama Modelfile, checked against the source (template, logits)
 finetune-assets dedup INPUT... --output DIR   MinHash LSH dedup of JSONL files / text folders
+finetune-assets sweep sft [--trials N]       hyperparameter study of the SFT stage (Ray Tune, Optuna, ASHA)
 finetune-assets compare [--last N] [--run DAGSTER_RUN_ID ...] [--metrics a,b] [--format markdown|csv]
                                         the variants' evaluation metrics across pipeline runs, from MLflow
                                         (MLFLOW_TRACKING_URI, default: sqlite under FINETUNE_ASSETS_HOME)
@@ -21,6 +22,7 @@ finetune-assets stack up|down|status    the production layout on 127.0.0.1: Post
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -43,6 +45,33 @@ def prepare_environment() -> Path:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return home
+
+
+def cmd_sweep(args) -> int:
+    """Materialize hpo_study (the base model and instruction set must exist: run the demo first)."""
+    os.environ["FINETUNE_ASSETS_PROFILE"] = args.profile
+    prepare_environment()
+    import dagster as dg
+
+    from finetune_assets.config import ConfigError
+    from finetune_assets.definitions import all_assets
+    from finetune_assets.defs.resources import default_resources
+    from finetune_assets.phases.training import sweep
+    from finetune_assets.recipe import load_profile
+
+    if load_profile(args.profile).sweep.stage != args.stage:
+        raise ConfigError(f"the recipe's sweep.stage is not {args.stage!r}; set sweep.stage in the recipe")
+    resources = default_resources()
+    config = {"ops": {"hpo_study": {"config": {"trials": args.trials}}}} if args.trials else None
+    result = dg.materialize(all_assets, instance=dg.DagsterInstance.get(), resources=resources,
+                            selection=["hpo_study"], run_config=config)  # fmt: skip
+    out = resources["store"].path("hpo_study")
+    study = json.loads((out / sweep.TRIALS_FILE).read_text())
+    print(f"{study['counts']}; best: {study['best']}")
+    print(
+        f"best settings: {out / sweep.BEST_FILE} (train with them: inst_model's use_study, or recipe: that file)"
+    )
+    return 0 if result.success else 1
 
 
 def cmd_demo(args) -> int:
@@ -336,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="finetune-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="hyperparameter study of a training stage on Ray Tune (hpo_study)")
+    sweep.add_argument("stage", choices=["sft"], help="the stage whose settings are searched")
+    sweep.add_argument("--profile", default=os.environ.get("FINETUNE_ASSETS_PROFILE", "demo"))
+    sweep.add_argument("--trials", type=int, help="override the recipe's sweep.trials")
+    sweep.set_defaults(func=cmd_sweep)
     demo = sub.add_parser("demo", help="materialize the whole asset graph on the demo data")
     demo.add_argument("--profile", default=os.environ.get("FINETUNE_ASSETS_PROFILE", "demo"))
     demo.set_defaults(func=cmd_demo)

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from finetune_assets.defs import automation, data, evaluation, serving, training
+from finetune_assets.defs import automation, data, evaluation, serving, training, tuning
 from finetune_assets.defs.resources import default_resources
 
-all_assets = dg.load_assets_from_modules([data, serving, training, evaluation])
+all_assets = dg.load_assets_from_modules([data, serving, training, tuning, evaluation])
 
 defs = dg.Definitions(
     assets=all_assets,

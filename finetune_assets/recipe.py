@@ -25,6 +25,7 @@ from finetune_assets.config import (
     ServingConfig,
     TrainConfig,
 )
+from finetune_assets.config_sweep import SweepConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -48,6 +49,14 @@ class Profile(ConfigSection):
     guardrails: GuardrailsConfig = GuardrailsConfig()
     automation: AutomationConfig = AutomationConfig()
     serving: ServingConfig = ServingConfig()
+    sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="after")
+    def _sweep_space_names_stage_settings(self):
+        unknown = sorted(set(self.sweep.space) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"sweep.space names settings a training stage does not have: {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _qlora_needs_gpu(self):
@@ -72,6 +81,11 @@ def load_profile(name_or_path: str, recipes_dir: Path = RECIPES_DIR) -> Profile:
     raw, path = _read_recipe(name_or_path, recipes_dir, seen=())
     raw.setdefault("name", path.stem)  # an extended recipe's name is not inherited
     return validate_profile(raw, origin=str(path))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """The file a profile name or path loads from (absolute): what another recipe can extend from anywhere."""
+    return _recipe_path(name_or_path, RECIPES_DIR).resolve()
 
 
 def _recipe_path(name_or_path: str, recipes_dir: Path) -> Path:

@@ -125,6 +125,20 @@ class Tracker:
         # The parent ends with its latest child (no pipeline-level hook needed): never left RUNNING.
         self.client.set_terminated(parent, status="FINISHED")
 
+    def child_run(
+        self, parent_run_id: str, name: str, params: dict, curves: dict, tags: dict | None = None
+    ) -> str:
+        """A finished run under ``parent_run_id`` with ``params`` and per-step ``curves`` ({metric: [(step,
+        value)]}): one trial of a hyperparameter study."""
+        all_tags = {"mlflow.parentRunId": parent_run_id, **{k: str(v) for k, v in (tags or {}).items()}}
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+        self.log_params(run_id, params)
+        for metric, values in curves.items():
+            self.log_metric_history(run_id, metric, values)
+        failed = (tags or {}).get("status") == "error"
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        return run_id
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value))

@@ -57,6 +57,7 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
         "champion",
         "online_feedback",
         "ab_report",
+        "hpo_study",
     }
 
     # Training streamed its steps into the Dagster run's log, and says where it ran (asset metadata too).
@@ -238,6 +239,25 @@ def test_whole_graph_on_smoke_profile(fa_home, instance):
     (event,) = changed.get_asset_materialization_events()
     assert event.materialization.metadata["reused"].value is False
     assert json.loads((store.path("inst_model") / "train_summary.json").read_text())["steps"] == 5
+
+    # A study of the SFT stage on Ray Tune (smoke: 6 trials on the validation split), then inst_model on the
+    # best settings it found, naming the study.
+    studied = dg.materialize(assets, instance=instance, resources=resources, selection=["hpo_study"])
+    (event,) = studied.get_asset_materialization_events()
+    study = json.loads((store.path("hpo_study") / "trials.json").read_text())
+    assert study["counts"]["trials"] == 6 and study["counts"]["failed"] == 0
+    assert study["counts"]["stopped_early"] >= 1, "ASHA stopped a trailing trial"
+    best = study["best"]["settings"]
+    run_id = event.materialization.metadata["mlflow_run_id"].value
+    children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert len(children) == 6 and all(c.data.metrics.get("eval_loss") is not None for c in children)
+    picked = dg.materialize(assets, instance=instance, resources=resources, selection=["inst_model"],
+                            run_config={"ops": {"inst_model": {"config": {"use_study": True}}}})  # fmt: skip
+    (event,) = picked.get_asset_materialization_events()
+    applied = event.materialization.metadata["settings_from_study"].value
+    assert applied["settings"] == best and applied["study"] == f"mlflow run {run_id}"
+    trained_with = tracker.client.get_run(event.materialization.metadata["mlflow_run_id"].value).data.params
+    assert float(trained_with["train.learning_rate"]) == pytest.approx(best["learning_rate"])
 
 
 def test_empty_drop_stops_with_a_message(fa_home, instance):

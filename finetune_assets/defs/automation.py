@@ -10,6 +10,7 @@ import dagster as dg
 from finetune_assets.defs.data import data_drops, raw_corpus
 from finetune_assets.defs.resources import ArtifactStore, RecipeResource, RequestLogResource
 from finetune_assets.defs.serving import online_feedback
+from finetune_assets.defs.tuning import hpo_study
 from finetune_assets.phases.data import corpus
 
 # One process per run: every step shares one embedded Ray (ray.init once per run, not once per asset).
@@ -19,10 +20,12 @@ ingest_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 # online_feedback (daily partitions) has a job of its own: the retrain merges the days already ingested.
+# hpo_study is started on purpose (its trials are training runs), never by a retrain.
 retrain_job = dg.define_asset_job(
     "retrain",
     selection=dg.AssetSelection.assets(raw_corpus).downstream(include_self=False)
-    - dg.AssetSelection.assets(online_feedback),
+    - dg.AssetSelection.assets(online_feedback)
+    - dg.AssetSelection.assets(hpo_study),
     executor_def=dg.in_process_executor,
 )
 feedback_job = dg.define_asset_job(

@@ -31,7 +31,7 @@ from finetune_assets.phases.data import online_feedback as online_feedback_phase
 from finetune_assets.phases.data import preference_set
 from finetune_assets.phases.data.instruction_set import RECORDS_FILE as INSTRUCTIONS_FILE
 from finetune_assets.phases.evaluation import redteam
-from finetune_assets.phases.training import stages
+from finetune_assets.phases.training import stages, sweep
 from finetune_assets.recipe import load_profile
 from finetune_assets.tracking import flatten
 
@@ -51,11 +51,24 @@ class TrainOverrides(dg.Config):
     )
     max_steps: int | None = Field(None, description="Override the recipe's max_steps.")
     learning_rate: float | None = Field(None, description="Override the recipe's learning rate.")
+    use_study: bool = Field(
+        False,
+        description="inst_model: train with hpo_study's best settings (its best.yaml), overrides on top.",
+    )
 
-    def stage(self, run_recipe: "RecipeResource", stage: str) -> TrainConfig:
-        """The ``stage`` section (sft, dpo, tr) of the chosen recipe, with the overrides applied."""
+    def stage(
+        self, run_recipe: "RecipeResource", stage: str, store: "ArtifactStore | None" = None
+    ) -> TrainConfig:
+        """The ``stage`` section (sft, dpo, tr) of the chosen recipe, with the study's best settings (when
+        use_study) and the overrides applied."""
 
         base = getattr(load_profile(self.recipe) if self.recipe else run_recipe.load(), stage)
+        if self.use_study:
+            if stage != "sft" or store is None:
+                raise ValueError(
+                    f"use_study applies to inst_model (the sft stage the study searched), not {stage}"
+                )
+            base, _ = sweep.apply_best(base, store.path("hpo_study"))
         changes = {
             k: v for k, v in {"max_steps": self.max_steps, "learning_rate": self.learning_rate}.items() if v
         }
@@ -169,8 +182,9 @@ def _train_variant(
     store: ArtifactStore,
     ray: RayResource,
     mlflow: MlflowResource,
+    extra: dict | None = None,
 ) -> dg.MaterializeResult:
-    """Around stages.train_variant: the asset's MLflow run, its log lines and its metadata."""
+    """Around stages.train_variant: the asset's MLflow run, its log lines and its metadata (+ ``extra``)."""
 
     profile = recipe.load()
     asset = context.asset_key.to_user_string()
@@ -211,6 +225,7 @@ def _train_variant(
                 reused=trained.reused,
                 training_key=trained.training_key,
                 **curve,
+                **(extra or {}),
             )
         )
 
@@ -230,13 +245,19 @@ def inst_model(
     ray: RayResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Supervised fine-tuning with LoRA on all linear layers (the INST model)."""
+    """Supervised fine-tuning with LoRA on all linear layers (the INST model); with use_study, on the
+    settings hpo_study found best (the metadata names the study)."""
     stage = stages.inst_stage(
         store.path("instruction_set"),
         start_dir=model_dir(store, "base_checkpoint"),
-        cfg=config.stage(recipe, "sft"),
+        cfg=config.stage(recipe, "sft", store),
     )
-    return _train_variant(context, stage, recipe, store, ray, mlflow)
+    chosen = {}
+    if config.use_study:
+        _, applied = sweep.apply_best(stage.cfg, store.path("hpo_study"))
+        context.log.info(f"inst_model: settings from {applied['study']}: {applied['settings']}")
+        chosen = {"settings_from_study": dg.MetadataValue.json(applied)}
+    return _train_variant(context, stage, recipe, store, ray, mlflow, chosen)
 
 
 @dg.asset(

@@ -29,6 +29,7 @@ EXPECTED_ASSETS = {
     "champion",
     "online_feedback",
     "ab_report",
+    "hpo_study",
 }
 
 

@@ -15,7 +15,7 @@ from finetune_assets.launch.ray_tune import STARTS_FILE, run_study
 
 CFG = TrainConfig(max_steps=4, learning_rate=1e-2, per_device_batch_size=4, lora_dropout=0.0, max_length=128,
                   precision="fp32", lora_r=4, checkpoint_steps=0)  # fmt: skip
-SWEEP = SweepConfig(trials=3, max_steps=4, eval_steps=2, grace_period=1,
+SWEEP = SweepConfig(trials=2, max_steps=4, eval_steps=2, grace_period=1,
                     space={"learning_rate": SearchDimension(loguniform=(1e-4, 3e-2))})  # fmt: skip
 
 CHILD = """

@@ -1,8 +1,8 @@
 """Scale bench of dedup_corpus: the single-process path against the Ray Data path (launch.ray_dedup) on one
-generated corpus, each in its own process. Reports per path: wall time, documents/s, the driver's peak RSS and
-the largest Ray worker's peak RSS (sampled every 0.2 s), and checks both keep the same documents for the same
-reasons (exit 1 otherwise). The ratio that matters is the driver's memory: the local path holds the corpus,
-the Ray driver holds counts.
+generated corpus, each in its own process. Reports per path: wall time, documents/s, the driver's peak RSS
+and USS, and the largest Ray worker's peak (VmHWM, polled every 0.2 s by train_bench's DescendantMemory), and
+checks both keep the same documents for the same reasons (exit 1 otherwise). The ratio that matters is the
+driver's memory: the local path holds the corpus, the Ray driver holds counts.
 
 Run it (one command, from the repo root after `bash scripts/setup.sh`):
 
@@ -22,15 +22,14 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.train_bench import DescendantMemory  # noqa: E402 - the same sampler as the training bench
 from finetune_assets.config import DedupConfig
 from finetune_assets.io import write_records_parquet
 
@@ -73,35 +72,6 @@ def bench_config() -> DedupConfig:
     return cfg.model_copy(update={"quality": cfg.quality.model_copy(update={"enabled": False})})
 
 
-class PeakSampler:
-    """Peak RSS of this process's Ray worker descendants (``ray::`` processes) and this process's own peak
-    USS (its private memory: RSS also counts the shared object-store pages it maps), sampled in a thread."""
-
-    def __init__(self):
-        self.worker_peak = self.driver_uss_peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        me = psutil.Process()
-        while not self._stop.wait(0.2):
-            self.driver_uss_peak = max(self.driver_uss_peak, me.memory_full_info().uss)
-            for proc in me.children(recursive=True):
-                try:
-                    if proc.name().startswith("ray::") or "default_worker" in " ".join(proc.cmdline()):
-                        self.worker_peak = max(self.worker_peak, proc.memory_info().rss)
-                except psutil.Error:
-                    continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def run_path(path: str, corpus: Path, out: Path) -> dict:
     from finetune_assets.phases.data import curation
 
@@ -114,14 +84,14 @@ def run_path(path: str, corpus: Path, out: Path) -> dict:
 
         ensure_ray(object_store_memory=4 * 2**30)  # started before the clock: a cluster is already up in use
         distributed = curate_on_ray
-    with PeakSampler() as sampler:
+    with DescendantMemory(every_s=0.2) as memory:
         started = time.perf_counter()
         summary = curation.curate(drops, out, cfg, distributed=distributed)
         wall = time.perf_counter() - started
     return {"path": path, "wall_s": round(wall, 1), "stats": summary["stats"],
             "driver_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "driver_peak_uss_mib": round(sampler.driver_uss_peak / 2**20, 1),
-            "worker_peak_mib": round(sampler.worker_peak / 2**20, 1)}  # fmt: skip
+            "driver_peak_uss_mib": round(memory.peak_own_uss / 2**20, 1),
+            "worker_peak_mib": round(memory.ray_worker_peak() / 2**20, 1)}  # fmt: skip
 
 
 def outcome(out: Path) -> tuple:

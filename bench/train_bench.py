@@ -281,12 +281,14 @@ def _hwm_and_rss(pid: int) -> tuple[int, int]:
 
 
 class DescendantMemory:
-    """Polls this process's descendants: per-process peak (VmHWM) and the peak of their summed RSS."""
+    """Polls this process's descendants: per-process peak (VmHWM) and the peak of their summed RSS; and
+    this process's own peak USS (private memory: its RSS also counts shared object-store pages it maps)."""
 
     def __init__(self, every_s: float = SAMPLE_EVERY_S):
         self.every_s = every_s
         self.peak_hwm: dict[int, tuple[int, str]] = {}
         self.peak_total_rss = 0
+        self.peak_own_uss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -306,6 +308,7 @@ class DescendantMemory:
         while True:
             total = 0
             try:
+                self.peak_own_uss = max(self.peak_own_uss, me.memory_full_info().uss)
                 children = me.children(recursive=True)
             except psutil.Error:
                 children = []
@@ -324,6 +327,10 @@ class DescendantMemory:
             self.peak_total_rss = max(self.peak_total_rss, total)
             if self._stop.wait(self.every_s):
                 return
+
+    def ray_worker_peak(self) -> int:
+        """The largest peak of any Ray worker process (ray::...)."""
+        return max((hwm for hwm, name in self.peak_hwm.values() if name.startswith("ray::")), default=0)
 
     def train_worker_peak(self) -> int:
         workers = [hwm for hwm, name in self.peak_hwm.values() if "RayTrainWorker" in name]

@@ -2,9 +2,6 @@
 takes its best settings with `use_study: true`. Not part of the main or retrain jobs: a study is started on
 purpose (the UI, `finetune-assets sweep sft`), and its trials are real training runs."""
 
-import hashlib
-import json
-
 import dagster as dg
 from pydantic import Field
 
@@ -44,8 +41,7 @@ def hpo_study(
     records = store.path("instruction_set") / INSTRUCTIONS_FILE
     data = stages.sft_data(read_records(records), profile.sft.mix_weights, profile.sft.seed)
     base = model_dir(store, "base_checkpoint")
-    inputs = [sweep_cfg.model_dump(), profile.sft.model_dump(), content_hash(records), content_hash(base)]
-    key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = sweep.study_key(sweep_cfg, profile.sft, content_hash(records), content_hash(base))
     with tracked_run(context, mlflow, {"sweep": sweep_cfg.model_dump(), "sft": profile.sft.model_dump()}) as (
         tracker,
         run_id,
@@ -53,8 +49,7 @@ def hpo_study(
         ray.ensure()
         trials = run_study(base, data["train_rows"], data["eval_rows"], profile.sft, sweep_cfg,
                            store.base() / "hpo_runs" / key, ray_address=ray.address)  # fmt: skip
-        evaluations = max(1, (sweep_cfg.max_steps or profile.sft.max_steps) // sweep_cfg.eval_steps)
-        study = sweep.summarize(trials, sweep_cfg, evaluations)
+        study = sweep.summarize(trials, sweep_cfg, sweep.evaluations(sweep_cfg, profile.sft))
         for t in study["trials"]:
             tracker.child_run(run_id, f"trial-{t['trial_id']}", t["settings"], {sweep_cfg.metric: t["curve"]},
                               {"status": t["status"], "stopped_early": t["stopped_early"]})  # fmt: skip

@@ -26,6 +26,7 @@ is curated from scratch again (on this path when it is still large), which suits
 
 import json
 import os
+import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -40,14 +41,13 @@ from finetune_assets.io import write_json
 from finetune_assets.launch.ray_cluster import ensure_ray
 from finetune_assets.phases.data import pii, quality
 from finetune_assets.phases.data.corpus import require_documents
-from finetune_assets.phases.data.curation import CLUSTERS, DOCUMENTS, REPORT, summarize
+from finetune_assets.phases.data.curation import CLUSTERS, DOCUMENTS, REPORT, set_aside_oversized, summarize
 from finetune_assets.phases.data.dedup import (
     Signer,
     clusters_of,
     doc_features,
     exact_jaccard,
     make_lsh,
-    too_long,
 )
 
 SEP = "\x1f"  # order key = drop SEP source: sorts as (drop, source) does
@@ -71,15 +71,9 @@ class _Prepare:
         self.partitions = partitions
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        cfg, rows = self.cfg, []
-        docs = []
-        for doc in batch.to_pylist():
-            if len(doc["text"]) > cfg.max_document_chars:
-                reason = too_long(len(doc["text"]), cfg.max_document_chars)
-                rows.append(_side("oversized", {"id": doc["id"], "source": doc["source"], "drop": doc["drop"],
-                                                "reason": reason}))  # fmt: skip
-            else:
-                docs.append(doc)
+        cfg = self.cfg
+        docs, oversized = set_aside_oversized(batch.to_pylist(), cfg.max_document_chars)
+        rows = [_side("oversized", o) for o in oversized]
         filtered = quality.filter_documents(docs, cfg.quality)
         rows += [_side("quality", r) for r in filtered["removed"]]
         redacted = pii.redact_documents(filtered["kept"], cfg.pii)
@@ -292,11 +286,11 @@ def curate_on_ray(
     reps.select_columns(["id", "order", "record"]).sort("order").write_parquet(str(scratch / "reps"))
     finish = ray.remote(num_cpus=1)(_finish)
     summary = ray.get(finish.remote(str(scratch), str(out_dir), cfg.model_dump_json(), sorted(drops)))
-    _remove_tree(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
     return summary
 
 
-def _read_folder(folder: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_parts(folder: Path, columns: list[str] | None = None) -> pa.Table:
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     tables = [pq.read_table(f, columns=columns) for f in files]
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns or []})
@@ -306,16 +300,16 @@ def _finish(scratch: str, out_dir: str, cfg_json: str, drops: list[str]) -> dict
     """The keep rule and the outputs, on a worker: reads the edges, copies and side rows, writes the kept
     documents in (drop, source) order, removed.json and clusters.json; returns the summary."""
     scratch, out_dir = Path(scratch), Path(out_dir)
-    edges = _read_folder(scratch / "edges", ["lo_id", "hi_id", "jaccard", "estimate"]).to_pylist()
-    copies = _read_folder(scratch / "copies", ["id", "order", "rep", "rep_order"]).to_pylist()
-    reps = _read_folder(scratch / "reps", ["id", "order"])
+    edges = _read_parts(scratch / "edges", ["lo_id", "hi_id", "jaccard", "estimate"]).to_pylist()
+    copies = _read_parts(scratch / "copies", ["id", "order", "rep", "rep_order"]).to_pylist()
+    reps = _read_parts(scratch / "reps", ["id", "order"])
     order_of = dict(zip(reps["id"].to_pylist(), reps["order"].to_pylist(), strict=True))
     del reps
     linked = {e["lo_id"] for e in edges} | {e["hi_id"] for e in edges}
     removals = decide_from_edges([(order_of[i], i) for i in linked], edges, copies)
     order_of.update({c["id"]: c["order"] for c in copies})
     kept = _write_kept(scratch / "reps", {r["id"] for r in removals}, out_dir / DOCUMENTS)
-    side = _read_folder(scratch / "side", ["kind", "record"]).to_pylist()
+    side = _read_parts(scratch / "side", ["kind", "record"]).to_pylist()
     report = {
         "removed": [],
         "quality_removed": [],
@@ -375,9 +369,3 @@ def _write_kept(reps: Path, removed: set[str], path: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return kept
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from finetune_assets.config import TrainConfig
 from finetune_assets.config_sweep import SearchDimension, SweepConfig
 from finetune_assets.launch.ray_cluster import ensure_ray
+from finetune_assets.phases.training import sweep as sweep_outcome
 
 EXPERIMENT = "tune"
 
@@ -104,7 +105,7 @@ def run_study(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     else:
-        evaluations = max(1, (sweep.max_steps or cfg.max_steps) // sweep.eval_steps)
+        evaluations = sweep_outcome.evaluations(sweep, cfg)
         searcher = ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=sweep.max_concurrent)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=evaluations,
                                   grace_period=min(sweep.grace_period, evaluations),

@@ -123,19 +123,7 @@ def curate(
 
     docs = [doc for drop in todo for doc in read_records(drops[drop])]
     documents_read = len(docs)
-    oversized = [
-        {
-            "id": d["id"],
-            "source": d["source"],
-            "drop": d["drop"],
-            "reason": too_long(len(d["text"]), cfg.max_document_chars),
-        }
-        for d in docs
-        if len(d["text"]) > cfg.max_document_chars
-    ]
-    if oversized:
-        too_big = {o["id"] for o in oversized}
-        docs = [d for d in docs if d["id"] not in too_big]
+    docs, oversized = set_aside_oversized(docs, cfg.max_document_chars)
     filtered = quality.filter_documents(docs, cfg.quality)
     redacted = pii.redact_documents(filtered["kept"], cfg.pii)
     sign = (sign_for or (lambda n: None))(len(redacted["documents"]))
@@ -213,6 +201,20 @@ def _semantic(
                for f in found]  # fmt: skip
     gone = {f["id"] for f in found}
     return [d for d in new if d["id"] not in gone], removed
+
+
+def set_aside_oversized(docs: list[dict], max_chars: int) -> tuple[list[dict], list[dict]]:
+    """(documents within the size cap, {id, source, drop, reason} for each longer one); both paths use it."""
+    within, oversized = [], []
+    for doc in docs:
+        if len(doc["text"]) > max_chars:
+            reason = too_long(len(doc["text"]), max_chars)
+            oversized.append(
+                {"id": doc["id"], "source": doc["source"], "drop": doc["drop"], "reason": reason}
+            )
+        else:
+            within.append(doc)
+    return within, oversized
 
 
 def summarize(report: dict, kept: int) -> dict:

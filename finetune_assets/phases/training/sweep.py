@@ -8,6 +8,7 @@ first searched setting). A training stage takes them with ``apply_best``; the st
 the study that chose its settings.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +23,17 @@ TRIALS_FILE = "trials.json"
 BEST_FILE = "best.yaml"
 
 PLOT_FILE = "trials.png"
+
+
+def evaluations(sweep: SweepConfig, cfg: TrainConfig) -> int:
+    """How many times a trial that runs to the end is evaluated (ASHA's max_t; fewer means it was stopped)."""
+    return max(1, (sweep.max_steps or cfg.max_steps) // sweep.eval_steps)
+
+
+def study_key(sweep: SweepConfig, cfg: TrainConfig, data_hash: str, base_hash: str) -> str:
+    """What a study's trials depend on: the same key finds the same (resumable, or finished) Tune state."""
+    inputs = [sweep.model_dump(), cfg.model_dump(), data_hash, base_hash]
+    return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def summarize(trials: list[dict], sweep: SweepConfig, evaluations: int) -> dict:

@@ -57,3 +57,11 @@ def test_the_search_space_is_validated():
         SearchDimension(uniform=(1.0, 0.5))
     with pytest.raises(Exception, match="does not have"):
         validate_profile({"name": "x", "sweep": {"space": {"learning_rat": {"uniform": [0.1, 0.2]}}}})
+
+
+def test_the_study_key_changes_with_what_the_trials_depend_on():
+    key = sweep.study_key(SWEEP, TrainConfig(), "data", "base")
+    assert key == sweep.study_key(SWEEP, TrainConfig(), "data", "base")
+    assert key != sweep.study_key(SWEEP.model_copy(update={"trials": 4}), TrainConfig(), "data", "base")
+    assert key != sweep.study_key(SWEEP, TrainConfig(learning_rate=1e-3), "data", "base")
+    assert key != sweep.study_key(SWEEP, TrainConfig(), "other data", "base")

@@ -8,7 +8,7 @@ export FINETUNE_ASSETS_HOME ?= $(HOME_DIR)
 export DAGSTER_HOME ?= $(HOME_DIR)/dagster
 VENV := .venv/bin
 
-.PHONY: setup demo test test-all stack-up stack-down stack-status bench bench-dedup-scale bench-semdedup bench-backfill bench-serve bench-train bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
+.PHONY: setup demo test test-all stack-up stack-down stack-status bench bench-dedup-scale bench-semdedup bench-backfill bench-serve bench-train bench-sweep bench-eval bench-eval-layout learning-curve tr-probe lint format ui mlflow-ui clean
 
 setup:            ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh
@@ -51,6 +51,9 @@ bench-train: setup  ## training benchmark: tokens/s and MFU of this project's SF
 
 learning-curve: setup  ## after a demo: hallucination index vs SFT examples seen (0/240/480/960/1920), paired vs the base
 	$(VENV)/python bench/learning_curve.py --home $(FINETUNE_ASSETS_HOME) $(ARGS)
+
+bench-sweep: setup  ## after a demo: a 6-trial Ray Tune study of SFT on SmolLM2, best trial vs the recipe default (paired, same validation rows)
+	OMP_NUM_THREADS=1 $(VENV)/python bench/sweep_bench.py --home $(FINETUNE_ASSETS_HOME) $(ARGS)
 
 tr-probe: setup  ## after a demo: train the T&R stage alone (ARGS="--steps 60 --set retrieval.top_k=1") and score tool use
 	$(VENV)/python bench/tr_probe.py --home $(FINETUNE_ASSETS_HOME) $(ARGS)

@@ -24,6 +24,7 @@ from finetune_assets.config import (
     ScalingConfig,
     ServingConfig,
     TrainConfig,
+    check_continuable,
 )
 from finetune_assets.config_sweep import SweepConfig
 
@@ -56,6 +57,12 @@ class Profile(ConfigSection):
         unknown = sorted(set(self.sweep.space) - set(TrainConfig.model_fields))
         if unknown:
             raise ValueError(f"sweep.space names settings a training stage does not have: {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _virtual_tokens_only_last(self):
+        for stage in ("sft", "dpo"):
+            check_continuable(stage, getattr(self, stage))
         return self
 
     @model_validator(mode="after")

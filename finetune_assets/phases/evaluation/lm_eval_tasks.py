@@ -344,11 +344,16 @@ def rouge_l(reference: str, candidate: str) -> float:
 def adapter_for_lm_eval(model_folder: Path) -> tuple[Path, Path] | None:
     """(base folder, adapter folder) of a LoRA-trained model folder, so lm-eval evaluates the adapter itself
     (``peft=``); None for a base model or a full fine-tune (no ``adapter/``). An adapter whose recorded base
-    folder is gone is evaluated merged, with a warning."""
+    folder is gone is evaluated merged, with a warning. None too for prompt or prefix tuning: peft's forward
+    returns logits for the virtual tokens as well, which lm-eval's log-likelihoods would misalign, so lm-eval
+    scores the loaded phases.inference.virtual_tokens model instead."""
     config = Path(model_folder) / "adapter" / "adapter_config.json"
     if not config.is_file():
         return None
-    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    recorded = json.loads(config.read_text(encoding="utf-8"))
+    if recorded.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
+        return None
+    base = recorded.get("base_model_name_or_path")
     if not base or not Path(base).is_dir():
         log.warning(
             "adapter %s: its base %s is not a folder here; lm-eval scores the merged model", config, base

@@ -33,6 +33,10 @@ def load_for_inference(
 ):
     """(model, tokenizer) from an HF folder, optionally with a LoRA adapter merged in.
 
+    ``model_dir`` may also be an adapter folder itself (a trained stage's ``adapter/``): its base is loaded from
+    the folder the adapter records. A prompt-learning adapter (prompt or prefix tuning) cannot be merged and
+    comes back as a phases.inference.virtual_tokens.VirtualTokenModel, which takes the same calls.
+
     Eval mode, on ``device`` (default: CPU, or CUDA when one is present), weights in bfloat16 where bf16 is
     native and ``precision`` is "auto" (phases.inference.hardware; 3.7x the fp32 tokens/s of greedy decoding on the
     project's CPU), else float32. The adapter is merged in float32 before the cast. The tokenizer pads on the
@@ -46,17 +50,45 @@ def load_for_inference(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if adapter_dir is None and (model_dir / ADAPTER_CONFIG).is_file():
+        model_dir, adapter_dir = adapter_base(model_dir), model_dir
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        from finetune_assets.phases.inference import virtual_tokens
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        learned = model.active_peft_config.is_prompt_learning
+        model = virtual_tokens.from_peft(model) if learned else model.merge_and_unload()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device=device, dtype=inference_dtype(precision))
     model.eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_model_folder(path: Path) -> bool:
+    """Whether load_for_inference can load ``path``: a Hugging Face model folder, or a trained stage's
+    adapter folder (prompt or prefix tuning leaves no merged weights)."""
+    return (Path(path) / "config.json").is_file() or (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base model folder a peft adapter folder was trained on (its recorded base_model_name_or_path)."""
+    import json
+
+    base = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise FileNotFoundError(
+            f"{adapter_dir}: the adapter's base model {base!r} is not a folder here; load the adapter with "
+            "its base folder (load_for_inference(base, adapter_dir))"
+        )
+    return Path(base)
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -117,7 +149,7 @@ def generate_chat(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
-    max_prompt = max(1, max_positions - max_new_tokens)
+    max_prompt = max(1, max_positions - max_new_tokens - getattr(model, "num_virtual_tokens", 0))
     prompts = [
         tokenizer(render_chat(tokenizer, conv, add_generation_prompt=True), add_special_tokens=False)[
             "input_ids"

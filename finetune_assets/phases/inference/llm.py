@@ -236,7 +236,7 @@ class HFChatClient(_CachedClient):
     def __init__(self, cfg: LLMEndpointConfig, cache_dir: Path | None = None, seed: int = 0):
         super().__init__(cfg, cache_dir)
         self.model_dir = Path(cfg.model)
-        if not (self.model_dir / "config.json").is_file():
+        if not generation.is_model_folder(self.model_dir):
             raise ValueError(
                 f"hf backend: {self.model_dir} is not a Hugging Face model folder (no config.json)"
             )

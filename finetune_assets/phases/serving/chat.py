@@ -49,14 +49,16 @@ class ChatModel:
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None = None, name: str | None = None):
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").is_file():
+        if not generation.is_model_folder(self.model_dir):
             raise FileNotFoundError(f"{self.model_dir} is not a Hugging Face model folder (no config.json)")
         self.name = name or self.model_dir.name
         self.model, self.tokenizer = generation.load_for_inference(self.model_dir, adapter_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.created = int(time.time())
-        self.context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.context = (getattr(self.model.config, "max_position_embeddings", None) or 2048) - getattr(
+            self.model, "num_virtual_tokens", 0
+        )  # a prompt-tuned model's virtual tokens take the first positions
         self.stop_ids = generation.stop_token_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()
 

@@ -96,6 +96,9 @@ def write_gguf(model_dir: Path, out_path: Path, outtype: str = "q8_0", name: str
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     model_dir, out_path = Path(model_dir), Path(out_path)
+    if (model_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{model_dir} is an adapter (a prompt- or prefix-tuned stage): its virtual tokens "
+                         "have no place in a GGUF file; export a LoRA or fully fine-tuned variant")  # fmt: skip
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json): export a "
                                 "variant's merged/ folder or a registered models:/ URI")  # fmt: skip

@@ -1,8 +1,10 @@
 """What a training run leaves behind: per-step metrics and progress, the summary, the saved folders, the reuse
 key.
 
-    out_dir/adapter/             LoRA adapter (peft); absent after full fine-tuning
-    out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able)
+    out_dir/adapter/             LoRA adapter (peft); absent after full fine-tuning; after prompt or prefix
+                                 tuning the virtual tokens + tokenizer, the loadable folder itself
+    out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able); absent
+                                 after prompt or prefix tuning (nothing to merge)
     out_dir/train_summary.json   {method, steps, losses, first_loss, last_loss, trainable_params, ...}
     .<out_dir>.progress.json     beside out_dir: {pid, step, max_steps} after every step
     .<out_dir>.steps.jsonl       beside out_dir: one line per logged step (loss, learning rate, tokens/s),
@@ -230,12 +232,18 @@ def _tokens_from_dataset(trainer) -> int:
 
 
 def save_folder(model, tokenizer, summary: dict, out_dir: Path) -> None:
-    """adapter/ (when there is one) + merged/ + train_summary.json, appearing together in one rename."""
+    """adapter/ (when there is one) + merged/ + train_summary.json, appearing together in one rename. A
+    prompt-learning adapter (prompt or prefix tuning) cannot be merged: adapter/ alone, with the tokenizer."""
     with io.atomic_dir(out_dir) as tmp:
         from peft import PeftModel
 
         if not isinstance(model, PeftModel):  # full fine-tuning: the model is the result
             model.save_pretrained(tmp / "merged")
+        elif model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to merge
+            model.save_pretrained(tmp / "adapter")
+            tokenizer.save_pretrained(tmp / "adapter")
+            io.write_json(summary, tmp / SUMMARY_FILE)
+            return
         else:
             model.save_pretrained(tmp / "adapter")
             tokenizer.save_pretrained(tmp / "adapter")
@@ -288,7 +296,8 @@ def training_key(method: str, start: Path, data: dict, train_cfg: TrainConfig, s
 def reusable(out: Path, key: str) -> dict | None:
     """The record of the finished run in ``out`` when it was made with ``key`` and its model is intact."""
     record = out / REUSE_FILE
-    if not (record.is_file() and (out / "train_summary.json").is_file() and (out / "merged").is_dir()):
+    model = (out / "merged").is_dir() or (out / "adapter" / "adapter_config.json").is_file()
+    if not (record.is_file() and (out / "train_summary.json").is_file() and model):
         return None
     previous = json.loads(record.read_text())
     return previous if previous.get("training_key") == key else None
@@ -296,9 +305,14 @@ def reusable(out: Path, key: str) -> dict | None:
 
 def loadable_dir(out_dir: Path) -> Path:
     """The loadable Hugging Face folder of a trained model: merged weights when training saved an adapter
-    beside them, else the folder itself (full fine-tuning, a resolved base model)."""
+    beside them; the adapter itself after prompt or prefix tuning (phases.inference.generation loads its
+    base with it); else the folder itself (full fine-tuning, a resolved base model)."""
     out_dir = Path(out_dir)
-    return out_dir / "merged" if (out_dir / "merged").is_dir() else out_dir
+    if (out_dir / "merged").is_dir():
+        return out_dir / "merged"
+    if (out_dir / "adapter" / "adapter_config.json").is_file():
+        return out_dir / "adapter"
+    return out_dir
 
 
 def read_summary(out_dir: Path) -> dict:

@@ -31,12 +31,12 @@ from finetune_assets.config import TrainConfig
 from finetune_assets.phases.inference.sandbox import python_eval
 from finetune_assets.phases.inference.tools import TOOL_CALL_OPEN, parse_tool_call
 from finetune_assets.phases.training import artifacts, train
+from finetune_assets.phases.training.adapters import peft_config
 from finetune_assets.phases.training.artifacts import SUMMARY_FILE
 from finetune_assets.phases.training.train import (
     as_dataset,
     common_args,
     load_model,
-    peft_config,
     scratch_dir,
     train_and_save,
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune_assets.config import TrainConfig
+from finetune_assets.config import TrainConfig, check_continuable
 from finetune_assets.config_sweep import SweepConfig
 from finetune_assets.io import atomic_dir
 
@@ -112,7 +112,9 @@ def apply_best(cfg: TrainConfig, folder: Path, stage: str = "sft") -> tuple[Trai
     study = next(
         (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("# study:")), ""
     )
-    return TrainConfig.model_validate({**cfg.model_dump(), **settings}), {
+    tuned = TrainConfig.model_validate({**cfg.model_dump(), **settings})
+    check_continuable(stage, tuned)
+    return tuned, {
         "settings": settings,
         "study": study,
     }

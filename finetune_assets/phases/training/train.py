@@ -10,8 +10,10 @@
 
 Every method writes the same folder (docs/ARCHITECTURE.md), atomically and on rank 0 only:
 
-    out_dir/adapter/             LoRA adapter (peft); absent after full fine-tuning
-    out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able)
+    out_dir/adapter/             LoRA adapter (peft); absent after full fine-tuning; after prompt or prefix
+                                 tuning the virtual tokens + tokenizer, the loadable folder itself
+    out_dir/merged/              full model + tokenizer + chat template (from_pretrained-able); absent
+                                 after prompt or prefix tuning (nothing to merge)
     out_dir/train_summary.json   {method, steps, losses, first_loss, last_loss, trainable_params,
                                   changed_params, param_delta_l2, train_runtime_s, tokens_per_s,
                                   num_workers, ...}
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from finetune_assets.config import CptConfig, TrainConfig
 from finetune_assets.phases.inference.hardware import resolve_precision
+from finetune_assets.phases.training.adapters import PROMPT_LEARNING, peft_config
 from finetune_assets.phases.training.artifacts import (
     checkpoint_step,
     gather_zero3,
@@ -48,12 +51,7 @@ from finetune_assets.phases.training.examples import (
     to_kto_example,
     to_preference_example,
 )
-from finetune_assets.phases.training.layers import (
-    adapted_layers,
-    freeze_full_layers,
-    layerwise_optimizer,
-    linear_module_names,
-)
+from finetune_assets.phases.training.layers import freeze_full_layers, layerwise_optimizer
 from finetune_assets.phases.training.schedule import add_early_stopping, evaluation_args, schedule_args
 
 log = logging.getLogger(__name__)
@@ -85,7 +83,8 @@ def sft(
     train_ds = as_dataset([{"messages": r["messages"]} for r in train_rows])
     eval_rows = eval_rows[: cfg.max_eval_rows]
     eval_ds = as_dataset([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
-    packing = use_packing(cfg.packing, model)
+    # virtual tokens go before each row: a pack would share one prompt across conversations
+    packing = use_packing(cfg.packing, model) if cfg.adapter not in PROMPT_LEARNING else False
     with scratch_dir() as scratch:
         # bfd packing is padding-free: conversations are concatenated with restarting position ids, and the
         # model's attention masks across them (checked by packing_supported).
@@ -347,6 +346,12 @@ def load_model(model_dir: Path, cfg: TrainConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(cfg.seed)
+    if (Path(model_dir) / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{model_dir} is a prompt-learning adapter (adapter: prompt or prefix), which cannot be merged "
+            "into weights to train further: give the stage that trains from it a model with weights, or "
+            "use adapter: lora for the earlier stage"
+        )
     score_label_positions_only()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
@@ -386,27 +391,6 @@ def _base_dtype(cfg: TrainConfig):
 
     bf16 = cfg.adapter == "lora" and resolve_precision(cfg.precision)[0] == "bf16"
     return torch.bfloat16 if bf16 else torch.float32
-
-
-def peft_config(cfg: TrainConfig, model=None):
-    """LoRA on ``cfg.lora_target_modules`` (of the layers cfg.freeze_layers leaves in ``model``) for lora and
-    qlora; None (train every weight) for full."""
-    if cfg.adapter == "full":
-        return None
-    from peft import LoraConfig
-
-    layers = adapted_layers(cfg, model.config.num_hidden_layers) if model is not None else None
-    targets = cfg.lora_target_modules
-    if layers is not None and isinstance(targets, str):  # peft takes chosen layers with named modules only
-        targets = linear_module_names(model)
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        layers_to_transform=layers,
-        task_type="CAUSAL_LM",
-    )
 
 
 def apply_layer_settings(trainer, cfg: TrainConfig) -> None:

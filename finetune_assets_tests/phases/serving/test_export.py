@@ -47,7 +47,12 @@ def test_a_template_that_differs_is_caught(tiny_model_dir, tmp_path, monkeypatch
 def test_bad_requests_are_refused_with_the_reason(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="outtype must be one of"):
         export.write_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_k")
-    assert not list(tmp_path.iterdir())  # nothing half-written
+    adapter = tmp_path / "adapter"  # a prompt-tuned stage's loadable folder
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "PROMPT_TUNING"}')
+    with pytest.raises(ValueError, match="virtual tokens have no place in a GGUF"):
+        export.write_gguf(adapter, tmp_path / "x.gguf", "f32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # nothing half-written
 
 
 @pytest.mark.slow

@@ -50,6 +50,15 @@ def test_no_study_is_a_clear_error(tmp_path):
         sweep.apply_best(TrainConfig(), tmp_path)
 
 
+def test_a_prompt_tuned_best_is_refused_for_the_inst_stage(tmp_path):
+    """The dpo stage continues INST's weights; a study that searched adapters may pick virtual tokens."""
+    (tmp_path / sweep.BEST_FILE).write_text("sft: {adapter: prompt}\n")
+    with pytest.raises(ValueError, match="dpo stage continues"):
+        sweep.apply_best(TrainConfig(), tmp_path)
+    (tmp_path / sweep.BEST_FILE).write_text("tr: {adapter: prompt}\n")  # the last stage may
+    assert sweep.apply_best(TrainConfig(), tmp_path, stage="tr")[0].adapter == "prompt"
+
+
 def test_the_search_space_is_validated():
     with pytest.raises(ValueError, match="exactly one of"):
         SearchDimension(uniform=(0.0, 1.0), choice=[1])

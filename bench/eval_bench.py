@@ -26,7 +26,9 @@ bfloat16 where bf16 is native (phases.inference.hardware), else float32; eval mo
   against the baseline "hf" at ``--baseline-batch`` (default 1: one prompt at a time); same prompts, same
   ``--max-new-tokens`` (the demo's eval uses 48). One untimed warm-up call first. ``--repeat N`` runs N
   rounds, each over every (decoder, batch) in turn (so a change in the machine's load hits all alike), and
-  keeps the median.
+  keeps the median. ``--prefix-ablation`` also times "pruned-unshared" (the pruned decoder computing every
+  row's prompt in full, without the shared-prefix prefill of decode_batch); ``shared_prefix_speedup`` is its
+  wall time over "pruned"'s at the same batch size.
 - Tokens: the tokens of the returned (stripped) answers, as hallucination_index counts them; tokens/s =
   tokens / wall. ``throughput_ratio`` is tokens/s over the baseline's; ``pruned_speedup`` is the "hf" wall
   time over the "pruned" one at the same batch size. ``useful_position_share`` (for "hf") = answer tokens
@@ -158,6 +160,8 @@ def main(argv=None) -> dict:
         "--glossary", type=Path, help="a glossary.jsonl ({term, definition}), e.g. the demo's eval_sets one"
     )
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--prefix-ablation", action="store_true",
+                        help="also time the pruned decoder without the shared-prefix prefill")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all batch sizes (median kept)")
     parser.add_argument("--device", help="cpu or cuda (default: as the evaluation picks)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -203,9 +207,11 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
 
     def generate(batch_size: int, decoder: str) -> tuple[list[str], float]:
         started = time.perf_counter()
+        # "pruned-unshared": the pruned decoder without the shared-prefix prefill (decode_batch's share_prefix)
         out = generate_chat(
-            model, tokenizer, conversations, args.max_new_tokens, batch_size=batch_size, decoder=decoder
-        )
+            model, tokenizer, conversations, args.max_new_tokens, batch_size=batch_size,
+            decoder=decoder.removesuffix("-unshared"), share_prefix=not decoder.endswith("-unshared"),
+        )  # fmt: skip
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         return [(t or "").strip() for t in out], time.perf_counter() - started
@@ -217,7 +223,8 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
     warmup_s = time.perf_counter() - t0
 
     baseline = (args.baseline_batch, "hf")
-    cases = [baseline] + [(b, d) for b in sizes for d in ("hf", "pruned") if (b, d) != baseline]
+    decoders = ("hf", "pruned-unshared", "pruned") if args.prefix_ablation else ("hf", "pruned")
+    cases = [baseline] + [(b, d) for b in sizes for d in decoders if (b, d) != baseline]
     walls: dict[tuple, list[float]] = {c: [] for c in cases}
     answers: dict[tuple, list[str]] = {}
     loads = []
@@ -266,6 +273,8 @@ def _run(args, sizes, glossary, terms_source, conversations, model_dir: Path) ->
             )
         else:
             run["pruned_speedup"] = round(statistics.median(walls[(b, "hf")]) / wall, 2)
+        if decoder == "pruned" and (b, "pruned-unshared") in walls:  # what the shared-prefix prefill gains
+            run["shared_prefix_speedup"] = round(statistics.median(walls[(b, "pruned-unshared")]) / wall, 2)
         runs.append(run)
 
     best = min(runs, key=lambda r: r["wall_s"])

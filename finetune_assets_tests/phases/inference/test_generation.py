@@ -84,6 +84,36 @@ def test_decode_batch_equals_generate_while_stopped_rows_leave_the_batch(babblin
     assert a == b != c and all(len(r) == 8 for r in a)
 
 
+def test_a_shared_system_turn_is_computed_once_with_the_same_tokens(babbling_tiny_model):
+    from finetune_assets.phases.inference.generation import MIN_SHARED_PREFIX, decode_batch, shared_prefix
+
+    model, tokenizer = babbling_tiny_model
+    system = {"role": "system", "content": "You answer questions about Python, briefly and exactly."}
+    rows = [
+        tokenizer(
+            render_chat(tokenizer, [system, *c[-1:]], add_generation_prompt=True), add_special_tokens=False
+        )["input_ids"]
+        for c in _conversations()
+    ]
+    assert shared_prefix(rows) >= MIN_SHARED_PREFIX
+    pad = tokenizer.pad_token_id
+    batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    want = model.generate(**batch, max_new_tokens=8, do_sample=False, eos_token_id=[], pad_token_id=pad)
+    shared = decode_batch(model, rows, max_new_tokens=8, stop_ids=[], pad_id=pad)
+    alone = decode_batch(model, rows, max_new_tokens=8, stop_ids=[], pad_id=pad, share_prefix=False)
+    assert shared == alone == want[:, batch["input_ids"].shape[1] :].tolist()
+
+
+def test_shared_prefix_leaves_every_row_a_token_of_its_own():
+    from finetune_assets.phases.inference.generation import shared_prefix
+
+    common = list(range(10))
+    assert shared_prefix([common + [1, 2], common + [3]]) == 10
+    assert shared_prefix([common, common]) == 9  # identical rows: the last token stays each row's own
+    assert shared_prefix([common + [1], [0, 1, 2] + [7] * 9]) == 0  # 3 common tokens: not worth it
+    assert shared_prefix([common + [1]]) == 0
+
+
 def test_generate_chat_decoders_agree(babbling_tiny_model):
     model, tokenizer = babbling_tiny_model
     convs = _conversations()

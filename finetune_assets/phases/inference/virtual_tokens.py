@@ -50,7 +50,7 @@ class VirtualTokenModel(torch.nn.Module):
         return None
 
     def generate(self, *args, **kwargs):
-        raise NotImplementedError(
+        raise TypeError(
             "a prompt-tuned or prefix-tuned model decodes with phases.inference.generation.decode_batch "
             "(decoder='pruned'), not transformers' generate"
         )

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from finetune_assets import io
+from finetune_assets.phases.inference.generation import ADAPTER_CONFIG
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 GENERATION_TAGS = ("{% generation %}", "{% endgeneration %}", "{%- generation %}", "{%- endgeneration %}")
@@ -96,7 +97,7 @@ def write_gguf(model_dir: Path, out_path: Path, outtype: str = "q8_0", name: str
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     model_dir, out_path = Path(model_dir), Path(out_path)
-    if (model_dir / "adapter_config.json").is_file():
+    if (model_dir / ADAPTER_CONFIG).is_file():
         raise ValueError(f"{model_dir} is an adapter (a prompt- or prefix-tuned stage): its virtual tokens "
                          "have no place in a GGUF file; export a LoRA or fully fine-tuned variant")  # fmt: skip
     if not (model_dir / "config.json").is_file():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from finetune_assets import io
 from finetune_assets.config import ScalingConfig, TrainConfig
+from finetune_assets.phases.inference.generation import ADAPTER_CONFIG
 
 SUMMARY_FILE = "train_summary.json"
 
@@ -239,16 +240,13 @@ def save_folder(model, tokenizer, summary: dict, out_dir: Path) -> None:
 
         if not isinstance(model, PeftModel):  # full fine-tuning: the model is the result
             model.save_pretrained(tmp / "merged")
-        elif model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to merge
-            model.save_pretrained(tmp / "adapter")
-            tokenizer.save_pretrained(tmp / "adapter")
-            io.write_json(summary, tmp / SUMMARY_FILE)
-            return
         else:
             model.save_pretrained(tmp / "adapter")
             tokenizer.save_pretrained(tmp / "adapter")
-            _merged(model, tmp / "adapter").save_pretrained(tmp / "merged")
-        tokenizer.save_pretrained(tmp / "merged")
+            if not model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to merge
+                _merged(model, tmp / "adapter").save_pretrained(tmp / "merged")
+        if (tmp / "merged").is_dir():
+            tokenizer.save_pretrained(tmp / "merged")
         io.write_json(summary, tmp / SUMMARY_FILE)
 
 
@@ -296,7 +294,7 @@ def training_key(method: str, start: Path, data: dict, train_cfg: TrainConfig, s
 def reusable(out: Path, key: str) -> dict | None:
     """The record of the finished run in ``out`` when it was made with ``key`` and its model is intact."""
     record = out / REUSE_FILE
-    model = (out / "merged").is_dir() or (out / "adapter" / "adapter_config.json").is_file()
+    model = (out / "merged").is_dir() or (out / "adapter" / ADAPTER_CONFIG).is_file()
     if not (record.is_file() and (out / "train_summary.json").is_file() and model):
         return None
     previous = json.loads(record.read_text())
@@ -310,7 +308,7 @@ def loadable_dir(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if (out_dir / "merged").is_dir():
         return out_dir / "merged"
-    if (out_dir / "adapter" / "adapter_config.json").is_file():
+    if (out_dir / "adapter" / ADAPTER_CONFIG).is_file():
         return out_dir / "adapter"
     return out_dir
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from finetune_assets.config import CptConfig, TrainConfig
+from finetune_assets.phases.inference.generation import ADAPTER_CONFIG
 from finetune_assets.phases.inference.hardware import resolve_precision
 from finetune_assets.phases.training.adapters import PROMPT_LEARNING, peft_config
 from finetune_assets.phases.training.artifacts import (
@@ -346,7 +347,7 @@ def load_model(model_dir: Path, cfg: TrainConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(cfg.seed)
-    if (Path(model_dir) / "adapter_config.json").is_file():
+    if (Path(model_dir) / ADAPTER_CONFIG).is_file():
         raise ValueError(
             f"{model_dir} is a prompt-learning adapter (adapter: prompt or prefix), which cannot be merged "
             "into weights to train further: give the stage that trains from it a model with weights, or "
